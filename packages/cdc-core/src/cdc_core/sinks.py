@@ -1,0 +1,71 @@
+"""The sink contract: what the engine calls on every destination.
+
+A sink applies a :class:`Batch` atomically with its offsets where it can
+(``stores_offsets = True``: the batch's ``positions`` are committed in the same transaction as the
+data), or leaves offsets to the core offset store. Applying the same batch twice, or any events
+again in any order, must not change the result (design-notes §1, §3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from cdc_core.events import ChangeEvent
+from cdc_core.positions import Position
+
+__all__ = ["Batch", "Rejected", "Sink", "WriteResult"]
+
+
+@attrs.frozen(kw_only=True)
+class Batch:
+    """Events to apply, and per node the position to commit once they are applied.
+
+    ``positions`` may run ahead of the last event (events of skipped tables still advance it).
+    ``batch_id`` is deterministic for the batch's content so a re-sent batch can be recognised
+    (ClickHouse insert deduplication tokens); it also serves as the log correlation id.
+    """
+
+    batch_id: str
+    events: Sequence[ChangeEvent]
+    positions: Mapping[str, Position]
+
+
+@attrs.frozen(kw_only=True)
+class Rejected:
+    """An event the destination refused for good, with why; it goes to the DLQ."""
+
+    event: ChangeEvent
+    error: str
+    error_type: str = "PermanentError"
+
+
+@attrs.frozen(kw_only=True)
+class WriteResult:
+    """What ``write`` did: all events applied except ``rejected``."""
+
+    rejected: Sequence[Rejected] = ()
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A destination. ``name`` is the configured instance name (e.g. ``warehouse_pg``)."""
+
+    name: str
+    stores_offsets: bool
+
+    async def start(self) -> None:
+        """Connect and prepare; called once before anything else."""
+
+    async def committed_positions(self) -> Mapping[str, Position]:
+        """Per node, the last position durably applied (only asked when ``stores_offsets``)."""
+
+    async def write(self, batch: Batch) -> WriteResult:
+        """Apply the batch (idempotently). Raise TransientError to be retried, PermanentError
+        for a batch that can never apply (each event then goes to the DLQ), or return the events
+        refused one by one in ``WriteResult.rejected`` while the rest is applied."""
+
+    async def close(self) -> None:
+        """Release connections. Not guaranteed to be called: correctness never depends on it."""
