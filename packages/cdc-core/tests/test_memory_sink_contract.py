@@ -1,0 +1,58 @@
+"""The reference in-memory sink passes the sink contract suite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import attrs
+import pytest
+
+from cdc_core.builtins.memory import MemoryDestination, MemorySink
+from cdc_core.events import ChangeKind
+from cdc_core.schema import TableSchema
+from cdc_core.sinks import Batch, Sink, WriteResult
+from cdc_core.testing.contract import SinkContract, SinkHarness
+from cdc_core.testing.model import TableState
+
+
+@attrs.define
+class MemoryHarness:
+    destination: MemoryDestination = attrs.field(factory=MemoryDestination)
+
+    async def make_sink(self) -> Sink:
+        sink = MemorySink("memory", self.destination)
+        await sink.start()
+        return sink
+
+    async def read_state(self, schema: TableSchema, now: int) -> TableState:
+        return self.destination.state(schema, now)
+
+    async def destroy(self) -> None:
+        self.destination.events.clear()
+
+
+class TestMemorySinkContract(SinkContract):
+    @pytest.fixture
+    async def harness(self) -> AsyncIterator[SinkHarness]:
+        h = MemoryHarness()
+        yield h
+        await h.destroy()
+
+
+class _ForgetfulSink(MemorySink):
+    """Drops partition deletions: the contract suite must notice."""
+
+    async def write(self, batch: Batch) -> WriteResult:
+        kept = [e for e in batch.events if e.kind is not ChangeKind.PARTITION_DELETE]
+        return await super().write(attrs.evolve(batch, events=kept))
+
+
+@attrs.define
+class _ForgetfulHarness(MemoryHarness):
+    async def make_sink(self) -> Sink:
+        return _ForgetfulSink("forgetful", self.destination)
+
+
+async def test_the_suite_catches_a_sink_that_loses_deletions() -> None:
+    with pytest.raises(AssertionError):
+        await SinkContract().test_deletions_are_not_undone_by_older_writes(_ForgetfulHarness())
