@@ -10,7 +10,7 @@ import attrs
 from cdc_core.events import ChangeEvent
 from cdc_core.positions import Position
 
-__all__ = ["Reader", "ReaderItem", "Progress"]
+__all__ = ["Progress", "Reader", "ReaderItem"]
 
 
 @attrs.frozen(kw_only=True)

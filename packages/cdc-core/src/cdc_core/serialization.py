@@ -124,7 +124,9 @@ def event_to_dict(event: ChangeEvent) -> dict[str, Any]:
     if event.range_deletion is not None:
         rd = event.range_deletion
         out["range_deletion"] = {
-            "start": None if rd.start is None else {"values": _bound_values(schema, rd.start.values, True), "inclusive": rd.start.inclusive},
+            "start": None
+            if rd.start is None
+            else {"values": _bound_values(schema, rd.start.values, True), "inclusive": rd.start.inclusive},
             "end": None if rd.end is None else {"values": _bound_values(schema, rd.end.values, True), "inclusive": rd.end.inclusive},
             "deletion": converter.unstructure(rd.deletion),
         }
@@ -173,7 +175,9 @@ def event_from_dict(obj: Mapping[str, Any]) -> ChangeEvent:
             range_deletion = RangeDeletion(
                 start=None
                 if rd["start"] is None
-                else RangeBound(values=tuple(_bound_values(schema, tuple(rd["start"]["values"]), False)), inclusive=rd["start"]["inclusive"]),
+                else RangeBound(
+                    values=tuple(_bound_values(schema, tuple(rd["start"]["values"]), False)), inclusive=rd["start"]["inclusive"]
+                ),
                 end=None
                 if rd["end"] is None
                 else RangeBound(values=tuple(_bound_values(schema, tuple(rd["end"]["values"]), False)), inclusive=rd["end"]["inclusive"]),

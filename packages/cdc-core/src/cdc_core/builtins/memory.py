@@ -61,7 +61,10 @@ class MemorySink:
             await asyncio.sleep(self.write_delay)
         # Stage first, then publish data and offsets together: a cancellation before this point
         # leaves both untouched, as a transaction would.
-        staged = [(e.schema.qualified_name, (e.position.node, e.position.segment_id, e.position.offset, e.position.index), e) for e in batch.events]
+        staged = [
+            (e.schema.qualified_name, (e.position.node, e.position.segment_id, e.position.offset, e.position.index), e)
+            for e in batch.events
+        ]
         await asyncio.sleep(0)
         for table, key, event in staged:
             self.destination.events.setdefault(table, {})[key] = event

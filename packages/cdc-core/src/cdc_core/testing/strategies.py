@@ -11,8 +11,8 @@ import datetime as dt
 import functools
 import itertools
 import uuid
-from decimal import Decimal
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -33,8 +33,8 @@ from cdc_core.positions import Position
 from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
 
 __all__ = [
-    "NOW",
     "KEY_TYPES",
+    "NOW",
     "VALUE_TYPES",
     "event_histories",
     "shuffled_with_duplicates",
@@ -115,7 +115,9 @@ def table_schemas(
     for i in range(n_ck):
         order = draw(st.sampled_from([ClusteringOrder.ASC, ClusteringOrder.DESC]))
         columns.append(
-            ColumnSchema(name=f"ck{i}", type=draw(st.sampled_from(key_types)), kind=ColumnKind.CLUSTERING, position=i, clustering_order=order)
+            ColumnSchema(
+                name=f"ck{i}", type=draw(st.sampled_from(key_types)), kind=ColumnKind.CLUSTERING, position=i, clustering_order=order
+            )
         )
     for i in range(n_reg):
         columns.append(ColumnSchema(name=f"c{i}", type=draw(st.sampled_from(value_types)), kind=ColumnKind.REGULAR, position=-1))
@@ -151,7 +153,7 @@ def _clustering_cmp(schema: TableSchema) -> Callable[[tuple[Any, ...], tuple[Any
 
 
 def _ttl_parts(draw: st.DrawFn) -> tuple[int | None, int | None]:
-    if not draw(st.integers(0, 5)) == 0:
+    if draw(st.integers(0, 5)) != 0:
         return None, None
     # Either already expired at NOW, or far in the future.
     return 3600, draw(st.sampled_from([NOW - 100, NOW + 10**6]))
@@ -253,7 +255,11 @@ def event_histories(draw: st.DrawFn, schema: TableSchema, *, max_events: int = 1
         if choice == 3:
             events.append(
                 ChangeEvent(
-                    position=pos, schema=schema, kind=ChangeKind.ROW, key=key, row_deletion=Deletion(timestamp=ts, local_deletion_time=NOW - 1000)
+                    position=pos,
+                    schema=schema,
+                    kind=ChangeKind.ROW,
+                    key=key,
+                    row_deletion=Deletion(timestamp=ts, local_deletion_time=NOW - 1000),
                 )
             )
             continue
