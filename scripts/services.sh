@@ -81,7 +81,7 @@ APT_UPDATED=0
 apt_update_once() {
   if [[ $APT_UPDATED -eq 0 ]]; then
     log "apt-get update"
-    as_root apt-get update -qq >&2 || die "apt-get update failed"
+    as_root apt-get update -qq >/dev/null || die "apt-get update failed"
     APT_UPDATED=1
   fi
 }
@@ -91,9 +91,16 @@ ensure_packages() { # pkg...
   for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
   [[ ${#missing[@]} -eq 0 ]] && return 0
   apt_update_once
+  local t
+  t=$(date +%s)
   log "apt-get install ${missing[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
+  mkdir -p "$STATE_DIR"
+  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "${missing[@]}" >"$STATE_DIR/apt.log" 2>&1; then
+    tail_log "$STATE_DIR/apt.log"
+    die "apt-get install ${missing[*]} failed"
+  fi
+  log "apt-get install done ($(($(date +%s) - t))s)"
 }
 
 # ---- process helpers ---------------------------------------------------------------------
@@ -361,12 +368,12 @@ ensure_timescaledb() {
     log "timescaledb: fetching source package timescaledb=$TIMESCALEDB_DEB_VERSION (deb-src $uri trixie main)"
     echo "deb-src $uri trixie main" | as_root tee "$list" >/dev/null
     local ok=1
-    as_root apt-get update -qq >&2 || ok=0
+    as_root apt-get update -qq >/dev/null || ok=0
     if [[ $ok -eq 1 ]]; then
       (cd "$build_root" && apt-get source -qq "timescaledb=$TIMESCALEDB_DEB_VERSION" >"$build_root/source.log" 2>&1) || ok=0
     fi
     as_root rm -f "$list"
-    as_root apt-get update -qq >&2 || true
+    as_root apt-get update -qq >/dev/null || true
     APT_UPDATED=1
     if [[ $ok -eq 0 ]]; then
       tail_log "$build_root/source.log"
@@ -513,6 +520,14 @@ CH_LOG=$CH_DIR/log/clickhouse-server.log
 CH_ERRLOG=$CH_DIR/log/clickhouse-server.err.log
 CH_OUT=$CH_DIR/log/stdout.log
 
+ch_server_bin() {
+  local b
+  for b in /usr/sbin/clickhouse-server /usr/bin/clickhouse-server "$(command -v clickhouse-server || true)"; do
+    [[ -n $b && -x $b ]] && { echo "$b"; return 0; }
+  done
+  echo clickhouse-server
+}
+
 start_clickhouse() {
   if running "$CH_PIDFILE" "$CH_HTTP_PORT"; then
     log "clickhouse: already running (pid $(read_pid "$CH_PIDFILE"), port $CH_HTTP_PORT)"
@@ -541,7 +556,7 @@ start_clickhouse() {
   log "clickhouse: starting clickhouse-server on $HOST:$CH_HTTP_PORT (http), $CH_HTTPS_PORT (https), $CH_TCP_PORT (tcp)"
   (
     cd "$CH_DIR"
-    exec setsid /usr/bin/clickhouse-server --config-file="$CH_DIR/config.xml"
+    exec setsid "$(ch_server_bin)" --config-file="$CH_DIR/config.xml"
   ) </dev/null >"$CH_OUT" 2>&1 &
   echo $! >"$CH_PIDFILE"
   if ! wait_port clickhouse "$CH_PIDFILE" "$CH_HTTP_PORT" 60 "$CH_ERRLOG"; then
@@ -642,9 +657,9 @@ stop_toxiproxy() { stop_pid toxiproxy "$TOXI_PIDFILE" 10; }
 
 status_toxiproxy() {
   if running "$TOXI_PIDFILE" "$TOXIPROXY_PORT"; then
-    local v
-    v=$(curl -s "http://$HOST:$TOXIPROXY_PORT/version" || echo '?')
-    echo "toxiproxy: running pid $(read_pid "$TOXI_PIDFILE"), version $v, API http://$HOST:$TOXIPROXY_PORT, RSS $(rss_of "$(read_pid "$TOXI_PIDFILE")")"
+    local n
+    n=$(curl -s "http://$HOST:$TOXIPROXY_PORT/proxies" | grep -o '"name"' | wc -l || echo '?')
+    echo "toxiproxy: running pid $(read_pid "$TOXI_PIDFILE"), toxiproxy $TOXIPROXY_VERSION, $n proxies, API http://$HOST:$TOXIPROXY_PORT, RSS $(rss_of "$(read_pid "$TOXI_PIDFILE")")"
   else
     echo "toxiproxy: not running"
   fi
