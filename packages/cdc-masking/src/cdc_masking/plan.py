@@ -1,0 +1,409 @@
+"""Rules compiled per table into a plan: which columns, which leaves, which function, which new type.
+
+A :class:`TablePlan` is built once per :class:`~cdc_core.schema.TableSchema` and cached by the
+transform, so masking an event is a few dict lookups and the strategy calls themselves.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+from cdc_core.cqltypes import CqlType
+from cdc_core.errors import ConfigError
+from cdc_core.events import Cell, ChangeEvent, ComplexChange, ElementChange, RangeBound, RangeDeletion
+from cdc_core.schema import ColumnKind, TableSchema
+from frozendict import frozendict
+
+from cdc_masking.config import MaskingRule
+from cdc_masking.strategies import Masker, memoise
+
+__all__ = ["ColumnPlan", "CompiledRule", "TablePlan", "addressable_names", "build_plan", "compile_pattern"]
+
+ValueFn = Callable[[Any], Any]
+_APPLY_TO = ("both", "keys", "values")
+
+
+def compile_pattern(pattern: str, *, case_sensitive: bool, what: str) -> Callable[[str], bool]:
+    """A matcher for a glob (fnmatch) or ``re:<regex>`` pattern; ``ConfigError`` if it is malformed."""
+    if not pattern:
+        raise ConfigError(f"{what}: empty pattern")
+    flags = 0 if case_sensitive else re.IGNORECASE
+    if pattern.startswith("re:"):
+        try:
+            regex = re.compile(pattern[3:], flags)
+        except re.error as exc:
+            raise ConfigError(f"{what}: bad regular expression {pattern[3:]!r}: {exc}") from None
+        return lambda name: regex.fullmatch(name) is not None
+    depth = 0
+    for char in pattern:  # fnmatch silently takes an unclosed '[' literally: almost always a typo
+        if char == "[":
+            depth += 1
+        elif char == "]" and depth:
+            depth -= 1
+    if depth:
+        raise ConfigError(f"{what}: bad glob {pattern!r}: unclosed '['")
+    if pattern == "*":
+        return lambda _name: True
+    if not any(c in pattern for c in "*?["):
+        literal = pattern if case_sensitive else pattern.lower()
+        if case_sensitive:
+            return lambda name: name == literal
+        return lambda name: name.lower() == literal
+    regex = re.compile(fnmatch.translate(pattern), flags)
+    return lambda name: regex.match(name) is not None
+
+
+@attrs.frozen(kw_only=True)
+class CompiledRule:
+    index: int
+    rule: MaskingRule
+    name: str
+    strategy: str
+    masker: Masker
+    keyspace: Callable[[str], bool]
+    table: Callable[[str], bool]
+    column: Callable[[str], bool]
+
+
+def _none(_value: Any) -> None:
+    return None
+
+
+@attrs.frozen(kw_only=True)
+class _Node:
+    """How to mask values of one type position. ``fn`` None: nothing under it is masked."""
+
+    fn: ValueFn | None
+    typ: CqlType
+    rules: frozenset[int] = frozenset()
+    nulls: bool = False
+    injective: bool = True
+    elem: _Node | None = None  # list / set / vector elements
+    key: _Node | None = None  # map keys
+    value: _Node | None = None  # map values
+    fields: Mapping[str, _Node] = attrs.field(factory=dict)  # udt fields with something to mask
+
+
+def _unmasked(typ: CqlType) -> _Node:
+    return _Node(fn=None, typ=typ)
+
+
+def _seq_fn(efn: ValueFn) -> ValueFn:
+    return lambda v: tuple([efn(x) for x in v])
+
+
+def _map_fn(kfn: ValueFn | None, vfn: ValueFn | None) -> ValueFn:
+    if kfn is not None and vfn is not None:
+        return lambda v: frozendict({kfn(k): vfn(x) for k, x in v.items()})
+    if kfn is not None:
+        return lambda v: frozendict({kfn(k): x for k, x in v.items()})
+    assert vfn is not None
+    return lambda v: frozendict({k: vfn(x) for k, x in v.items()})
+
+
+def _udt_fn(fns: Mapping[str, ValueFn]) -> ValueFn:
+    def mask(v: Any) -> Any:
+        return frozendict({f: (fns[f](x) if x is not None and f in fns else x) for f, x in v.items()})
+
+    return mask
+
+
+def _tuple_fn(fns: Sequence[ValueFn | None]) -> ValueFn:
+    def mask(v: Any) -> Any:
+        return tuple(f(x) if f is not None and x is not None else x for f, x in zip(fns, v, strict=False))
+
+    return mask
+
+
+class _Builder:
+    def __init__(self, rules: Sequence[CompiledRule], memo_size: int) -> None:
+        self.rules = rules
+        self.memo_size = memo_size
+
+    def resolve(self, path: str) -> CompiledRule | None:
+        for rule in self.rules:
+            if rule.column(path):
+                return rule
+        return None
+
+    def whole(self, typ: CqlType, rule: CompiledRule) -> _Node:
+        """Every leaf under ``typ`` masked by ``rule``."""
+        m = rule.masker
+        used = frozenset({rule.index})
+        if m.nulls:
+            return _Node(fn=_none, typ=typ, rules=used, nulls=True, injective=False)
+        name = typ.name
+        if name in ("list", "set", "vector"):
+            e = self.whole(typ.params[0], rule)
+            assert e.fn is not None
+            return _Node(fn=_seq_fn(e.fn), typ=attrs.evolve(typ, params=(e.typ,)), rules=used, injective=e.injective, elem=e)
+        if name == "map":
+            k = self.whole(typ.params[0], rule) if rule.rule.apply_to in ("both", "keys") else _unmasked(typ.params[0])
+            v = self.whole(typ.params[1], rule) if rule.rule.apply_to in ("both", "values") else _unmasked(typ.params[1])
+            return _Node(
+                fn=_map_fn(k.fn, v.fn),
+                typ=attrs.evolve(typ, params=(k.typ, v.typ)),
+                rules=used,
+                injective=k.injective and v.injective,
+                key=k,
+                value=v,
+            )
+        if name == "tuple":
+            items = [self.whole(t, rule) for t in typ.params]
+            return _Node(
+                fn=_tuple_fn([i.fn for i in items]),
+                typ=attrs.evolve(typ, params=tuple(i.typ for i in items)),
+                rules=used,
+                injective=all(i.injective for i in items),
+            )
+        if name == "udt":
+            fields = {f: self.whole(t, rule) for f, t in zip(typ.field_names, typ.params, strict=True)}
+            return _Node(
+                fn=_udt_fn({f: n.fn for f, n in fields.items() if n.fn is not None}),
+                typ=attrs.evolve(typ, params=tuple(n.typ for n in fields.values())),
+                rules=used,
+                injective=all(n.injective for n in fields.values()),
+                fields=fields,
+            )
+        fn = memoise(m.mask, self.memo_size) if m.memoise and m.deterministic else m.mask
+        return _Node(fn=fn, typ=m.result_type(typ), rules=used, injective=m.injective and m.deterministic)
+
+    def build(self, typ: CqlType, path: str, rule: CompiledRule | None) -> _Node:
+        """The node for ``typ`` at ``path``: ``rule`` masks it whole; else field rules (``path.field``) apply below."""
+        if rule is not None:
+            return self.whole(typ, rule)
+        name = typ.name
+        if name == "udt":
+            fields: dict[str, _Node] = {}
+            new_params = []
+            for f, t in zip(typ.field_names, typ.params, strict=True):
+                sub = f"{path}.{f}"
+                node = self.build(t, sub, self.resolve(sub))
+                new_params.append(node.typ)
+                if node.fn is not None:
+                    fields[f] = node
+            if not fields:
+                return _unmasked(typ)
+            return _Node(
+                fn=_udt_fn({f: n.fn for f, n in fields.items() if n.fn is not None}),
+                typ=attrs.evolve(typ, params=tuple(new_params)),
+                rules=frozenset().union(*(n.rules for n in fields.values())),
+                fields=fields,
+            )
+        if name in ("list", "set", "vector"):
+            e = self.build(typ.params[0], path, None)
+            if e.fn is None:
+                return _unmasked(typ)
+            return _Node(fn=_seq_fn(e.fn), typ=attrs.evolve(typ, params=(e.typ,)), rules=e.rules, injective=e.injective, elem=e)
+        if name == "map":
+            k = self.build(typ.params[0], path, None)
+            v = self.build(typ.params[1], path, None)
+            if k.fn is None and v.fn is None:
+                return _unmasked(typ)
+            return _Node(
+                fn=_map_fn(k.fn, v.fn),
+                typ=attrs.evolve(typ, params=(k.typ, v.typ)),
+                rules=k.rules | v.rules,
+                injective=k.injective and v.injective,
+                key=k,
+                value=v,
+            )
+        if name == "tuple":
+            items = [self.build(t, path, None) for t in typ.params]
+            if all(i.fn is None for i in items):
+                return _unmasked(typ)
+            return _Node(
+                fn=_tuple_fn([i.fn for i in items]),
+                typ=attrs.evolve(typ, params=tuple(i.typ for i in items)),
+                rules=frozenset().union(*(i.rules for i in items)),
+                injective=all(i.injective for i in items),
+            )
+        return _unmasked(typ)
+
+
+def _with_value(cell: Cell, value: Any) -> Cell:
+    if value is None:  # a strategy removed the value: written as null
+        return Cell(timestamp=cell.timestamp, value=None, tombstone=True, ttl=None, local_deletion_time=cell.local_deletion_time)
+    return Cell(timestamp=cell.timestamp, value=value, tombstone=False, ttl=cell.ttl, local_deletion_time=cell.local_deletion_time)
+
+
+@attrs.frozen(kw_only=True)
+class ColumnPlan:
+    """One masked column of a table."""
+
+    name: str
+    index: int  # into TablePlan.counts
+    node: _Node
+    multicell: bool
+    rules: tuple[CompiledRule, ...]
+
+
+class TablePlan:
+    """The compiled masking of one table (one schema version)."""
+
+    def __init__(self, source: TableSchema, schema: TableSchema, columns: Sequence[ColumnPlan], warnings: Sequence[str]) -> None:
+        self.source = source  # kept so the id()-keyed cache can never see a recycled id
+        self.schema = schema  # the masked events' schema (masked columns retyped)
+        self.columns = tuple(columns)
+        self.warnings = tuple(warnings)
+        self.counts = [0] * len(self.columns)
+        self.empty = not self.columns
+        by_name = {c.name: c for c in self.columns}
+        self._key_cols = [(c.name, by_name[c.name]) for c in source.primary_key if c.name in by_name]
+        self._bound_fns: list[tuple[int, ColumnPlan] | None] = [
+            (by_name[c.name].index, by_name[c.name]) if c.name in by_name else None for c in source.clustering
+        ]
+        self._has_bounds = any(b is not None for b in self._bound_fns)
+        keys = {c.name for c in source.primary_key}
+        self._cell_cols = [(c.name, c) for c in self.columns if c.name not in keys]
+
+    def mask_event(self, event: ChangeEvent) -> ChangeEvent:
+        counts = self.counts
+        key = event.key
+        if self._key_cols:
+            new_key: dict[str, Any] | None = None
+            for name, col in self._key_cols:
+                value = key.get(name)
+                if value is not None:
+                    if new_key is None:
+                        new_key = dict(key)
+                    assert col.node.fn is not None
+                    new_key[name] = col.node.fn(value)
+                    counts[col.index] += 1
+            if new_key is not None:
+                key = new_key
+        range_deletion = event.range_deletion
+        if range_deletion is not None and self._has_bounds:
+            range_deletion = RangeDeletion(
+                start=self._mask_bound(range_deletion.start),
+                end=self._mask_bound(range_deletion.end),
+                deletion=range_deletion.deletion,
+            )
+        cells = event.cells
+        if cells:
+            new_cells: dict[str, Cell | ComplexChange] | None = None
+            for name, col in self._cell_cols:
+                change = cells.get(name)
+                if change is None:
+                    continue
+                masked = self._mask_change(col, change)
+                if masked is not change:
+                    if new_cells is None:
+                        new_cells = dict(cells)
+                    new_cells[name] = masked
+            if new_cells is not None:
+                cells = new_cells
+        return attrs.evolve(event, schema=self.schema, key=key, cells=cells, range_deletion=range_deletion)
+
+    def _mask_bound(self, bound: RangeBound | None) -> RangeBound | None:
+        if bound is None:
+            return None
+        values = list(bound.values)
+        for i, value in enumerate(values):
+            plan = self._bound_fns[i] if i < len(self._bound_fns) else None
+            if plan is not None and value is not None:
+                index, col = plan
+                assert col.node.fn is not None
+                values[i] = col.node.fn(value)
+                self.counts[index] += 1
+        return RangeBound(values=tuple(values), inclusive=bound.inclusive)
+
+    def _mask_change(self, col: ColumnPlan, change: Cell | ComplexChange) -> Cell | ComplexChange:
+        node = col.node
+        if isinstance(change, Cell):
+            if change.tombstone or change.value is None:
+                return change
+            assert node.fn is not None
+            self.counts[col.index] += 1
+            return _with_value(change, node.fn(change.value))
+        if node.nulls:
+            self.counts[col.index] += len(change.elements)
+            return ComplexChange(deletion=change.deletion, elements=())
+        name = node.typ.name
+        elements: list[ElementChange] = []
+        masked = 0
+        for element in change.elements:
+            path, cell = element.path, element.cell
+            if name == "set":
+                assert node.elem is not None and node.elem.fn is not None
+                path = node.elem.fn(path)
+                masked += 1
+            elif name == "map":
+                if node.key is not None and node.key.fn is not None:
+                    path = node.key.fn(path)
+                    masked += 1
+                if node.value is not None and node.value.fn is not None and not cell.tombstone and cell.value is not None:
+                    cell = _with_value(cell, node.value.fn(cell.value))
+                    masked += 1
+            elif name == "list":
+                if node.elem is not None and node.elem.fn is not None and not cell.tombstone and cell.value is not None:
+                    cell = _with_value(cell, node.elem.fn(cell.value))
+                    masked += 1
+            elif name == "udt":
+                field = node.fields.get(path)
+                if field is not None and field.fn is not None and not cell.tombstone and cell.value is not None:
+                    cell = _with_value(cell, field.fn(cell.value))
+                    masked += 1
+            elements.append(element if path is element.path and cell is element.cell else ElementChange(path=path, cell=cell))
+        self.counts[col.index] += masked
+        return ComplexChange(deletion=change.deletion, elements=tuple(elements))
+
+
+def build_plan(source: TableSchema, rules: Sequence[CompiledRule], memo_size: int) -> TablePlan:
+    """Compile the rules that apply to ``source`` (``ConfigError`` if one cannot apply, e.g. null on a key)."""
+    applicable = [r for r in rules if r.keyspace(source.keyspace) and r.table(source.table)]
+    if not applicable:
+        return TablePlan(source, source, (), ())
+    builder = _Builder(applicable, memo_size)
+    columns: list[ColumnPlan] = []
+    new_columns = []
+    warnings: list[str] = []
+    for column in source.columns:
+        typ = column.cql_type
+        node = builder.build(typ, column.name, builder.resolve(column.name))
+        if node.fn is None:
+            new_columns.append(column)
+            continue
+        used = tuple(r for r in applicable if r.index in node.rules)
+        is_key = column.kind in (ColumnKind.PARTITION_KEY, ColumnKind.CLUSTERING)
+        if is_key:
+            names = ", ".join(repr(r.name) for r in used)
+            if node.nulls:
+                raise ConfigError(
+                    f"masking rule {names} (strategy null) matches primary-key column {source.qualified_name}.{column.name}: "
+                    "a key cannot be null; use hmac or tokenize"
+                )
+            if not node.injective:
+                warnings.append(
+                    f"masking rule {names} masks primary-key column {source.qualified_name}.{column.name} with a strategy that "
+                    "maps different values to one output: distinct rows will collapse into one in the sinks (use hmac or tokenize)"
+                )
+        columns.append(ColumnPlan(name=column.name, index=len(columns), node=node, multicell=typ.is_multicell, rules=used))
+        new_type = str(node.typ)
+        new_columns.append(column if new_type == column.type else attrs.evolve(column, type=new_type))
+    unchanged = all(a is b for a, b in zip(new_columns, source.columns, strict=True))
+    schema = source if unchanged else attrs.evolve(source, columns=tuple(new_columns))
+    return TablePlan(source, schema, columns, warnings)
+
+
+def addressable_names(schema: TableSchema) -> list[str]:
+    """Every name a rule can address in ``schema``: columns and (dotted) UDT fields, also inside collections."""
+    names: list[str] = []
+
+    def walk(typ: CqlType, path: str) -> None:
+        if typ.name == "udt":
+            for f, t in zip(typ.field_names, typ.params, strict=True):
+                names.append(f"{path}.{f}")
+                walk(t, f"{path}.{f}")
+        else:
+            for p in typ.params:
+                walk(p, path)
+
+    for column in schema.columns:
+        names.append(column.name)
+        walk(column.cql_type, column.name)
+    return names

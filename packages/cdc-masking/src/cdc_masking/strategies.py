@@ -1,0 +1,411 @@
+"""Masking strategies: compiled once per rule into a :class:`Masker` (a plain function on values).
+
+A strategy is any object with ``compile(options, context) -> Masker`` (a class with a
+``classmethod``/``staticmethod`` ``compile`` works too). Built-ins are listed in
+:data:`BUILTIN_STRATEGIES`; other plugins add theirs through the ``cdc_masking_register_strategies``
+hook (see :mod:`cdc_masking.hookspecs`).
+
+Values reach ``Masker.mask`` one leaf at a time and never as ``None``; collections, tuples and
+UDTs are walked by the transform. Keyed strategies hash a canonical byte form of the value
+(:func:`canonical_bytes`), which depends on the value only — not on the table or column — so the
+same identifier masks to the same output everywhere and masked columns still join.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+from cdc_core.cqltypes import CqlType
+from cdc_core.errors import ConfigError
+from cdc_core.secrets import Secret
+
+__all__ = [
+    "BUILTIN_STRATEGIES",
+    "MIN_KEY_BYTES",
+    "TEXT",
+    "Masker",
+    "MaskingStrategy",
+    "StrategyContext",
+    "canonical_bytes",
+    "canonical_text",
+    "identify_token",
+    "make_token",
+    "memoise",
+    "same_type",
+    "to_text",
+]
+
+MIN_KEY_BYTES = 32
+TEXT = CqlType("text")
+_TEXT_NAMES = frozenset({"text", "varchar", "ascii"})
+
+
+def to_text(_: CqlType) -> CqlType:
+    """Result type of strategies that produce strings."""
+    return TEXT
+
+
+def same_type(typ: CqlType) -> CqlType:
+    """Result type of strategies that keep the column's type (``null``)."""
+    return typ
+
+
+def _text_if_needed(typ: CqlType) -> CqlType:
+    return typ if typ.name in _TEXT_NAMES else TEXT
+
+
+@attrs.frozen(kw_only=True)
+class Masker:
+    """A compiled strategy.
+
+    ``mask`` maps one non-None leaf value to its masked form. ``result_type`` maps the leaf's CQL
+    type to the masked value's CQL type (the transform rewrites the event schema with it).
+    ``deterministic`` and ``injective`` describe whether equal/different inputs keep
+    equal/different outputs (key columns need both to converge and stay distinct); ``nulls`` marks
+    a strategy that removes the value altogether.
+    """
+
+    mask: Callable[[Any], Any]
+    result_type: Callable[[CqlType], CqlType] = to_text
+    deterministic: bool = True
+    injective: bool = True
+    nulls: bool = False
+    memoise: bool = False  # worth a per-column memo of recent values (expensive and deterministic)
+
+
+@attrs.frozen(kw_only=True)
+class StrategyContext:
+    """What a strategy may use while compiling one rule."""
+
+    rule_name: str
+    strategy: str
+    keys: Mapping[str, Secret]
+    hmac_key: str = "hmac"
+    token_key: str | None = None
+    salt_key: str = "salt"
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"masking rule {self.rule_name!r} (strategy {self.strategy}): {message}")
+
+    def key(self, key_id: str | None, purpose: str) -> bytes:
+        """The key bytes of ``key_id``; refuses absent, empty or short keys (``ConfigError``)."""
+        if key_id is None:
+            raise self.error(f"needs a {purpose} key: set masking.token_key to the active key id")
+        secret = self.keys.get(key_id)
+        if secret is None:
+            known = ", ".join(sorted(self.keys)) or "none"
+            raise self.error(
+                f"needs {purpose} key {key_id!r}, which masking.keys does not define (defined: {known}); "
+                "set it from an environment variable (${CDC_MASKING_KEY}) or a secret file (${file:/run/secrets/key})"
+            )
+        raw = _decode_key(secret, self, key_id)
+        if len(raw) < MIN_KEY_BYTES:
+            if not raw:
+                raise self.error(f"{purpose} key {key_id!r} is empty (is its environment variable or secret file unset?)")
+            raise self.error(f"{purpose} key {key_id!r} is {len(raw)} bytes; at least {MIN_KEY_BYTES} bytes are required")
+        return raw
+
+
+def _decode_key(secret: Secret, ctx: StrategyContext, key_id: str) -> bytes:
+    text = secret.reveal().strip()
+    try:
+        if text.startswith("hex:"):
+            return bytes.fromhex(text[4:])
+        if text.startswith("base64:"):
+            return base64.b64decode(text[7:], validate=True)
+    except (ValueError, binascii.Error):
+        raise ctx.error(f"key {key_id!r} does not decode as its hex:/base64: prefix says") from None
+    return text.encode("utf-8")
+
+
+@runtime_checkable
+class MaskingStrategy(Protocol):
+    def compile(self, options: Mapping[str, Any], context: StrategyContext) -> Masker: ...
+
+
+# --- canonical forms ---------------------------------------------------------------------------
+
+
+def canonical_text(value: Any) -> str:
+    """The text a value is masked as: itself for str, hex for bytes, ``str()`` otherwise."""
+    cls = type(value)
+    if cls is str:
+        return value  # type: ignore[no-any-return]
+    if cls is bytes:
+        return value.hex()  # type: ignore[no-any-return]
+    if cls is bool:
+        return "true" if value else "false"
+    return str(value)
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """The bytes keyed strategies hash. Equal values give equal bytes, whatever the column."""
+    cls = type(value)
+    if cls is str:
+        return value.encode("utf-8")  # type: ignore[no-any-return]
+    if cls is bytes:
+        return value  # type: ignore[no-any-return]
+    return canonical_text(value).encode("utf-8")
+
+
+# --- options ------------------------------------------------------------------------------------
+
+
+class _Options:
+    def __init__(self, options: Mapping[str, Any], ctx: StrategyContext, allowed: set[str]) -> None:
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ctx.error(f"unknown option(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed)) or 'none'})")
+        self.options = options
+        self.ctx = ctx
+
+    def str_(self, name: str, default: str | None) -> str | None:
+        value = self.options.get(name, default)
+        if value is not None and not isinstance(value, str):
+            raise self.ctx.error(f"option {name} must be a string")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.options.get(name, default)
+        if value not in choices:
+            raise self.ctx.error(f"option {name} must be one of {', '.join(choices)}, not {value!r}")
+        return str(value)
+
+    def int_(self, name: str, default: int | None, minimum: int) -> int | None:
+        value = self.options.get(name, default)
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise self.ctx.error(f"option {name} must be an integer >= {minimum}, not {value!r}")
+        return value
+
+
+def memoise(fn: Callable[[Any], Any], size: int) -> Callable[[Any], Any]:
+    """A bounded memo of a pure masking function (cleared when full: no LRU bookkeeping).
+
+    Used per column (one CQL type), so values that compare equal across types (``1 == True``)
+    never share an entry.
+    """
+    if size <= 0:
+        return fn
+    cache: dict[Any, Any] = {}
+
+    def mask(value: Any) -> Any:
+        try:
+            return cache[value]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable
+            return fn(value)
+        out = fn(value)
+        if len(cache) >= size:
+            cache.clear()
+        cache[value] = out
+        return out
+
+    return mask
+
+
+def _hmac_fn(key: bytes, domain: bytes = b"") -> Callable[[bytes], bytes]:
+    """HMAC-SHA256 with the key schedule precomputed (two hash copies per call; RFC 2104)."""
+    block = key if len(key) <= 64 else hashlib.sha256(key).digest()
+    block = block.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+    if domain:
+        inner.update(domain)
+
+    def digest(data: bytes) -> bytes:
+        i = inner.copy()
+        i.update(data)
+        o = outer.copy()
+        o.update(i.digest())
+        return o.digest()
+
+    return digest
+
+
+def _encoder(output: str, length: int | None) -> Callable[[bytes], str]:
+    if output == "hex":
+        if length is None:
+            return bytes.hex
+        return lambda d: d.hex()[:length]
+    if length is None:
+        return lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode("ascii")
+    return lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode("ascii")[:length]
+
+
+# --- built-in strategies -------------------------------------------------------------------------
+
+
+class HmacStrategy:
+    """Keyed HMAC-SHA256 of the value (default for PII). Options: key, output (hex|base64url), length, prefix."""
+
+    def compile(self, options: Mapping[str, Any], context: StrategyContext) -> Masker:
+        opts = _Options(options, context, {"key", "output", "length", "prefix"})
+        key = context.key(opts.str_("key", context.hmac_key), "HMAC")
+        encode = _encoder(opts.choice("output", "hex", ("hex", "base64url")), opts.int_("length", None, 8))
+        prefix = opts.str_("prefix", "") or ""
+        digest = _hmac_fn(key)
+
+        def mask(value: Any) -> str:
+            return prefix + encode(digest(canonical_bytes(value)))
+
+        return Masker(mask=mask, memoise=True)
+
+
+_TOKEN = re.compile(r"^tok_([A-Za-z0-9][A-Za-z0-9-]{0,31})_([a-z2-7]+)$")
+
+
+def identify_token(token: str) -> str | None:
+    """The key id a ``tokenize`` token was made with (``tok_<key id>_<payload>``), or None if ``token`` is not one."""
+    match = _TOKEN.match(token) if isinstance(token, str) else None
+    return match.group(1) if match else None
+
+
+def make_token(key: bytes, key_id: str, value: Any, length: int = 20) -> str:
+    """The token of ``value`` under one key (used by :class:`TokenizeStrategy` and for verification)."""
+    digest = _hmac_fn(key, b"cdc-token\0")(canonical_bytes(value))[:length]
+    return f"tok_{key_id}_{base64.b32encode(digest).decode('ascii').rstrip('=').lower()}"
+
+
+class TokenizeStrategy:
+    """Deterministic tokens carrying the key id, ``tok_<key id>_<base32>`` (default for PHI). Options: key, length (bytes)."""
+
+    def compile(self, options: Mapping[str, Any], context: StrategyContext) -> Masker:
+        opts = _Options(options, context, {"key", "length"})
+        key_id = opts.str_("key", context.token_key)
+        key = context.key(key_id, "token")
+        assert key_id is not None
+        length = opts.int_("length", 20, 10)
+        assert length is not None
+        if length > 32:
+            raise context.error("option length must be at most 32 (bytes of HMAC-SHA256)")
+        digest = _hmac_fn(key, b"cdc-token\0")
+        head = f"tok_{key_id}_"
+
+        def mask(value: Any) -> str:
+            return head + base64.b32encode(digest(canonical_bytes(value))[:length]).decode("ascii").rstrip("=").lower()
+
+        return Masker(mask=mask, memoise=True)
+
+
+class Sha256Strategy:
+    """Salted SHA-256 (allowed, weaker than HMAC for low-entropy values). Options: salt (key id), output, length."""
+
+    def compile(self, options: Mapping[str, Any], context: StrategyContext) -> Masker:
+        opts = _Options(options, context, {"salt", "output", "length"})
+        salt = context.key(opts.str_("salt", context.salt_key), "salt")
+        encode = _encoder(opts.choice("output", "hex", ("hex", "base64url")), opts.int_("length", None, 8))
+        base = hashlib.sha256(salt)
+
+        def mask(value: Any) -> str:
+            h = base.copy()
+            h.update(canonical_bytes(value))
+            return encode(h.digest())
+
+        return Masker(mask=mask, memoise=True)
+
+
+class RedactStrategy:
+    """A fixed replacement string. Option: replacement (default ``REDACTED``)."""
+
+    def compile(self, options: Mapping[str, Any], context: StrategyContext) -> Masker:
+        opts = _Options(options, context, {"replacement"})
+        replacement = opts.str_("replacement", "REDACTED") or ""
+        return Masker(mask=lambda _value: replacement, result_type=_text_if_needed, injective=False)
+
+
+class NullStrategy:
+    """Removes the value: the column is written as null (not allowed on primary-key columns)."""
+
+    def compile(self, options: Mapping[str, Any], context: StrategyContext) -> Masker:
+        _Options(options, context, set())
+        return Masker(mask=lambda _value: None, result_type=same_type, injective=False, nulls=True)
+
+
+class KeepLastStrategy:
+    """Keeps the last N characters, masks the rest (values of N characters or fewer are masked entirely). Options: n, mask_char."""
+
+    def compile(self, options: Mapping[str, Any], context: StrategyContext) -> Masker:
+        opts = _Options(options, context, {"n", "mask_char"})
+        n = opts.int_("n", 4, 0)
+        assert n is not None
+        char = opts.str_("mask_char", "*") or "*"
+        if len(char) != 1:
+            raise context.error("option mask_char must be one character")
+
+        def mask(value: Any) -> str:
+            text = canonical_text(value)
+            size = len(text)
+            if size <= n:
+                return char * size
+            return char * (size - n) + text[size - n :]
+
+        return Masker(mask=mask, injective=False)
+
+
+class TruncateStrategy:
+    """Keeps the first N characters (values of N characters or fewer are masked entirely). Options: length, mask_char."""
+
+    def compile(self, options: Mapping[str, Any], context: StrategyContext) -> Masker:
+        opts = _Options(options, context, {"length", "mask_char"})
+        length = opts.int_("length", 3, 0)
+        assert length is not None
+        char = opts.str_("mask_char", "*") or "*"
+        if len(char) != 1:
+            raise context.error("option mask_char must be one character")
+
+        def mask(value: Any) -> str:
+            text = canonical_text(value)
+            return text[:length] if len(text) > length else char * len(text)
+
+        return Masker(mask=mask, injective=False)
+
+
+class EmailStrategy:
+    """Masks an address's local part (HMAC or redaction) and keeps or HMACs its domain. Options: key, local, domain, length."""
+
+    def compile(self, options: Mapping[str, Any], context: StrategyContext) -> Masker:
+        opts = _Options(options, context, {"key", "local", "domain", "length"})
+        local_mode = opts.choice("local", "hmac", ("hmac", "redact"))
+        domain_mode = opts.choice("domain", "keep", ("keep", "hmac"))
+        length = opts.int_("length", 16, 8)
+        digest: Callable[[bytes], bytes] | None = None
+        if local_mode == "hmac" or domain_mode == "hmac":
+            digest = _hmac_fn(context.key(opts.str_("key", context.hmac_key), "HMAC"), b"cdc-email\0")
+
+        def hashed(part: str) -> str:
+            assert digest is not None
+            return digest(part.encode("utf-8")).hex()[:length]
+
+        def mask(value: Any) -> str:
+            text = canonical_text(value)
+            local, at, domain = text.rpartition("@")
+            if not at:
+                local, domain = text, ""
+            masked_local = hashed(local) if local_mode == "hmac" else "***"
+            if not at:
+                return masked_local
+            domain = hashed(domain.lower()) + ".invalid" if domain_mode == "hmac" else domain.lower()
+            return f"{masked_local}@{domain}"
+
+        return Masker(mask=mask, injective=local_mode == "hmac", memoise=True)
+
+
+BUILTIN_STRATEGIES: dict[str, MaskingStrategy] = {
+    "hmac": HmacStrategy(),
+    "tokenize": TokenizeStrategy(),
+    "sha256": Sha256Strategy(),
+    "redact": RedactStrategy(),
+    "null": NullStrategy(),
+    "keep_last": KeepLastStrategy(),
+    "email": EmailStrategy(),
+    "truncate": TruncateStrategy(),
+}
