@@ -9,9 +9,9 @@ from __future__ import annotations
 import struct
 
 __all__ = [
-    "DecodeError",
     "MASK32",
     "MASK64",
+    "DecodeError",
     "read_svint",
     "read_uvint",
     "read_uvint_bytes",

@@ -315,8 +315,8 @@ class SegmentCursor:
             if (crc & 0xFFFFFFFF) != marker_crc(header.segment_id, p):
                 return None
             if self._decompress is None:
-                return nxt
-            return self.logical + 8 + _I32.unpack_from(head, 8)[0]
+                return int(nxt)
+            return self.logical + 8 + int(_I32.unpack_from(head, 8)[0])
 
 
 def logical_end(name: SegmentName) -> int:
@@ -372,7 +372,7 @@ def iter_entries(section: Section, skip_until: int = -1) -> Iterator[MutationEnt
         if length == 0:
             return  # zero padding: the rest of the section is unused
         end = pos + 12 + length
-        if skip_until >= 0 and base + end <= skip_until and MIN_MUTATION_SIZE <= length and end <= size:
+        if skip_until >= 0 and base + end <= skip_until and length >= MIN_MUTATION_SIZE and end <= size:
             pos = end
             continue
         if length < MIN_MUTATION_SIZE:

@@ -127,7 +127,7 @@ def _timestamp(b: bytes) -> dt.datetime | int | None:
         if not b:
             return None
         raise DecodeError(f"timestamp value of {len(b)} bytes")
-    ms = _I64.unpack_from(b)[0]
+    ms = int(_I64.unpack_from(b)[0])
     try:
         return _EPOCH + dt.timedelta(milliseconds=ms)
     except OverflowError:
@@ -139,7 +139,7 @@ def _date(b: bytes) -> dt.date | int | None:
         if not b:
             return None
         raise DecodeError(f"date value of {len(b)} bytes")
-    days = _U32.unpack_from(b)[0] - (1 << 31)
+    days = int(_U32.unpack_from(b)[0]) - (1 << 31)
     try:
         return _EPOCH_DATE + dt.timedelta(days=days)
     except OverflowError:
