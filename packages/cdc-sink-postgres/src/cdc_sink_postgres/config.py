@@ -1,0 +1,97 @@
+"""Configuration of the PostgreSQL sink (structured strictly by the core: unknown keys are errors).
+
+Example (YAML)::
+
+    sinks:
+      warehouse_pg:
+        type: postgres
+        dsn: ${PG_DSN}                 # a Secret: never logged
+        schema: cdc
+        table_name: "{keyspace}_{table}"
+        mode: latest                   # or: history
+        pool_min_size: 1
+        pool_max_size: 4
+        ssl: {mode: verify-full, ca_file: /etc/ssl/pg-ca.crt}
+        tables:
+          shop.orders:
+            mode: history
+          shop.users:
+            table_name: users
+            column_types: {created: timestamp}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from cdc_core.secrets import Secret
+
+__all__ = ["MODES", "SSL_MODES", "PostgresSinkConfig", "SslConfig", "TableConfig"]
+
+MODES = ("latest", "history")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _check_mode(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and value not in MODES:
+        raise ValueError(f"{attribute.name} must be one of {', '.join(MODES)}, not {value!r}")
+
+
+def _check_ssl_mode(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and value not in SSL_MODES:
+        raise ValueError(f"{attribute.name} must be one of {', '.join(SSL_MODES)}, not {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class SslConfig:
+    """TLS to the server, as libpq's ``sslmode``; ``None`` leaves it to the DSN (``?sslmode=``)."""
+
+    mode: str | None = attrs.field(default=None, validator=_check_ssl_mode)
+    ca_file: str | None = None  # PEM bundle to verify the server with (verify-ca / verify-full)
+    cert_file: str | None = None  # client certificate (PEM), for certificate authentication
+    key_file: str | None = None
+    key_password: Secret | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TableConfig:
+    """Per replicated table (key ``keyspace.table``) overrides."""
+
+    mode: str | None = attrs.field(default=None, validator=_check_mode)
+    table_name: str | None = None  # the destination name (a template like the sink's)
+    column_types: dict[str, str] = attrs.field(factory=dict)  # column → PostgreSQL type (cast from the default mapping)
+
+
+@attrs.frozen(kw_only=True)
+class PostgresSinkConfig:
+    """The ``postgres`` sink. ``table_name`` may use ``{keyspace}`` and ``{table}``."""
+
+    dsn: Secret
+    schema: str = "public"
+    table_name: str = "{keyspace}_{table}"
+    mode: str = attrs.field(default="latest", validator=_check_mode)
+    tables: dict[str, TableConfig] = attrs.field(factory=dict)
+    offsets_table: str = "cdc_offsets"
+    pool_min_size: int = 1
+    pool_max_size: int = 4
+    connect_timeout: float = 10.0
+    command_timeout: float = 120.0  # seconds for one statement; exceeding it is a transient error
+    statement_cache_size: int = 256
+    ssl: SslConfig = attrs.field(factory=SslConfig)
+    create_tables: bool = True  # False: only verify that the tables exist and fail otherwise
+    application_name: str = "cdc"
+
+    def table_config(self, keyspace: str, table: str) -> TableConfig:
+        return self.tables.get(f"{keyspace}.{table}", _DEFAULT_TABLE)
+
+    def mode_for(self, keyspace: str, table: str) -> str:
+        return self.table_config(keyspace, table).mode or self.mode
+
+    def destination_name(self, keyspace: str, table: str) -> str:
+        template = self.table_config(keyspace, table).table_name or self.table_name
+        return template.format(keyspace=keyspace, table=table)
+
+
+_DEFAULT_TABLE = TableConfig()

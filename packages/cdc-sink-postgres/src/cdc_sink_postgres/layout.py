@@ -1,0 +1,216 @@
+"""Where a replicated table lives in PostgreSQL: names of the relations and their columns.
+
+Latest-state mode, for a destination name ``N`` (from the ``table_name`` template):
+
+* ``N__state``: one row per Cassandra row (primary key = partition + clustering columns), each
+  regular column with its winning write timestamp ``c#ts`` and expiry ``c#exp`` (seconds), the
+  row marker (``#marker_ts``, ``#marker_exp``) and the newest row deletion (``#deleted_ts``).
+  A non-frozen collection/UDT column holds a jsonb map element-key → {v, t, e, d} and its
+  ``c#ts`` is the newest whole-collection clear.
+* ``N__static_state``: the same per partition key for static columns.
+* ``N__partition_deletions`` / ``N__range_deletions``: tombstone bookkeeping.
+* ``N`` (view) and ``N__static`` (view): the visible state, the documented way to read it.
+
+History mode: ``N`` is an append-only table keyed by the source position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from functools import cached_property
+
+import attrs
+
+from cdc_core.cqltypes import CqlType, parse_type
+from cdc_core.schema import ClusteringOrder, ColumnKind, TableSchema
+from cdc_sink_postgres.idents import qualify
+from cdc_sink_postgres.typemap import PgType, pg_type_for
+
+__all__ = [
+    "DELETED_TS",
+    "MARKER_EXP",
+    "MARKER_TS",
+    "ColumnLayout",
+    "TableLayout",
+    "pg_name",
+]
+
+MARKER_TS = "#marker_ts"
+MARKER_EXP = "#marker_exp"
+DELETED_TS = "#deleted_ts"
+MAX_IDENT_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+
+
+def pg_name(name: str) -> str:
+    """``name`` fitted into PostgreSQL's 63-byte identifiers (long names keep a hash suffix,
+    so two long names never truncate into one)."""
+    if len(name.encode("utf-8")) <= MAX_IDENT_BYTES:
+        return name
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:10]
+    cut = name.encode("utf-8")[: MAX_IDENT_BYTES - 11].decode("utf-8", errors="ignore")
+    return f"{cut}_{digest}"
+
+
+@attrs.frozen(kw_only=True)
+class ColumnLayout:
+    """One Cassandra column in the destination."""
+
+    name: str
+    cql_type: str
+    kind: ColumnKind
+    position: int = 0
+    descending: bool = False
+    dropped: bool = False
+    override_sql: str | None = None  # a configured PostgreSQL type (values are cast to it)
+
+    @cached_property
+    def cql(self) -> CqlType:
+        return parse_type(self.cql_type)
+
+    @cached_property
+    def pg(self) -> PgType:
+        return pg_type_for(self.cql)
+
+    @property
+    def multicell(self) -> bool:
+        return self.cql.is_multicell and self.kind in (ColumnKind.REGULAR, ColumnKind.STATIC)
+
+    @property
+    def staging_sql(self) -> str:
+        """The type values are copied in with (the default mapping)."""
+        return "jsonb" if self.multicell else self.pg.sql
+
+    @property
+    def stored_sql(self) -> str:
+        if self.multicell:
+            return "jsonb"
+        return self.override_sql or self.pg.sql
+
+    @property
+    def ident(self) -> str:
+        return pg_name(self.name)
+
+    @property
+    def ts_col(self) -> str:
+        return pg_name(f"{self.name}#ts")
+
+    @property
+    def exp_col(self) -> str:
+        return pg_name(f"{self.name}#exp")
+
+
+@attrs.frozen(kw_only=True)
+class TableLayout:
+    """All columns ever seen of one table (dropped ones flagged), and the relation names."""
+
+    pg_schema: str
+    base: str
+    keyspace: str
+    table: str
+    columns: tuple[ColumnLayout, ...]
+
+    @classmethod
+    def from_schema(
+        cls,
+        schema: TableSchema,
+        *,
+        pg_schema: str,
+        base: str,
+        overrides: dict[str, str] | None = None,
+        known: Iterable[ColumnLayout] = (),
+    ) -> TableLayout:
+        """The layout for ``schema``, keeping ``known`` columns (from the database) the schema
+        lacks, and flagging the schema's dropped columns."""
+        overrides = overrides or {}
+        dropped = {name for name, _ in schema.dropped}
+        cols: dict[str, ColumnLayout] = {c.name: attrs.evolve(c, dropped=c.dropped or c.name in dropped) for c in known}
+        for c in schema.columns:
+            if c.name in cols:
+                if c.name not in dropped and cols[c.name].dropped and c.kind is cols[c.name].kind:
+                    cols[c.name] = attrs.evolve(cols[c.name], dropped=False)  # re-added
+                continue
+            cols[c.name] = ColumnLayout(
+                name=c.name,
+                cql_type=str(c.cql_type),
+                kind=c.kind,
+                position=c.position,
+                descending=c.clustering_order is ClusteringOrder.DESC,
+                dropped=c.name in dropped,
+                override_sql=overrides.get(c.name),
+            )
+        return cls(pg_schema=pg_schema, base=base, keyspace=schema.keyspace, table=schema.table, columns=tuple(cols.values()))
+
+    # --- columns ------------------------------------------------------------------------------
+
+    @cached_property
+    def partition_key(self) -> tuple[ColumnLayout, ...]:
+        return tuple(sorted((c for c in self.columns if c.kind is ColumnKind.PARTITION_KEY), key=lambda c: c.position))
+
+    @cached_property
+    def clustering(self) -> tuple[ColumnLayout, ...]:
+        return tuple(sorted((c for c in self.columns if c.kind is ColumnKind.CLUSTERING), key=lambda c: c.position))
+
+    @property
+    def primary_key(self) -> tuple[ColumnLayout, ...]:
+        return self.partition_key + self.clustering
+
+    @cached_property
+    def regular(self) -> tuple[ColumnLayout, ...]:
+        """Regular columns, dropped ones included (their storage stays)."""
+        return tuple(c for c in self.columns if c.kind is ColumnKind.REGULAR)
+
+    @cached_property
+    def static(self) -> tuple[ColumnLayout, ...]:
+        return tuple(c for c in self.columns if c.kind is ColumnKind.STATIC)
+
+    @cached_property
+    def writable(self) -> frozenset[str]:
+        """Value columns events may write (not dropped)."""
+        return frozenset(c.name for c in self.columns if c.kind in (ColumnKind.REGULAR, ColumnKind.STATIC) and not c.dropped)
+
+    def column(self, name: str) -> ColumnLayout:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    # --- relation names -------------------------------------------------------------------------
+
+    def q(self, name: str) -> str:
+        """A relation of this table's schema, quoted and qualified."""
+        return qualify(self.pg_schema, name)
+
+    @property
+    def view(self) -> str:
+        return pg_name(self.base)
+
+    @property
+    def state_table(self) -> str:
+        return pg_name(f"{self.base}__state")
+
+    @property
+    def static_table(self) -> str:
+        return pg_name(f"{self.base}__static_state")
+
+    @property
+    def static_view(self) -> str:
+        return pg_name(f"{self.base}__static")
+
+    @property
+    def partition_deletions(self) -> str:
+        return pg_name(f"{self.base}__partition_deletions")
+
+    @property
+    def range_deletions(self) -> str:
+        return pg_name(f"{self.base}__range_deletions")
+
+    @property
+    def history_table(self) -> str:
+        return pg_name(self.base)
+
+    @cached_property
+    def signature(self) -> str:
+        """Changes whenever the stored shape changes (names staging tables per shape)."""
+        text = "|".join(f"{c.name}:{c.cql_type}:{c.kind.value}:{c.dropped}:{c.override_sql}" for c in self.columns)
+        return hashlib.sha1(f"{self.pg_schema}.{self.base}|{text}".encode()).hexdigest()[:12]

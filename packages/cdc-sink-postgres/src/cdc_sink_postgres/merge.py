@@ -1,0 +1,169 @@
+"""COPY staging and the set-based merge statements of latest-state mode.
+
+Per table and batch: the pre-merged records are COPied (binary) into a TEMP staging table shaped
+like the target, then ONE ``INSERT … SELECT … ON CONFLICT DO UPDATE`` folds them in with
+last-write-wins per cell (tombstone wins ties), greatest() for deletions and an element-wise
+merge for collections. Every rule is commutative, associative and idempotent, so any order of
+batches, replays and concurrent writers converge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from cdc_sink_postgres.ddl import MERGE_FUNCTION
+from cdc_sink_postgres.idents import qualify, quote_ident
+from cdc_sink_postgres.layout import DELETED_TS, MARKER_EXP, MARKER_TS, ColumnLayout, TableLayout, pg_name
+
+__all__ = ["StagedMerge", "latest_state_merges"]
+
+
+def q(name: str) -> str:
+    return quote_ident(name)
+
+
+@attrs.frozen(kw_only=True)
+class StagedMerge:
+    """One staging table (TEMP, ON COMMIT DELETE ROWS) and the statement that merges it."""
+
+    staging: str  # unqualified temp table name
+    columns: tuple[str, ...]
+    column_types: tuple[str, ...]
+    merge_sql: str
+
+    @property
+    def create_sql(self) -> str:
+        defs = ", ".join(f"{q(c)} {t}" for c, t in zip(self.columns, self.column_types, strict=True))
+        return f"CREATE TEMP TABLE IF NOT EXISTS {q(self.staging)} ({defs}) ON COMMIT DELETE ROWS"
+
+    @property
+    def truncate_sql(self) -> str:
+        return f"TRUNCATE {q(self.staging)}"
+
+    async def run(self, conn: Any, records: Sequence[tuple[Any, ...]]) -> None:
+        """COPY ``records`` in and merge them (inside the caller's transaction)."""
+        if not records:
+            return
+        await conn.execute(self.create_sql)
+        await conn.copy_records_to_table(self.staging, records=records, columns=list(self.columns))
+        await conn.execute(self.merge_sql)
+        await conn.execute(self.truncate_sql)
+
+
+def _cast(c: ColumnLayout, expr: str) -> str:
+    return f"{expr}::{c.stored_sql}" if c.override_sql and not c.multicell else expr
+
+
+def _value_columns(cols: Sequence[ColumnLayout]) -> list[tuple[str, str, ColumnLayout | None]]:
+    """(storage column, staging type, owning column or None for the ts/exp fields)."""
+    out: list[tuple[str, str, ColumnLayout | None]] = []
+    for c in cols:
+        out.append((c.ident, c.staging_sql, c))
+        out.append((c.ts_col, "bigint", None))
+        if not c.multicell:
+            out.append((c.exp_col, "bigint", None))
+    return out
+
+
+def _set_clauses(cols: Sequence[ColumnLayout], pg_schema: str) -> list[str]:
+    sets = [
+        # Row marker: newest wins; on a tie an expiring marker beats a non-expiring one.
+        *(
+            f"{q(f)} = CASE WHEN excluded.{q(MARKER_TS)} IS NOT NULL AND (t.{q(MARKER_TS)} IS NULL"
+            f" OR excluded.{q(MARKER_TS)} > t.{q(MARKER_TS)} OR (excluded.{q(MARKER_TS)} = t.{q(MARKER_TS)}"
+            f" AND coalesce(excluded.{q(MARKER_EXP)}, -1) > coalesce(t.{q(MARKER_EXP)}, -1)))"
+            f" THEN excluded.{q(f)} ELSE t.{q(f)} END"
+            for f in (MARKER_TS, MARKER_EXP)
+        ),
+        f"{q(DELETED_TS)} = greatest(t.{q(DELETED_TS)}, excluded.{q(DELETED_TS)})",
+    ]
+    fn = qualify(pg_schema, MERGE_FUNCTION)
+    for c in cols:
+        v, ts = q(c.ident), q(c.ts_col)
+        if c.multicell:
+            sets.append(
+                f"{v} = CASE WHEN excluded.{v} IS NULL AND excluded.{ts} IS NULL THEN t.{v}"
+                f" ELSE {fn}(t.{v}, excluded.{v}, greatest(t.{ts}, excluded.{ts})) END"
+            )
+            sets.append(f"{ts} = greatest(t.{ts}, excluded.{ts})")
+            continue
+        exp = q(c.exp_col)
+        wins = (
+            f"excluded.{ts} IS NOT NULL AND (t.{ts} IS NULL OR excluded.{ts} > t.{ts} OR (excluded.{ts} = t.{ts} AND excluded.{v} IS NULL))"
+        )
+        for f in (v, ts, exp):
+            sets.append(f"{f} = CASE WHEN {wins} THEN excluded.{f} ELSE t.{f} END")
+    return sets
+
+
+def _row_merge(layout: TableLayout, target: str, keys: Sequence[ColumnLayout], cols: Sequence[ColumnLayout], tag: str) -> StagedMerge:
+    vcols = _value_columns(cols)
+    names = [c.ident for c in keys] + [MARKER_TS, MARKER_EXP, DELETED_TS] + [n for n, _, _ in vcols]
+    types = [c.staging_sql for c in keys] + ["bigint"] * 3 + [t for _, t, _ in vcols]
+    select = [_cast(c, f"s.{q(c.ident)}") for c in keys] + [f"s.{q(n)}" for n in (MARKER_TS, MARKER_EXP, DELETED_TS)]
+    select += [_cast(owner, f"s.{q(n)}") if owner is not None else f"s.{q(n)}" for n, _, owner in vcols]
+    staging = pg_name(f"cdc_stage_{layout.signature}_{tag}")
+    key_list = ", ".join(q(c.ident) for c in keys)
+    sql = (
+        f"INSERT INTO {layout.q(target)} AS t ({', '.join(q(n) for n in names)}) "
+        f"SELECT {', '.join(select)} FROM {q(staging)} s ORDER BY {', '.join(f's.{q(c.ident)}' for c in keys)} "
+        f"ON CONFLICT ({key_list}) DO UPDATE SET {', '.join(_set_clauses(cols, layout.pg_schema))}"
+    )
+    return StagedMerge(staging=staging, columns=tuple(names), column_types=tuple(types), merge_sql=sql)
+
+
+def _partition_deletions_merge(layout: TableLayout) -> StagedMerge:
+    keys = layout.partition_key
+    names = [c.ident for c in keys] + ["ts"]
+    types = [c.staging_sql for c in keys] + ["bigint"]
+    staging = pg_name(f"cdc_stage_{layout.signature}_pdel")
+    key_list = ", ".join(q(c.ident) for c in keys)
+    sql = (
+        f"INSERT INTO {layout.q(layout.partition_deletions)} AS t ({', '.join(q(n) for n in names)}) "
+        f"SELECT {', '.join([_cast(c, f's.{q(c.ident)}') for c in keys] + ['s.ts'])} FROM {q(staging)} s ORDER BY {key_list} "
+        f"ON CONFLICT ({key_list}) DO UPDATE SET ts = greatest(t.ts, excluded.ts)"
+    )
+    return StagedMerge(staging=staging, columns=tuple(names), column_types=tuple(types), merge_sql=sql)
+
+
+def range_columns(layout: TableLayout) -> list[tuple[str, str, ColumnLayout | None]]:
+    out: list[tuple[str, str, ColumnLayout | None]] = [(c.ident, c.staging_sql, c) for c in layout.partition_key]
+    for side in ("start", "end"):
+        out += [(f"{side}#{c.ident}", c.staging_sql, c) for c in layout.clustering]
+        out += [(f"#{side}_len", "integer", None), (f"#{side}_incl", "boolean", None)]
+    out += [("#bounds", "text", None), ("ts", "bigint", None)]
+    return out
+
+
+def _range_deletions_merge(layout: TableLayout) -> StagedMerge:
+    cols = range_columns(layout)
+    staging = pg_name(f"cdc_stage_{layout.signature}_rdel")
+    key_list = ", ".join([q(c.ident) for c in layout.partition_key] + [q("#bounds")])
+    select = [_cast(owner, f"s.{q(n)}") if owner is not None else f"s.{q(n)}" for n, _, owner in cols]
+    sql = (
+        f"INSERT INTO {layout.q(layout.range_deletions)} AS t ({', '.join(q(n) for n, _, _ in cols)}) "
+        f"SELECT {', '.join(select)} FROM {q(staging)} s ORDER BY {key_list} "
+        f"ON CONFLICT ({key_list}) DO UPDATE SET ts = greatest(t.ts, excluded.ts)"
+    )
+    return StagedMerge(staging=staging, columns=tuple(n for n, _, _ in cols), column_types=tuple(t for _, t, _ in cols), merge_sql=sql)
+
+
+@attrs.frozen(kw_only=True)
+class LatestStateMerges:
+    rows: StagedMerge
+    statics: StagedMerge | None
+    partition_deletions: StagedMerge
+    range_deletions: StagedMerge | None
+
+
+def latest_state_merges(layout: TableLayout) -> LatestStateMerges:
+    """The staged merges of one layout (build once per layout and cache)."""
+    return LatestStateMerges(
+        rows=_row_merge(layout, layout.state_table, layout.primary_key, layout.regular, "rows"),
+        statics=_row_merge(layout, layout.static_table, layout.partition_key, layout.static, "static") if layout.static else None,
+        partition_deletions=_partition_deletions_merge(layout),
+        range_deletions=_range_deletions_merge(layout) if layout.clustering else None,
+    )
