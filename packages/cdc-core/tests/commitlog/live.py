@@ -21,14 +21,14 @@ def run_scenario(session: Any, ks: str) -> None:
 
 
 async def read_keyspace_events(
-    session: Any, cdc_raw: Path, ks: str, *, timeout: float = 60.0, until_table: str = "comp"
+    session: Any, cdc_raw: Path, ks: str, *, wait_seconds: float = 60.0, until_table: str = "comp"
 ) -> list[ChangeEvent]:
     """Read the keyspace's events from cdc_raw until the sentinel row shows up (the idx offset moves at each fsync)."""
     config = CommitLogReaderConfig(cdc_raw_dir=cdc_raw, contact_points=["unused"], keyspaces=[ks], poll_interval=0.1)
     reader = CommitLogReader(config, schema_source=CassandraSchemaSource(session=session), node="test-node")
     await reader.start()
     events: list[ChangeEvent] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_seconds
 
     async def consume() -> None:
         async for item in reader.read({}, follow=True):

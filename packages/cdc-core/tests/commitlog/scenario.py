@@ -76,7 +76,8 @@ WRITES: list[tuple[str, str]] = [
     ),
     (
         "logged_batch",
-        "BEGIN BATCH INSERT INTO {ks}.ev (pk, ck1, ck2, v) VALUES ('s', 1, 'a', 's1'); UPDATE {ks}.coll SET l = ['lb'] WHERE pk = 4; APPLY BATCH",
+        "BEGIN BATCH INSERT INTO {ks}.ev (pk, ck1, ck2, v) VALUES ('s', 1, 'a', 's1');"
+        " UPDATE {ks}.coll SET l = ['lb'] WHERE pk = 4; APPLY BATCH",
     ),
     ("ev_range_prefix", "DELETE FROM {ks}.ev WHERE pk = 'r' AND ck1 = 3"),
     ("composite", "INSERT INTO {ks}.comp (a, b, c, v) VALUES (1, 'two', 3, 4)"),
@@ -118,10 +119,13 @@ def check_events(events: Sequence[ChangeEvent]) -> None:
     """Assert the decoded events of the whole scenario (events of other keyspaces must be filtered out)."""
     # positions strictly increase
     positions = [e.position for e in events]
-    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    assert positions == sorted(positions)
+    assert len(set(positions)) == len(positions)
 
     e = _one(events, "all_types", pk=1, ck="x")
-    assert e.liveness is not None and e.liveness.timestamp == T0 and e.liveness.ttl is None
+    assert e.liveness is not None
+    assert e.liveness.timestamp == T0
+    assert e.liveness.ttl is None
     assert e.row_deletion is None
     expected = {
         "a": "asc",
@@ -154,35 +158,54 @@ def check_events(events: Sequence[ChangeEvent]) -> None:
         cell = _cell(e, name)
         assert cell.value == value, (name, cell.value, value)
         assert type(cell.value) is type(value), (name, type(cell.value))
-        assert cell.timestamp == T0 and not cell.tombstone and cell.ttl is None
+        assert cell.timestamp == T0
+        assert not cell.tombstone
+        assert cell.ttl is None
     assert str(_cell(e, "dc").value) == "123.4500"
 
     e = _one(events, "all_types", pk=1, ck="y")
     assert _cell(e, "i").value == ipaddress.ip_address("::1")
-    assert _cell(e, "dc").value == Decimal("-0.001") and _cell(e, "vi").value == -1
+    assert _cell(e, "dc").value == Decimal("-0.001")
+    assert _cell(e, "vi").value == -1
 
     e = _one(events, "all_types", pk=1, ck="z")  # explicit nulls are tombstones
     assert set(e.cells) == {"t", "it"}
     assert all(_cell(e, n).tombstone and _cell(e, n).value is None and _cell(e, n).timestamp == T0 for n in ("t", "it"))
 
     e = _one(events, "all_types", pk=2, ck="a")  # UPDATE: no row marker, only the named cells
-    assert e.liveness is None and set(e.cells) == {"it", "t"}
-    assert _cell(e, "it").value == 8 and _cell(e, "t").value == "u" and _cell(e, "it").timestamp == T0 + 1
+    assert e.liveness is None
+    assert set(e.cells) == {"it", "t"}
+    assert _cell(e, "it").value == 8
+    assert _cell(e, "t").value == "u"
+    assert _cell(e, "it").timestamp == T0 + 1
 
     e = _one(events, "all_types", pk=3, ck="a")
-    assert e.liveness is not None and e.liveness.ttl == 1000 and e.liveness.local_deletion_time is not None
+    assert e.liveness is not None
+    assert e.liveness.ttl == 1000
+    assert e.liveness.local_deletion_time is not None
     c = _cell(e, "it")
-    assert c.ttl == 1000 and c.local_deletion_time == e.liveness.local_deletion_time and c.value == 1
+    assert c.ttl == 1000
+    assert c.local_deletion_time == e.liveness.local_deletion_time
+    assert c.value == 1
     e = _one(events, "all_types", pk=3, ck="b")
     c = _cell(e, "t")
-    assert e.liveness is None and c.ttl == 500 and c.expires_at is not None and c.value == "ttl" and c.timestamp == T0 + 3
+    assert e.liveness is None
+    assert c.ttl == 500
+    assert c.expires_at is not None
+    assert c.value == "ttl"
+    assert c.timestamp == T0 + 3
 
     e = _one(events, "all_types", pk=4, ck="a")
-    assert set(e.cells) == {"t"} and _cell(e, "t").tombstone and _cell(e, "t").timestamp == T0 + 4
+    assert set(e.cells) == {"t"}
+    assert _cell(e, "t").tombstone
+    assert _cell(e, "t").timestamp == T0 + 4
     assert _cell(e, "t").local_deletion_time is not None
 
     e = _one(events, "all_types", pk=4, ck="b")
-    assert e.row_deletion is not None and e.row_deletion.timestamp == T0 + 5 and not e.cells and e.liveness is None
+    assert e.row_deletion is not None
+    assert e.row_deletion.timestamp == T0 + 5
+    assert not e.cells
+    assert e.liveness is None
 
     e = _one(events, "all_types", ChangeKind.RANGE_DELETE, pk=5)
     assert e.range_deletion is not None
@@ -190,11 +213,14 @@ def check_events(events: Sequence[ChangeEvent]) -> None:
     assert e.range_deletion.end == RangeBound(values=("f",), inclusive=True)
     assert e.range_deletion.deletion.timestamp == T0 + 6
     e = _one(events, "all_types", ChangeKind.RANGE_DELETE, pk=6)
-    assert e.range_deletion is not None and e.range_deletion.end is None
+    assert e.range_deletion is not None
+    assert e.range_deletion.end is None
     assert e.range_deletion.start == RangeBound(values=("m",), inclusive=True)
 
     e = _one(events, "all_types", ChangeKind.PARTITION_DELETE, pk=7)
-    assert e.partition_deletion is not None and e.partition_deletion.timestamp == T0 + 8 and dict(e.key) == {"pk": 7}
+    assert e.partition_deletion is not None
+    assert e.partition_deletion.timestamp == T0 + 8
+    assert dict(e.key) == {"pk": 7}
 
     coll = [x for x in events if x.table == "coll" and x.key == {"pk": 1}]
     assert len(coll) == 10, coll
@@ -202,24 +228,30 @@ def check_events(events: Sequence[ChangeEvent]) -> None:
     ts = ins.liveness.timestamp if ins.liveness else None
     assert ts is not None
     l0 = _complex(ins, "l")
-    assert l0.deletion is not None and l0.deletion.timestamp == ts - 1
+    assert l0.deletion is not None
+    assert l0.deletion.timestamp == ts - 1
     assert [x.cell.value for x in l0.elements] == ["a", "b"]
     assert all(isinstance(x.path, uuid.UUID) for x in l0.elements)
     s0 = _complex(ins, "s")
-    assert [x.path for x in s0.elements] == [1, 3] and all(x.cell.value is None and not x.cell.tombstone for x in s0.elements)
+    assert [x.path for x in s0.elements] == [1, 3]
+    assert all(x.cell.value is None and not x.cell.tombstone for x in s0.elements)
     m0 = _complex(ins, "m")
     assert [(x.path, x.cell.value) for x in m0.elements] == [("a", 2), ("x", 1)]
     u0 = _complex(ins, "u")
     assert [(x.path, x.cell.value) for x in u0.elements] == [("street", "S"), ("zip", 9)]
     appended = _complex(app, "l")
-    assert appended.deletion is None and [x.cell.value for x in appended.elements] == ["c"]
+    assert appended.deletion is None
+    assert [x.cell.value for x in appended.elements] == ["c"]
     assert appended.elements[0].path > l0.elements[-1].path or appended.elements[0].path.time > l0.elements[-1].path.time
     prepended = _complex(pre, "l")
-    assert [x.cell.value for x in prepended.elements] == ["z"] and prepended.elements[0].path.time < l0.elements[0].path.time
+    assert [x.cell.value for x in prepended.elements] == ["z"]
+    assert prepended.elements[0].path.time < l0.elements[0].path.time
     set0 = _complex(setidx, "l")  # l[0] = 'zz' reuses the path of the first element (the prepended one)
-    assert [x.cell.value for x in set0.elements] == ["zz"] and set0.elements[0].path == prepended.elements[0].path
+    assert [x.cell.value for x in set0.elements] == ["zz"]
+    assert set0.elements[0].path == prepended.elements[0].path
     removed = _complex(rem, "l")
-    assert [x.path for x in removed.elements] == [l0.elements[1].path] and removed.elements[0].cell.tombstone
+    assert [x.path for x in removed.elements] == [l0.elements[1].path]
+    assert removed.elements[0].cell.tombstone
     assert [(x.path, x.cell.tombstone) for x in _complex(sadd, "s").elements] == [(7, False)]
     assert [(x.path, x.cell.tombstone) for x in _complex(srem, "s").elements] == [(3, True)]
     assert [(x.path, x.cell.value) for x in _complex(mput, "m").elements] == [("y", 5)]
@@ -228,34 +260,41 @@ def check_events(events: Sequence[ChangeEvent]) -> None:
 
     e = _one(events, "coll", pk=2)
     ov = _complex(e, "s")
-    assert ov.deletion is not None and [x.path for x in ov.elements] == [42] and ov.deletion.timestamp == ov.elements[0].cell.timestamp - 1
+    assert ov.deletion is not None
+    assert [x.path for x in ov.elements] == [42]
+    assert ov.deletion.timestamp == ov.elements[0].cell.timestamp - 1
     e = _one(events, "coll", pk=3)
     cl = _complex(e, "m")
-    assert cl.deletion is not None and cl.elements == ()
+    assert cl.deletion is not None
+    assert cl.elements == ()
 
     e = _one(events, "ev", static=True, pk="p")
-    assert _cell(e, "s").value == 5 and set(e.cells) == {"s"}
+    assert _cell(e, "s").value == 5
+    assert set(e.cells) == {"s"}
     st = _one(events, "ev", static=True, pk="q")
     row = _one(events, "ev", pk="q", ck1=2, ck2="b")
-    assert _cell(st, "s").value == 6 and _cell(row, "v").value == "vq" and st.position.index + 1 == row.position.index
+    assert _cell(st, "s").value == 6
+    assert _cell(row, "v").value == "vq"
+    assert st.position.index + 1 == row.position.index
     r1 = _one(events, "ev", pk="r", ck1=1, ck2="a")
     r3 = _one(events, "ev", pk="r", ck1=3, ck2="c")
     # one mutation, clustering order is DESC on ck1: ck1=3 first
-    assert r1.position.offset == r3.position.offset and r3.position.index < r1.position.index
+    assert r1.position.offset == r3.position.offset
+    assert r3.position.index < r1.position.index
     s1 = _one(events, "ev", pk="s", ck1=1, ck2="a")
     assert _cell(s1, "v").value == "s1"
     lb = _one(events, "coll", pk=4)
     assert [x.cell.value for x in _complex(lb, "l").elements] == ["lb"]
     e = _one(events, "ev", ChangeKind.RANGE_DELETE, pk="r")
     assert e.range_deletion is not None
-    assert e.range_deletion.start == RangeBound(values=(3,), inclusive=True) and e.range_deletion.end == RangeBound(
-        values=(3,), inclusive=True
-    )
+    assert e.range_deletion.start == RangeBound(values=(3,), inclusive=True)
+    assert e.range_deletion.end == RangeBound(values=(3,), inclusive=True)
 
     e = _one(events, "comp", a=1, b="two", c=3)
     assert _cell(e, "v").value == 4
     lwt = _one(events, "comp", a=9, b="lwt", c=1)
-    assert lwt.liveness is not None and _cell(lwt, "v").timestamp == lwt.liveness.timestamp
+    assert lwt.liveness is not None
+    assert _cell(lwt, "v").timestamp == lwt.liveness.timestamp
 
     counters = _find(events, "cnt", pk=1)
     assert [_cell(x, "c").value for x in counters] == [5, 3]  # the node's cumulative shard value
