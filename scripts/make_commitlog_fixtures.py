@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "packages/cdc-core/tests"))
 
 from cassandra.cluster import Cluster  # noqa: E402
+from commitlog.live import read_keyspace_events, run_scenario  # noqa: E402
+from commitlog.scenario import check_events  # noqa: E402
 
 from cdc_core.commitlog.cdc_index import read_cdc_index  # noqa: E402
 from cdc_core.commitlog.schema_source import dump_schema  # noqa: E402
 from cdc_core.commitlog.segment import SegmentName, logical_end  # noqa: E402
-from commitlog.live import read_keyspace_events, run_scenario  # noqa: E402
-from commitlog.scenario import check_events  # noqa: E402
 
 KEYSPACE = "cdcfix"
 FIXTURES = ROOT / "packages/cdc-core/tests/commitlog/fixtures"
