@@ -9,7 +9,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from cdc_core.commitlog.segment import Section, SegmentCursor, SegmentName, iter_entries, parse_segment_name
+from cdc_core.commitlog.segment import MutationEntry, Section, SegmentCursor, SegmentName, iter_entries, parse_segment_name
 from cdc_core.errors import CorruptCommitLogError
 from cdc_core.events import ChangeEvent
 from cdc_core.positions import Position
