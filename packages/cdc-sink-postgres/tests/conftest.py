@@ -7,11 +7,16 @@ creates a database itself from ``CDC_TEST_POSTGRES_DSN`` (skipping when that is 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+# The tests import their builders from pg_sink_helpers next to this file.
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def _with_database(dsn: str, database: str) -> str:

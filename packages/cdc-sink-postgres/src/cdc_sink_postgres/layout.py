@@ -124,11 +124,17 @@ class TableLayout:
         lacks, and flagging the schema's dropped columns."""
         overrides = overrides or {}
         dropped = {name for name, _ in schema.dropped}
-        cols: dict[str, ColumnLayout] = {c.name: attrs.evolve(c, dropped=c.dropped or c.name in dropped) for c in known}
+        present = {c.name for c in schema.columns}
+        cols: dict[str, ColumnLayout] = {
+            c.name: attrs.evolve(c, dropped=c.dropped or (c.name in dropped and c.name not in present)) for c in known
+        }
         for c in schema.columns:
             if c.name in cols:
-                if c.name not in dropped and cols[c.name].dropped and c.kind is cols[c.name].kind:
-                    cols[c.name] = attrs.evolve(cols[c.name], dropped=False)  # re-added
+                # A dropped column comes back only when Cassandra re-added it: the schema then
+                # both has it and remembers the drop. A schema older than the drop has it too,
+                # but without the drop record, and must not resurrect it.
+                if c.name in dropped and cols[c.name].dropped and c.kind is cols[c.name].kind:
+                    cols[c.name] = attrs.evolve(cols[c.name], dropped=False)
                 continue
             cols[c.name] = ColumnLayout(
                 name=c.name,
@@ -136,7 +142,7 @@ class TableLayout:
                 kind=c.kind,
                 position=c.position,
                 descending=c.clustering_order is ClusteringOrder.DESC,
-                dropped=c.name in dropped,
+                dropped=False,
                 override_sql=overrides.get(c.name),
             )
         return cls(pg_schema=pg_schema, base=base, keyspace=schema.keyspace, table=schema.table, columns=tuple(cols.values()))

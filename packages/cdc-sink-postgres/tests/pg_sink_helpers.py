@@ -1,0 +1,68 @@
+"""Small builders of schemas and events for the tests."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from typing import Any
+
+from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deletion, Liveness
+from cdc_core.positions import Position
+from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
+from cdc_core.sinks import Batch
+
+_positions = itertools.count(1)
+
+
+def schema(table: str, columns: dict[str, str], *, pk: tuple[str, ...] = ("pk",), ck: tuple[str, ...] = (), **kinds: str) -> TableSchema:
+    """``columns`` name → type; ``pk``/``ck`` name the key columns; ``kinds`` marks statics."""
+    cols: list[ColumnSchema] = []
+    for name, typ in columns.items():
+        if name in pk:
+            cols.append(ColumnSchema(name=name, type=typ, kind=ColumnKind.PARTITION_KEY, position=pk.index(name)))
+        elif name in ck:
+            cols.append(
+                ColumnSchema(name=name, type=typ, kind=ColumnKind.CLUSTERING, position=ck.index(name), clustering_order=ClusteringOrder.ASC)
+            )
+        else:
+            kind = ColumnKind.STATIC if kinds.get(name) == "static" else ColumnKind.REGULAR
+            cols.append(ColumnSchema(name=name, type=typ, kind=kind, position=-1))
+    return TableSchema(keyspace="ks", table=table, id=uuid.UUID(int=hash(table) & (2**128 - 1)), columns=tuple(cols))
+
+
+def pos(node: str = "n1") -> Position:
+    i = next(_positions)
+    return Position(node=node, segment_id=1, offset=i * 10, index=0)
+
+
+def upsert(s: TableSchema, key: dict[str, Any], ts: int, *, insert: bool = True, **values: Any) -> ChangeEvent:
+    cells: dict[str, Cell | ComplexChange] = {}
+    for name, v in values.items():
+        cells[name] = v if isinstance(v, Cell | ComplexChange) else Cell(timestamp=ts, value=v)
+    return ChangeEvent(
+        position=pos(),
+        schema=s,
+        kind=ChangeKind.ROW,
+        key=key,
+        liveness=Liveness(timestamp=ts) if insert else None,
+        cells=cells,
+    )
+
+
+def partition_delete(s: TableSchema, key: dict[str, Any], ts: int) -> ChangeEvent:
+    return ChangeEvent(
+        position=pos(),
+        schema=s,
+        kind=ChangeKind.PARTITION_DELETE,
+        key=key,
+        partition_deletion=Deletion(timestamp=ts, local_deletion_time=1),
+    )
+
+
+def batch(events: list[ChangeEvent]) -> Batch:
+    positions: dict[str, Position] = {}
+    for e in events:
+        p = positions.get(e.position.node)
+        if p is None or e.position > p:
+            positions[e.position.node] = e.position
+    return Batch(batch_id=uuid.uuid4().hex, events=events, positions=positions)

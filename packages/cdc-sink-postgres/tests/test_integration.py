@@ -1,0 +1,513 @@
+"""The PostgreSQL sink against a real server: types, rejection, evolution, history, crashes,
+concurrency, TLS and credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import math
+import os
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import attrs
+import pytest
+import structlog
+from frozendict import frozendict
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pg_sink_helpers import batch, partition_delete, pos, schema, upsert
+
+from cdc_core.cqltypes import Duration
+from cdc_core.errors import PermanentError, TransientError
+from cdc_core.events import Cell, ChangeEvent, ComplexChange, Deletion, ElementChange
+from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
+from cdc_core.secrets import Secret
+from cdc_core.sinks import Batch
+from cdc_core.testing.contract import batches_of, normalise_state
+from cdc_core.testing.model import latest_state
+from cdc_core.testing.strategies import NOW, event_histories, shuffled_with_duplicates
+from cdc_sink_postgres.config import PostgresSinkConfig, SslConfig, TableConfig
+from cdc_sink_postgres.sink import PostgresSink
+from cdc_sink_postgres.testing import PostgresHarness
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def harness(pg_dsn: str) -> AsyncIterator[PostgresHarness]:
+    h = PostgresHarness(pg_dsn)
+    yield h
+    await h.destroy()
+
+
+async def _sink(h: PostgresHarness, **overrides: Any) -> PostgresSink:
+    h.config_overrides = overrides
+    sink = await h.make_sink()
+    assert isinstance(sink, PostgresSink)
+    return sink
+
+
+def _timeuuid(n: int) -> uuid.UUID:
+    return uuid.UUID(fields=(n & 0xFFFFFFFF, (n >> 32) & 0xFFFF, 0x1000 | ((n >> 48) & 0x0FFF), 0x80, 0, 1))
+
+
+# --- every CQL type round-trips --------------------------------------------------------------
+
+ALL_TYPES: dict[str, tuple[str, Any]] = {
+    "c_ascii": ("ascii", "plain"),
+    "c_text": ("text", "ünïcode ✓ 'quoted' \"double\""),
+    "c_varchar": ("varchar", ""),
+    "c_tinyint": ("tinyint", -128),
+    "c_smallint": ("smallint", 32767),
+    "c_int": ("int", -(2**31)),
+    "c_bigint": ("bigint", 2**63 - 1),
+    "c_counter": ("counter", 42),
+    "c_varint": ("varint", 12345678901234567890123456789012345678901234567890),
+    "c_decimal": ("decimal", Decimal("-12345678901234567890.123456789012345678901")),
+    "c_float": ("float", 1.5),
+    "c_double": ("double", 1 / 3),
+    "c_boolean": ("boolean", False),
+    "c_uuid": ("uuid", uuid.UUID("12345678-1234-5678-1234-567812345678")),
+    "c_timeuuid": ("timeuuid", _timeuuid(123456789)),
+    "c_timestamp": ("timestamp", dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)),
+    "c_date": ("date", dt.date(1, 1, 1)),
+    "c_time": ("time", 86_399_999_999_999),
+    "c_duration": ("duration", Duration(14, -3, 123_456_789_012)),
+    "c_inet4": ("inet", ipaddress.ip_address("10.1.2.3")),
+    "c_inet6": ("inet", ipaddress.ip_address("2001:db8::1")),
+    "c_blob": ("blob", b"\x00\xff\x10binary"),
+    "c_flist": ("frozen<list<int>>", (3, 1, 2)),
+    "c_fset": ("frozen<set<text>>", ("a", "b")),
+    "c_fmap": ("frozen<map<int, text>>", frozendict({1: "one", 2: "two"})),
+    "c_tuple": ("tuple<int, text, timestamp>", (1, "x", dt.datetime(2020, 1, 1, tzinfo=dt.UTC))),
+    "c_fudt": ("frozen<udt<ks.addr>{street:text,zip:int}>", frozendict({"street": "Main", "zip": None})),
+    "c_nested": ("frozen<list<frozen<map<text, decimal>>>>", (frozendict({"k": Decimal("1.50")}),)),
+    "c_vector": ("vector<float, 3>", (1.0, -2.5, 0.25)),
+    "c_dvector": ("vector<double, 2>", (0.1, 0.2)),
+    "c_uuidlist": ("frozen<list<uuid>>", (uuid.UUID(int=1), uuid.UUID(int=2))),
+    "c_nan": ("double", math.nan),
+    "c_inf": ("float", -math.inf),
+}
+
+COLLECTIONS: dict[str, tuple[str, ComplexChange, Any]] = {
+    "m_list": (
+        "list<text>",
+        ComplexChange(
+            elements=(
+                ElementChange(path=_timeuuid(2), cell=Cell(timestamp=10, value="second")),
+                ElementChange(path=_timeuuid(1), cell=Cell(timestamp=10, value="first")),
+            )
+        ),
+        ("first", "second"),
+    ),
+    "m_set": (
+        "set<int>",
+        ComplexChange(elements=tuple(ElementChange(path=i, cell=Cell(timestamp=10)) for i in (5, -1, 3))),
+        frozenset({5, -1, 3}),
+    ),
+    "m_map": (
+        "map<int, timestamp>",
+        ComplexChange(elements=(ElementChange(path=7, cell=Cell(timestamp=10, value=dt.datetime(2021, 5, 5, tzinfo=dt.UTC))),)),
+        {7: dt.datetime(2021, 5, 5, tzinfo=dt.UTC)},
+    ),
+    "m_udt": (
+        "udt<ks.pt>{x:int,label:text}",
+        ComplexChange(elements=(ElementChange(path="x", cell=Cell(timestamp=10, value=4)),)),
+        {"x": 4, "label": None},
+    ),
+    "m_tuples": (
+        "list<frozen<tuple<int, blob>>>",
+        ComplexChange(elements=(ElementChange(path=_timeuuid(9), cell=Cell(timestamp=10, value=(1, b"\x01"))),)),
+        ((1, b"\x01"),),
+    ),
+}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        return math.isnan(b)
+    return bool(a == b)
+
+
+async def test_every_cql_type_round_trips(harness: PostgresHarness) -> None:
+    cols = {"pk": "int"} | {n: t for n, (t, _) in ALL_TYPES.items()} | {n: t for n, (t, _, _) in COLLECTIONS.items()}
+    s = schema("alltypes", cols)
+    values: dict[str, Any] = {n: v for n, (_, v) in ALL_TYPES.items()} | {n: c for n, (_, c, _) in COLLECTIONS.items()}
+    sink = await harness.make_sink()
+    result = await sink.write(batch([upsert(s, {"pk": 1}, 10, **values)]))
+    assert not result.rejected, [r.error for r in result.rejected]
+    state = await harness.read_state(s, NOW)
+    row = state.rows[(1,)]
+    for name, (_, expected) in ALL_TYPES.items():
+        assert _same(row[name], expected), (name, row[name], expected)
+    for name, (_, _, expected) in COLLECTIONS.items():
+        assert row[name] == expected, (name, row[name], expected)
+    # The stored types are the documented ones.
+    conn = await asyncpg.connect(harness.dsn)
+    try:
+        types = dict(
+            await conn.fetch(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+                harness.schema,
+                "ks_alltypes",
+            )
+        )
+        assert types["c_decimal"] == "numeric"
+        assert types["c_varint"] == "numeric"
+        assert types["c_timestamp"] == "timestamp with time zone"
+        assert types["c_time"] == "bigint"
+        assert types["c_uuid"] == "uuid"
+        assert types["c_inet4"] == "inet"
+        assert types["c_blob"] == "bytea"
+        assert types["c_flist"] == "ARRAY"
+        assert types["c_fmap"] == "jsonb"
+        assert types["c_vector"] == "ARRAY"
+        assert types["m_set"] == "ARRAY"
+        assert types["m_map"] == "jsonb"
+        text = await conn.fetchval('SELECT c_fmap::text FROM cdc_test."ks_alltypes"')
+        assert text == '{"1": "one", "2": "two"}'
+    finally:
+        await conn.close()
+
+
+# --- rejection (DLQ) -------------------------------------------------------------------------
+
+
+async def test_nul_in_text_rejects_only_that_event(harness: PostgresHarness) -> None:
+    s = schema("poison", {"pk": "int", "v": "text", "l": "list<text>"})
+    good1 = upsert(s, {"pk": 1}, 10, v="fine")
+    poison = upsert(s, {"pk": 2}, 10, v="bad\x00value")
+    poison_elem = upsert(
+        s, {"pk": 4}, 10, l=ComplexChange(elements=(ElementChange(path=_timeuuid(1), cell=Cell(timestamp=10, value="x\x00")),))
+    )
+    good2 = upsert(s, {"pk": 3}, 10, v="also fine")
+    b = batch([good1, poison, poison_elem, good2])
+    sink = await harness.make_sink()
+    result = await sink.write(b)
+    assert [r.event for r in result.rejected] == [poison, poison_elem]
+    assert "NUL" in result.rejected[0].error
+    state = await harness.read_state(s, NOW)
+    assert set(state.rows) == {(1,), (3,)}
+    assert dict(await sink.committed_positions()) == dict(b.positions)
+
+
+async def test_server_side_data_error_is_bisected_to_the_culprit(harness: PostgresHarness) -> None:
+    # A configured override the value does not fit: only the server notices (22003).
+    s = schema("narrow", {"pk": "int", "v": "int"})
+    sink = await _sink(harness, tables={"ks.narrow": TableConfig(column_types={"v": "smallint"})})
+    events = [upsert(s, {"pk": i}, 10, v=100_000 if i == 5 else i) for i in range(8)]
+    result = await sink.write(batch(events))
+    assert [r.event for r in result.rejected] == [events[5]]
+    assert "out of range" in result.rejected[0].error
+    state = await harness.read_state(s, NOW)
+    assert sorted(state.rows) == [(i,) for i in range(8) if i != 5]
+    assert state.rows[(3,)]["v"] == 3
+
+
+# --- schema evolution ------------------------------------------------------------------------
+
+
+async def test_added_and_dropped_columns(harness: PostgresHarness) -> None:
+    v1 = schema("evolve", {"pk": "int", "a": "text", "b": "int"})
+    v2 = attrs.evolve(v1, columns=(*v1.columns, ColumnSchema(name="c", type="set<int>", kind=ColumnKind.REGULAR, position=-1)))
+    v3 = attrs.evolve(v2, columns=tuple(c for c in v2.columns if c.name != "b"), dropped=(("b", 500),))
+    sink = await harness.make_sink()
+    await sink.write(batch([upsert(v1, {"pk": 1}, 10, a="x", b=1)]))
+    set_c = ComplexChange(elements=(ElementChange(path=4, cell=Cell(timestamp=20)),))
+    await sink.write(batch([upsert(v2, {"pk": 2}, 20, a="y", b=2, c=set_c), upsert(v1, {"pk": 3}, 21, a="z", b=3)]))
+    state = await harness.read_state(v2, NOW)
+    assert state.rows[(2,)] == {"pk": 2, "a": "y", "b": 2, "c": frozenset({4})}
+    assert state.rows[(1,)] == {"pk": 1, "a": "x", "b": 1, "c": None}
+    # A restarted sink (fresh caches) drops b: the view hides it, the storage keeps it.
+    restarted = await harness.make_sink()
+    await restarted.write(batch([upsert(v3, {"pk": 4}, 30, a="w")]))
+    # An event of the old schema still writing b (before it saw the drop) does not resurrect it.
+    await restarted.write(batch([upsert(v1, {"pk": 5}, 31, a="v", b=5)]))
+    state = await harness.read_state(v3, NOW)
+    assert state.rows[(4,)] == {"pk": 4, "a": "w", "c": None}
+    assert state.rows[(5,)] == {"pk": 5, "a": "v", "c": None}
+    conn = await asyncpg.connect(harness.dsn)
+    try:
+        view_cols = [
+            r["column_name"]
+            for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'cdc_test' AND table_name = 'ks_evolve' "
+                "ORDER BY ordinal_position"
+            )
+        ]
+        assert view_cols == ["pk", "a", "c"]
+        kept = await conn.fetchval('SELECT b FROM cdc_test."ks_evolve__state" WHERE pk = 2')
+        assert kept == 2
+    finally:
+        await conn.close()
+
+
+# --- history mode ----------------------------------------------------------------------------
+
+
+async def test_history_mode_appends_each_event_once(harness: PostgresHarness) -> None:
+    s = schema("hist", {"pk": "int", "ck": "text", "v": "text"}, ck=("ck",))
+    sink = await _sink(harness, tables={"ks.hist": TableConfig(mode="history")})
+    events = [upsert(s, {"pk": 1, "ck": "a"}, 10 + i, v=f"v{i}") for i in range(5)] + [partition_delete(s, {"pk": 1}, 99)]
+    await sink.write(batch(events[:4]))
+    await sink.write(batch(events))  # a replay of the first four plus two new
+    await sink.write(batch(events[2:]))
+    conn = await asyncpg.connect(harness.dsn)
+    try:
+        rows = await conn.fetch('SELECT cdc_offset, cdc_kind, pk, ck, cdc_event FROM cdc_test."ks_hist" ORDER BY cdc_offset')
+        assert [r["cdc_offset"] for r in rows] == [e.position.offset for e in events]
+        assert rows[-1]["cdc_kind"] == "partition_delete"
+        assert rows[-1]["ck"] is None
+        assert rows[0]["ck"] == "a"
+        assert '"v0"' in rows[0]["cdc_event"]
+    finally:
+        await conn.close()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+async def test_history_mode_crash_and_resume_has_no_duplicates_or_gaps(pg_dsn: str, data: st.DataObject) -> None:
+    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"mode": "history"})
+    table = f"crash_{uuid.uuid4().hex[:8]}"
+    s = schema(table, {"pk": "int", "v": "int"})
+    events = [upsert(s, {"pk": i % 3}, i, v=i) for i in range(1, 25)]
+    batches = batches_of(events, data.draw(st.lists(st.integers(1, 7), min_size=1, max_size=3)))
+    try:
+        await _crash_and_resume(h, batches, data)
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            offsets = [r[0] for r in await conn.fetch(f'SELECT cdc_offset FROM cdc_test."ks_{table}" ORDER BY 1')]
+        finally:
+            await conn.close()
+        assert offsets == [e.position.offset for e in events]
+    finally:
+        await h.destroy()
+
+
+async def _crash_and_resume(h: PostgresHarness, batches: list[Batch], data: st.DataObject) -> None:
+    """Write ``batches``, cancelling writes at drawn points and restarting from the committed
+    positions each time, until every batch is committed."""
+    crashes = data.draw(st.lists(st.integers(0, 40), max_size=4), label="cancel points")
+    sink = await h.make_sink()
+    while True:
+        committed = dict(await sink.committed_positions())
+        node_pos = committed.get("n1")
+        todo = [b for b in batches if node_pos is None or b.positions["n1"] > node_pos]
+        # Committed positions are always a batch boundary: never ahead of the data.
+        assert node_pos is None or any(b.positions["n1"] == node_pos for b in batches)
+        if not todo:
+            break
+        for b in todo:
+            if crashes:
+                task = asyncio.ensure_future(sink.write(b))
+                for _ in range(crashes.pop()):
+                    await asyncio.sleep(0)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                with contextlib.suppress(Exception):
+                    await sink.close()
+                sink = await h.make_sink()  # restart
+                break
+            assert not (await sink.write(b)).rejected
+    await sink.close()
+
+
+# --- latest state: convergence, crashes, concurrency -----------------------------------------
+
+
+def _collections_schema() -> TableSchema:
+    return TableSchema(
+        keyspace="ks",
+        table=f"conv_{uuid.uuid4().hex[:8]}",
+        id=uuid.uuid4(),
+        columns=(
+            ColumnSchema(name="pk", type="int", kind=ColumnKind.PARTITION_KEY, position=0),
+            ColumnSchema(name="ck0", type="text", kind=ColumnKind.CLUSTERING, position=0, clustering_order=ClusteringOrder.DESC),
+            ColumnSchema(name="ck1", type="bigint", kind=ColumnKind.CLUSTERING, position=1, clustering_order=ClusteringOrder.ASC),
+            ColumnSchema(name="l", type="list<int>", kind=ColumnKind.REGULAR, position=-1),
+            ColumnSchema(name="st", type="set<text>", kind=ColumnKind.REGULAR, position=-1),
+            ColumnSchema(name="m", type="map<text, int>", kind=ColumnKind.REGULAR, position=-1),
+            ColumnSchema(name="t", type="text", kind=ColumnKind.REGULAR, position=-1),
+            ColumnSchema(name="d", type="decimal", kind=ColumnKind.REGULAR, position=-1),
+            ColumnSchema(name="s0", type="int", kind=ColumnKind.STATIC, position=-1),
+        ),
+    )
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+async def test_converges_with_collections_and_clustering(pg_dsn: str, data: st.DataObject) -> None:
+    s = _collections_schema()
+    events = data.draw(event_histories(s, max_events=20), label="history")
+    shuffled = data.draw(shuffled_with_duplicates(events), label="arrival")
+    sizes = data.draw(st.lists(st.integers(1, 8), min_size=1, max_size=4), label="batch sizes")
+    h = PostgresHarness(pg_dsn)
+    try:
+        sink = await h.make_sink()
+        for b in batches_of(shuffled, sizes):
+            assert not (await sink.write(b)).rejected
+        assert normalise_state(await h.read_state(s, NOW)) == normalise_state(latest_state(events, now=NOW))
+    finally:
+        await h.destroy()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+async def test_latest_state_crash_and_resume_converges(pg_dsn: str, data: st.DataObject) -> None:
+    s = _collections_schema()
+    events = data.draw(event_histories(s, max_events=16), label="history")
+    batches = batches_of(events, data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=3), label="sizes"))
+    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}")
+    try:
+        await _crash_and_resume(h, batches, data)
+        assert normalise_state(await h.read_state(s, NOW)) == normalise_state(latest_state(events, now=NOW))
+    finally:
+        await h.destroy()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+async def test_concurrent_writers_converge(pg_dsn: str, data: st.DataObject) -> None:
+    """Three agents (replicas) write the same history concurrently, in different orders."""
+    s = _collections_schema()
+    events = data.draw(event_histories(s, max_events=16), label="history")
+    h = PostgresHarness(pg_dsn)
+    try:
+        sinks = [await h.make_sink() for _ in range(3)]
+        orders = [data.draw(st.permutations(events), label=f"order {i}") for i in range(3)]
+
+        async def run(i: int) -> None:
+            replica = [attrs.evolve(e, position=attrs.evolve(e.position, node=f"n{i}")) for e in orders[i]]
+            for b in batches_of(replica, [3]):
+                assert not (await sinks[i].write(b)).rejected
+
+        await asyncio.gather(*(run(i) for i in range(3)))
+        assert normalise_state(await h.read_state(s, NOW)) == normalise_state(latest_state(events, now=NOW))
+    finally:
+        await h.destroy()
+
+
+async def test_ttl_expiry_is_hidden_by_the_view(harness: PostgresHarness) -> None:
+    s = schema("ttl", {"pk": "int", "a": "text", "b": "text"})
+    sink = await harness.make_sink()
+    ev = upsert(s, {"pk": 1}, 10, a=Cell(timestamp=10, value="short", ttl=60, local_deletion_time=NOW + 60), b="forever")
+    await sink.write(batch([ev]))
+    assert (await harness.read_state(s, NOW)).rows[(1,)]["a"] == "short"
+    assert (await harness.read_state(s, NOW + 60)).rows[(1,)] == {"pk": 1, "a": None, "b": "forever"}
+
+
+async def test_partial_update_and_null_and_older_write_after_delete(harness: PostgresHarness) -> None:
+    s = schema("partial", {"pk": "int", "a": "text", "b": "int"})
+    sink = await harness.make_sink()
+    await sink.write(batch([upsert(s, {"pk": 1}, 10, a="x", b=1)]))
+    await sink.write(batch([upsert(s, {"pk": 1}, 20, insert=False, b=2)]))  # touches only b
+    assert (await harness.read_state(s, NOW)).rows[(1,)] == {"pk": 1, "a": "x", "b": 2}
+    await sink.write(batch([upsert(s, {"pk": 1}, 30, insert=False, a=Cell(timestamp=30, tombstone=True, local_deletion_time=1))]))
+    assert (await harness.read_state(s, NOW)).rows[(1,)] == {"pk": 1, "a": None, "b": 2}
+    await sink.write(batch([partition_delete(s, {"pk": 1}, 40)]))
+    await sink.write(batch([upsert(s, {"pk": 1}, 35, a="late but older")]))
+    assert (await harness.read_state(s, NOW)).rows == {}
+    row_delete = ChangeEvent(
+        position=pos(),
+        schema=s,
+        kind=upsert(s, {"pk": 2}, 1).kind,
+        key={"pk": 1},
+        row_deletion=Deletion(timestamp=50, local_deletion_time=1),
+    )
+    await sink.write(batch([row_delete, upsert(s, {"pk": 1}, 60, insert=False, b=6)]))
+    assert (await harness.read_state(s, NOW)).rows == {(1,): {"pk": 1, "a": None, "b": 6}}
+
+
+# --- offsets, TLS, credentials ---------------------------------------------------------------
+
+
+async def test_offsets_table_and_positions(harness: PostgresHarness) -> None:
+    s = schema("offs", {"pk": "int", "v": "int"})
+    sink = await harness.make_sink()
+    assert dict(await sink.committed_positions()) == {}
+    e1 = upsert(s, {"pk": 1}, 1, v=1)
+    e2 = attrs.evolve(upsert(s, {"pk": 2}, 2, v=2), position=pos("n2"))
+    b = batch([e1, e2])
+    await sink.write(b)
+    assert dict(await sink.committed_positions()) == {"n1": e1.position, "n2": e2.position}
+    conn = await asyncpg.connect(harness.dsn)
+    try:
+        rows = await conn.fetch('SELECT sink, node, segment_id, "offset", idx FROM cdc_test.cdc_offsets ORDER BY node')
+        assert [tuple(r) for r in rows] == [("pg", "n1", 1, e1.position.offset, 0), ("pg", "n2", 1, e2.position.offset, 0)]
+    finally:
+        await conn.close()
+
+
+def _password(dsn: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    return urlsplit(dsn).password
+
+
+async def test_wrong_password_never_appears_in_errors_reprs_or_logs(pg_dsn: str) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(pg_dsn)
+    secret = "Wr0ng-p4ss-" + uuid.uuid4().hex[:6]
+    user = parts.username or "cdc"
+    bad = urlunsplit(parts._replace(netloc=f"{user}:{secret}@{parts.hostname}:{parts.port}"))
+    config = PostgresSinkConfig(dsn=Secret(bad), connect_timeout=5)
+    sink = PostgresSink("pw", config)
+    assert secret not in repr(config)
+    assert secret not in repr(sink)
+    with structlog.testing.capture_logs() as logs, pytest.raises((TransientError, PermanentError)) as info:
+        await sink.start()
+    text = str(info.value) + repr(info.value) + repr(logs)
+    assert secret not in text
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__
+    # A DSN that does not parse: its text must not leak either.
+    broken = PostgresSink("pw2", PostgresSinkConfig(dsn=Secret(f"postgresql://u:{secret}@[bad-host:99999/x")))
+    with pytest.raises((TransientError, PermanentError)) as info2:
+        await broken.start()
+    assert secret not in str(info2.value)
+
+
+@pytest.fixture
+def ca_file() -> str:
+    path = os.environ.get("CDC_TEST_POSTGRES_CA_FILE")
+    if not path:
+        pytest.skip("CDC_TEST_POSTGRES_CA_FILE is not set: the server's TLS is not known")
+    return path
+
+
+@pytest.fixture
+def other_ca(tmp_path: Any) -> str:
+    """A CA certificate that did not sign the server's certificate."""
+    import subprocess
+
+    other = tmp_path / "other-ca.crt"
+    cmd = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "k"), "-out", str(other)]
+    subprocess.run([*cmd, "-days", "1", "-subj", "/CN=not-the-ca"], check=True, capture_output=True)
+    return str(other)
+
+
+async def test_tls_verify_full(pg_dsn: str, ca_file: str, other_ca: str) -> None:
+    config = PostgresSinkConfig(dsn=Secret(pg_dsn), schema="tls", ssl=SslConfig(mode="verify-full", ca_file=ca_file))
+    sink = PostgresSink("tls", config)
+    await sink.start()
+    try:
+        async with sink._acquire() as conn:
+            assert await conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") is True
+        s = schema("tls", {"pk": "int", "v": "text"})
+        assert not (await sink.write(batch([upsert(s, {"pk": 1}, 1, v="over tls")]))).rejected
+    finally:
+        await sink.close()
+    # A CA that did not sign the server's certificate: refused.
+    wrong = PostgresSink("tls2", attrs.evolve(config, ssl=SslConfig(mode="verify-full", ca_file=other_ca), connect_timeout=5))
+    with pytest.raises((TransientError, PermanentError)) as info:
+        await wrong.start()
+    password = _password(pg_dsn)
+    assert password is None or password not in str(info.value)

@@ -1,0 +1,254 @@
+"""Unit tests without a server: identifiers, type mapping, pre-merge rules, config, TLS, redaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+import subprocess
+import sys
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import cattrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pg_sink_helpers import partition_delete, schema, upsert
+
+from cdc_core.cqltypes import Duration, parse_type
+from cdc_core.events import Cell
+from cdc_core.secrets import Secret
+from cdc_sink_postgres.config import PostgresSinkConfig, SslConfig, TableConfig
+from cdc_sink_postgres.ddl import LatestStateDdl
+from cdc_sink_postgres.errors import Redactor, is_data_error, is_transient
+from cdc_sink_postgres.idents import qualify, quote_ident
+from cdc_sink_postgres.layout import TableLayout, pg_name
+from cdc_sink_postgres.merge import latest_state_merges
+from cdc_sink_postgres.premerge import TableDelta, row_record
+from cdc_sink_postgres.tls import build_ssl
+from cdc_sink_postgres.typemap import ValueRejected, dumps, from_json, key_string, pg_type_for, to_db, to_json
+
+
+def test_quote_ident_doubles_quotes() -> None:
+    assert quote_ident("plain") == '"plain"'
+    assert quote_ident('we"ird') == '"we""ird"'
+    assert qualify("s", 'x"; DROP TABLE t; --') == '"s"."x""; DROP TABLE t; --"'
+    with pytest.raises(ValueError, match="NUL"):
+        quote_ident("a\x00b")
+
+
+def test_long_names_keep_a_distinguishing_hash() -> None:
+    a, b = pg_name("k" * 70 + "_a"), pg_name("k" * 70 + "_b")
+    assert len(a.encode()) <= 63
+    assert a != b
+    assert pg_name("short") == "short"
+
+
+@pytest.mark.parametrize(
+    ("cql", "sql"),
+    [
+        ("decimal", "numeric"),
+        ("varint", "numeric"),
+        ("timestamp", "timestamptz"),
+        ("timeuuid", "uuid"),
+        ("inet", "inet"),
+        ("blob", "bytea"),
+        ("date", "date"),
+        ("time", "bigint"),
+        ("duration", "jsonb"),
+        ("tinyint", "smallint"),
+        ("list<int>", "integer[]"),
+        ("set<text>", "text[]"),
+        ("frozen<list<frozen<list<int>>>>", "jsonb"),
+        ("map<text, int>", "jsonb"),
+        ("tuple<int, text>", "jsonb"),
+        ("frozen<udt<ks.a>{x:int}>", "jsonb"),
+        ("vector<float, 3>", "real[]"),
+        ("vector<double, 3>", "double precision[]"),
+        ("list<duration>", "jsonb"),
+    ],
+)
+def test_type_mapping(cql: str, sql: str) -> None:
+    assert pg_type_for(parse_type(cql)).sql == sql
+
+
+@pytest.mark.parametrize(
+    ("cql", "value", "reason"),
+    [
+        ("text", "a\x00b", "NUL"),
+        ("text", "\ud800", "Unicode"),
+        ("int", 2**31, "out of range"),
+        ("tinyint", 2**15, "out of range"),
+        ("decimal", Decimal("1E-20000"), "range"),
+        ("time", 86_400 * 10**9, "time of day"),
+        ("map<text, int>", {"k\x00": 1}, "NUL"),
+        ("uuid", "not-a-uuid", "UUID"),
+    ],
+)
+def test_values_postgres_cannot_hold_are_rejected(cql: str, value: Any, reason: str) -> None:
+    with pytest.raises(ValueRejected, match=reason):
+        to_db(value, parse_type(cql))
+
+
+@given(
+    st.one_of(
+        st.tuples(
+            st.just("map<int, text>"), st.dictionaries(st.integers(-(2**31), 2**31 - 1), st.text(st.characters(codec="utf-8", exclude_characters="\x00")))
+        ),
+        st.tuples(st.just("frozen<list<decimal>>"), st.lists(st.decimals(allow_nan=False, allow_infinity=False)).map(tuple)),
+        st.tuples(st.just("tuple<bigint, boolean, blob>"), st.tuples(st.integers(-(2**63), 2**63 - 1), st.booleans(), st.binary())),
+        st.tuples(st.just("map<timestamp, double>"), st.dictionaries(st.integers(-(10**11), 10**13), st.floats())),
+    )
+)
+def test_json_form_round_trips(case: tuple[str, Any]) -> None:
+    import json
+
+    cql, value = case
+    t = parse_type(cql)
+    if cql.startswith("map<timestamp"):
+        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+        value = {epoch + dt.timedelta(milliseconds=k): v for k, v in value.items()}
+    back = from_json(json.loads(dumps(to_json(value, t)), parse_float=Decimal), t)
+    if cql.startswith("map<timestamp"):
+        assert set(back) == set(value)
+        for k, v in value.items():
+            assert back[k] == v or (v != v and back[k] != back[k])
+    else:
+        assert back == (dict(value) if isinstance(value, dict) else value)
+
+
+def test_json_form_details() -> None:
+    assert dumps(to_json(Decimal("1.50"), parse_type("decimal"))) == "1.50"
+    assert to_json(Duration(1, 2, 3), parse_type("duration")) == {"months": 1, "days": 2, "nanoseconds": 3}
+    ts = dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
+    assert to_json(ts, parse_type("timestamp")) == "2026-01-02T03:04:05.678Z"
+    assert key_string(5, parse_type("int")) == "5"
+    assert key_string(uuid.UUID(int=0), parse_type("uuid")) == "00000000-0000-0000-0000-000000000000"
+
+
+def _layout(**cols: str) -> TableLayout:
+    s = schema("t", {"pk": "int", **cols})
+    return TableLayout.from_schema(s, pg_schema="public", base="ks_t")
+
+
+def test_premerge_is_last_write_wins_with_tombstones_winning_ties() -> None:
+    s = schema("t", {"pk": "int", "a": "text", "b": "int"})
+    layout = TableLayout.from_schema(s, pg_schema="public", base="ks_t")
+    events = [
+        upsert(s, {"pk": 1}, 20, a="new"),
+        upsert(s, {"pk": 1}, 10, a="old", b=1),
+        upsert(s, {"pk": 1}, 20, insert=False, b=Cell(timestamp=10, tombstone=True, local_deletion_time=1)),
+    ]
+    for order in (events, list(reversed(events))):
+        delta = TableDelta(layout)
+        for e in order:
+            delta.add(e)
+        assert list(delta.rows) == [(1,)]
+        rec = row_record((1,), delta.rows[(1,)], layout.regular)
+        # key, marker ts/exp, deleted ts, a (value, ts, exp), b (value, ts, exp)
+        assert rec == (1, 20, None, None, "new", 20, None, None, 10, None)
+
+
+def test_premerge_rejects_a_whole_event_and_leaves_the_delta_untouched() -> None:
+    s = schema("t", {"pk": "int", "a": "text", "b": "text"})
+    layout = TableLayout.from_schema(s, pg_schema="public", base="ks_t")
+    delta = TableDelta(layout)
+    with pytest.raises(ValueRejected):
+        delta.add(upsert(s, {"pk": 1}, 10, a="fine", b="bad\x00"))
+    assert delta.rows == {}
+    delta.add(partition_delete(s, {"pk": 1}, 5))
+    delta.add(partition_delete(s, {"pk": 1}, 9))
+    assert delta.partition_deletions == {(1,): 9}
+
+
+def test_generated_sql_quotes_every_identifier() -> None:
+    s = schema('we"ird', {"pk": "int", "ck": "text", 'co"l': "list<int>", "s": "int"}, ck=("ck",), s="static")
+    layout = TableLayout.from_schema(s, pg_schema='sch"ema', base='ks_we"ird')
+    ddl = LatestStateDdl()
+    statements = ddl.create_statements(layout) + ddl.view_statements(layout)
+    merges = latest_state_merges(layout)
+    statements += [merges.rows.merge_sql, merges.partition_deletions.merge_sql]
+    for sql in statements:
+        assert 'we"ird' not in sql.replace('we""ird', "")
+        assert 'co"l' not in sql.replace('co""l', "")
+    assert '"sch""ema"."ks_we""ird__state"' in statements[0]
+
+
+def test_config_is_strict_and_secret_stays_hidden() -> None:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(Secret, lambda v, _: Secret(v))
+    cfg = conv.structure(
+        {
+            "dsn": "postgresql://u:hunter2pw@h/db",
+            "schema": "cdc",
+            "tables": {"ks.t": {"mode": "history", "column_types": {"v": "text"}}},
+            "ssl": {"mode": "verify-full", "ca_file": "ca.crt"},
+        },
+        PostgresSinkConfig,
+    )
+    assert cfg.mode_for("ks", "t") == "history"
+    assert cfg.mode_for("ks", "other") == "latest"
+    assert cfg.destination_name("ks", "t") == "ks_t"
+    assert cfg.tables["ks.t"] == TableConfig(mode="history", column_types={"v": "text"})
+    assert "hunter2pw" not in repr(cfg)
+    with pytest.raises(cattrs.errors.ClassValidationError):
+        conv.structure({"dsn": "x", "unknown_key": 1}, PostgresSinkConfig)
+    with pytest.raises(ValueError, match="mode"):
+        PostgresSinkConfig(dsn=Secret("x"), mode="sometimes")
+
+
+def test_redactor_hides_dsn_and_password() -> None:
+    r = Redactor(["postgresql://user:s3cr%40t@host/db", "host=h password='kw pass' user=u"])
+    text = r("failed: postgresql://user:s3cr%40t@host/db and s3cr@t and s3cr%40t and kw pass")
+    assert "s3cr" not in text
+    assert "kw pass" not in text
+
+
+def test_error_classification() -> None:
+    class Fake(Exception):
+        def __init__(self, state: str) -> None:
+            self.sqlstate = state
+
+    assert is_transient(Fake("40001"))  # serialization failure
+    assert is_transient(Fake("40P01"))  # deadlock
+    assert is_transient(Fake("08006"))  # connection failure
+    assert is_transient(Fake("57014"))  # statement timeout
+    assert is_transient(TimeoutError())
+    assert not is_transient(Fake("22003"))
+    assert is_data_error(Fake("22P05"))
+    assert is_data_error(Fake("23505"))
+    assert not is_data_error(Fake("42P01"))
+
+
+def test_build_ssl(tmp_path: Path) -> None:
+    assert build_ssl(SslConfig()) is None
+    assert build_ssl(SslConfig(mode="disable")) == "disable"
+    req = build_ssl(SslConfig(mode="require"))
+    assert isinstance(req, ssl.SSLContext)
+    assert req.verify_mode == ssl.CERT_NONE
+    full = build_ssl(SslConfig(mode="verify-full"))
+    assert isinstance(full, ssl.SSLContext)
+    assert full.check_hostname
+    assert full.verify_mode == ssl.CERT_REQUIRED
+    ca = build_ssl(SslConfig(mode="verify-ca"))
+    assert isinstance(ca, ssl.SSLContext)
+    assert not ca.check_hostname
+    with pytest.raises(FileNotFoundError):
+        build_ssl(SslConfig(mode="verify-full", ca_file="missing.crt"), tmp_path)
+
+
+def test_plugin_registers_without_importing_asyncpg() -> None:
+    code = (
+        "import sys, cdc_sink_postgres.plugin as p; fs = p.cdc_register_sinks(); "
+        "assert [f.name for f in fs] == ['postgres']; assert 'asyncpg' not in sys.modules, 'asyncpg imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_entry_point_is_declared() -> None:
+    from importlib.metadata import entry_points
+
+    eps = {ep.name: ep.value for ep in entry_points(group="cdc")}
+    assert eps.get("postgres") == "cdc_sink_postgres.plugin"
