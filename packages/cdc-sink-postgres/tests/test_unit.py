@@ -92,11 +92,12 @@ def test_values_postgres_cannot_hold_are_rejected(cql: str, value: Any, reason: 
         to_db(value, parse_type(cql))
 
 
+_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"))
+
+
 @given(
     st.one_of(
-        st.tuples(
-            st.just("map<int, text>"), st.dictionaries(st.integers(-(2**31), 2**31 - 1), st.text(st.characters(codec="utf-8", exclude_characters="\x00")))
-        ),
+        st.tuples(st.just("map<int, text>"), st.dictionaries(st.integers(-(2**31), 2**31 - 1), _TEXT)),
         st.tuples(st.just("frozen<list<decimal>>"), st.lists(st.decimals(allow_nan=False, allow_infinity=False)).map(tuple)),
         st.tuples(st.just("tuple<bigint, boolean, blob>"), st.tuples(st.integers(-(2**63), 2**63 - 1), st.booleans(), st.binary())),
         st.tuples(st.just("map<timestamp, double>"), st.dictionaries(st.integers(-(10**11), 10**13), st.floats())),
