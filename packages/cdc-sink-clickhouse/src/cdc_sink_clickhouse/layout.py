@@ -1,0 +1,606 @@
+"""The ClickHouse objects of one Cassandra table, their DDL, row encoding and the reading SQL.
+
+Latest-state mode (docs/sinks/clickhouse.md has the full picture)::
+
+    {base}__rows_in  (Null)  --MV-->  {base}__rows   AggregatingMergeTree ORDER BY (pk..., ck...)
+    {base}__parts_in (Null)  --MV-->  {base}__parts  AggregatingMergeTree ORDER BY (pk...)
+    {base}           VIEW: rows finalized, joined with their partition, shadowing and TTL applied
+    {base}_static    VIEW: static columns per partition
+
+Every cell is an ``argMax`` state keyed by ``(write timestamp, tombstone)`` and every deletion a
+``max`` state; collection elements are kept as a ``groupUniqArray`` set of element writes and
+resolved per path in the view. All these states merge idempotently and commutatively, which is
+what makes any permutation with duplicates converge.
+
+History mode: ``{base}__in`` (Null) --MV--> ``{base}`` ReplacingMergeTree ORDER BY (key..., position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import orjson
+
+from cdc_core.cqltypes import CqlType, value_to_json
+from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, RangeBound
+from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
+from cdc_core.serialization import event_to_dict
+from cdc_sink_clickhouse.mapping import (
+    INT64_MAX,
+    INT64_MIN,
+    Features,
+    TypeMapping,
+    ValueRejected,
+    invert,
+    mapping_for,
+    order_key,
+    tsv_escape,
+)
+
+__all__ = ["TableLayout", "quote", "string_literal"]
+
+MIN = f"toInt64({INT64_MIN})"
+_ELEM = "Tuple(String, String, Int64, UInt8, Int64, String)"
+_RANGE = "Tuple(String, UInt8, String, UInt8, Int64)"
+_VER = "Tuple(Int64, UInt8)"
+_MIN_TEXT = str(INT64_MIN)
+_MAX_TEXT = str(INT64_MAX)
+
+
+def quote(name: str) -> str:
+    """A ClickHouse identifier."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def string_literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _path_type(typ: CqlType) -> CqlType:
+    if typ.name == "list":
+        return CqlType("timeuuid")
+    if typ.name in ("set", "map"):
+        return typ.params[0]
+    return CqlType("text")
+
+
+def _element_type(typ: CqlType, path: Any) -> CqlType | None:
+    if typ.name == "list":
+        return typ.params[0]
+    if typ.name == "map":
+        return typ.params[1]
+    if typ.name == "udt":
+        return typ.params[typ.field_names.index(path)]
+    return None
+
+
+def _json(value: Any, typ: CqlType | None) -> str:
+    if typ is None or value is None:
+        return "null"
+    return orjson.dumps(value_to_json(value, typ)).decode("utf-8")
+
+
+@attrs.frozen
+class _Col:
+    schema: ColumnSchema
+    mapping: TypeMapping | None  # None for multi-cell (non-frozen collection / UDT) columns
+
+    @property
+    def name(self) -> str:
+        return self.schema.name
+
+    @property
+    def complex(self) -> bool:
+        return self.mapping is None
+
+
+class TableLayout:
+    """Names, DDL and encoders for one table in one mode on one engine."""
+
+    def __init__(
+        self, schema: TableSchema, features: Features, database: str, base: str, mode: str, partition_by: str | None = None
+    ) -> None:
+        self.schema = schema
+        self.features = features
+        self.database = database
+        self.base = base
+        self.mode = mode
+        self.partition_by = partition_by
+        self.keys = [_Col(c, mapping_for(c.cql_type, features)) for c in schema.primary_key]
+        self.pk = self.keys[: len(schema.partition_key)]
+        self.ck = self.keys[len(schema.partition_key) :]
+        self.regular = [self._col(c) for c in schema.value_columns if c.kind is ColumnKind.REGULAR]
+        self.static = [self._col(c) for c in schema.value_columns if c.kind is ColumnKind.STATIC]
+        self.by_name = {c.name: c for c in self.keys + self.regular + self.static}
+
+    def _col(self, c: ColumnSchema) -> _Col:
+        return _Col(c, None if c.cql_type.is_multicell else mapping_for(c.cql_type, self.features))
+
+    # --- names ----------------------------------------------------------------------------------
+
+    def q(self, suffix: str = "") -> str:
+        return f"{quote(self.database)}.{quote(self.base + suffix)}"
+
+    @property
+    def view(self) -> str:
+        return self.q()
+
+    @property
+    def static_view(self) -> str:
+        return self.q("_static")
+
+    def input_tables(self) -> list[str]:
+        return ["__rows_in", "__parts_in"] if self.mode == "latest" else ["__in"]
+
+    # --- columns ----------------------------------------------------------------------------------
+
+    def _value_wire(self, cols: Sequence[_Col]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for c in cols:
+            if c.mapping is not None:
+                out += [
+                    (f"i_{c.name}", c.mapping.wire),
+                    (f"i_{c.name}__t", "Int64"),
+                    (f"i_{c.name}__k", "UInt8"),
+                    (f"i_{c.name}__x", "Int64"),
+                ]
+            else:
+                out.append((f"i_{c.name}__d", "Int64"))
+        return out
+
+    _ELEM_WIRE = (
+        ("i__col", "String"),
+        ("i__ps", "String"),
+        ("i__pj", "String"),
+        ("i__et", "Int64"),
+        ("i__ek", "UInt8"),
+        ("i__ex", "Int64"),
+        ("i__ev", "String"),
+    )
+
+    def rows_wire(self) -> list[tuple[str, str]]:
+        cols = [(f"i_{k.name}", k.mapping.wire) for k in self.keys if k.mapping is not None]
+        cols += [("i__ck", "String"), ("i__rd", "Int64"), ("i__lv", "Int64"), ("i__lx", "Int64")]
+        return cols + self._value_wire(self.regular) + list(self._ELEM_WIRE)
+
+    def parts_wire(self) -> list[tuple[str, str]]:
+        cols = [(f"i_{k.name}", k.mapping.wire) for k in self.pk if k.mapping is not None]
+        cols += [("i__pd", "Int64"), ("i__srd", "Int64"), ("i__rs", "String"), ("i__rsk", "UInt8"), ("i__re", "String")]
+        cols += [("i__rek", "UInt8"), ("i__rts", "Int64")]
+        return cols + self._value_wire(self.static) + list(self._ELEM_WIRE)
+
+    def _value_storage(self, cols: Sequence[_Col]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for c in cols:
+            if c.mapping is not None:
+                t = c.mapping.storage
+                out += [
+                    (c.name, f"AggregateFunction(argMax, {t}, {_VER})"),
+                    (f"{c.name}__v", f"AggregateFunction(max, {_VER})"),
+                    (f"{c.name}__x", f"AggregateFunction(argMax, Int64, {_VER})"),
+                ]
+            else:
+                out += [(f"{c.name}__d", "AggregateFunction(max, Int64)"), (f"{c.name}__e", f"AggregateFunction(groupUniqArray, {_ELEM})")]
+        return out
+
+    def rows_storage(self) -> list[tuple[str, str]]:
+        cols = [(k.name, k.mapping.storage) for k in self.keys if k.mapping is not None]
+        cols += [
+            ("_ck", "AggregateFunction(any, String)"),
+            ("_rd", "AggregateFunction(max, Int64)"),
+            ("_lv", "AggregateFunction(max, Int64)"),
+        ]
+        cols += [("_lx", "AggregateFunction(argMax, Int64, Int64)")]
+        return cols + self._value_storage(self.regular)
+
+    def parts_storage(self) -> list[tuple[str, str]]:
+        cols = [(k.name, k.mapping.storage) for k in self.pk if k.mapping is not None]
+        cols += [("_pd", "AggregateFunction(max, Int64)"), ("_srd", "AggregateFunction(max, Int64)")]
+        cols += [("_rg", f"AggregateFunction(groupUniqArray, {_RANGE})")]
+        return cols + self._value_storage(self.static)
+
+    def history_wire(self) -> list[tuple[str, str]]:
+        cols = [(f"i_{k.name}", k.mapping.wire) for k in self.keys if k.mapping is not None]
+        cols += [("i__node", "String"), ("i__segment", "Int64"), ("i__offset", "Int64"), ("i__index", "Int64"), ("i__kind", "String")]
+        cols += [("i__static", "UInt8"), ("i__ts", "Int64"), ("i__written", "Array(String)"), ("i__deleted", "Array(String)")]
+        for c in self.regular + self.static:
+            cols.append((f"i_{c.name}", f"Nullable({c.mapping.wire})" if c.mapping is not None else "Nullable(String)"))
+        return [*cols, ("i__event", "String")]
+
+    def history_storage(self) -> list[tuple[str, str]]:
+        cols = [(k.name, k.mapping.storage) for k in self.keys if k.mapping is not None]
+        cols += [("_node", "String"), ("_segment", "Int64"), ("_offset", "Int64"), ("_index", "Int64"), ("_kind", "String")]
+        cols += [("_static", "UInt8"), ("_ts", "Int64"), ("_written", "Array(String)"), ("_deleted", "Array(String)")]
+        for c in self.regular + self.static:
+            cols.append((c.name, f"Nullable({c.mapping.storage})" if c.mapping is not None else "Nullable(String)"))
+        return [*cols, ("_event", "String")]
+
+    # --- DDL ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _cols_ddl(cols: Sequence[tuple[str, str]]) -> str:
+        return ", ".join(f"{quote(n)} {t}" for n, t in cols)
+
+    def _key_expr(self, keys: Sequence[_Col]) -> str:
+        return "(" + ", ".join(quote(k.name) for k in keys) + ")" if keys else "tuple()"
+
+    def _conv(self, c: _Col, wire: str) -> str:
+        assert c.mapping is not None
+        return c.mapping.convert.format(quote(wire))
+
+    def _value_states(self, cols: Sequence[_Col]) -> list[str]:
+        out: list[str] = []
+        for c in cols:
+            n = c.name
+            if c.mapping is not None:
+                ver = f"({quote(f'i_{n}__t')}, {quote(f'i_{n}__k')})"
+                out += [
+                    f"argMaxState({self._conv(c, f'i_{n}')}, {ver}) AS {quote(n)}",
+                    f"maxState({ver}) AS {quote(n + '__v')}",
+                    f"argMaxState({quote(f'i_{n}__x')}, {ver}) AS {quote(n + '__x')}",
+                ]
+            else:
+                elem = "(i__ps, i__pj, i__et, i__ek, i__ex, i__ev)"
+                out += [
+                    f"maxState({quote(f'i_{n}__d')}) AS {quote(n + '__d')}",
+                    f"groupUniqArrayStateIf({elem}, i__col = {string_literal(n)}) AS {quote(n + '__e')}",
+                ]
+        return out
+
+    def _mv_keys(self, keys: Sequence[_Col]) -> tuple[list[str], str]:
+        sel = [f"{self._conv(k, 'i_' + k.name)} AS {quote(k.name)}" for k in keys]
+        group = ", ".join(quote("i_" + k.name) for k in keys)
+        return sel, (f" GROUP BY {group}" if group else "")
+
+    def ddl(self) -> list[str]:
+        """CREATE statements (idempotent), dependencies first."""
+        if self.mode == "history":
+            return self._history_ddl()
+        rows_sel, rows_group = self._mv_keys(self.keys)
+        rows_sel += ["anyState(i__ck) AS _ck", "maxState(i__rd) AS _rd", "maxState(i__lv) AS _lv", "argMaxState(i__lx, i__lv) AS _lx"]
+        rows_sel += self._value_states(self.regular)
+        parts_sel, parts_group = self._mv_keys(self.pk)
+        parts_sel += ["maxState(i__pd) AS _pd", "maxState(i__srd) AS _srd"]
+        parts_sel += [f"groupUniqArrayStateIf((i__rs, i__rsk, i__re, i__rek, i__rts), i__rts != {MIN}) AS _rg"]
+        parts_sel += self._value_states(self.static)
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.q('__rows_in')} ({self._cols_ddl(self.rows_wire())}) ENGINE = Null",
+            f"CREATE TABLE IF NOT EXISTS {self.q('__parts_in')} ({self._cols_ddl(self.parts_wire())}) ENGINE = Null",
+            f"CREATE TABLE IF NOT EXISTS {self.q('__rows')} ({self._cols_ddl(self.rows_storage())}) "
+            f"ENGINE = AggregatingMergeTree ORDER BY {self._key_expr(self.keys)}",
+            f"CREATE TABLE IF NOT EXISTS {self.q('__parts')} ({self._cols_ddl(self.parts_storage())}) "
+            f"ENGINE = AggregatingMergeTree ORDER BY {self._key_expr(self.pk)}",
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {self.q('__rows_mv')} TO {self.q('__rows')} AS "
+            f"SELECT {', '.join(rows_sel)} FROM {self.q('__rows_in')}{rows_group}",
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {self.q('__parts_mv')} TO {self.q('__parts')} AS "
+            f"SELECT {', '.join(parts_sel)} FROM {self.q('__parts_in')}{parts_group}",
+            f"CREATE VIEW IF NOT EXISTS {self.view} AS {self.latest_select(None)}",
+            f"CREATE VIEW IF NOT EXISTS {self.static_view} AS {self.static_select(None)}",
+        ]
+
+    def _history_ddl(self) -> list[str]:
+        order = [quote(k.name) for k in self.keys] + ["_node", "_segment", "_offset", "_index"]
+        sel = [f"{self._conv(k, 'i_' + k.name)} AS {quote(k.name)}" for k in self.keys]
+        sel += [f"i__{n} AS _{n}" for n in ("node", "segment", "offset", "index", "kind", "static", "ts", "written", "deleted")]
+        for c in self.regular + self.static:
+            if c.mapping is not None and c.mapping.convert != "{}":
+                w = quote("i_" + c.name)
+                sel.append(f"if(isNull({w}), NULL, {c.mapping.convert.format(f'assumeNotNull({w})')}) AS {quote(c.name)}")
+            else:
+                sel.append(f"{quote('i_' + c.name)} AS {quote(c.name)}")
+        sel.append("i__event AS _event")
+        partition = f" PARTITION BY {self.partition_by}" if self.partition_by else ""
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.q('__in')} ({self._cols_ddl(self.history_wire())}) ENGINE = Null",
+            f"CREATE TABLE IF NOT EXISTS {self.view} ({self._cols_ddl(self.history_storage())}) "
+            f"ENGINE = ReplacingMergeTree{partition} ORDER BY ({', '.join(order)})",
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {self.q('__mv')} TO {self.view} AS SELECT {', '.join(sel)} FROM {self.q('__in')}",
+        ]
+
+    def evolution(self, existing: dict[str, set[str]]) -> list[str]:
+        """ALTERs (and view re-creations) for columns the tables lack; ``existing`` maps table → columns."""
+        stmts: list[str] = []
+        if self.mode == "history":
+            targets = [("__in", self.history_wire()), ("", self.history_storage())]
+            views = [("__mv", self._history_ddl()[2])]
+        else:
+            ddl = self.ddl()
+            targets = [("__rows_in", self.rows_wire()), ("__parts_in", self.parts_wire())]
+            targets += [("__rows", self.rows_storage()), ("__parts", self.parts_storage())]
+            views = [("__rows_mv", ddl[4]), ("__parts_mv", ddl[5]), ("", ddl[6]), ("_static", ddl[7])]
+        changed = False
+        for suffix, cols in targets:
+            have = existing.get(self.base + suffix, set())
+            for name, typ in cols:
+                if name not in have:
+                    stmts.append(f"ALTER TABLE {self.q(suffix)} ADD COLUMN {quote(name)} {typ}")
+                    changed = True
+        if changed:
+            for suffix, create in views:
+                # DROP TABLE drops (materialized) views too, on every version.
+                stmts.append(f"DROP TABLE IF EXISTS {self.q(suffix)}")
+                stmts.append(create)
+        return stmts
+
+    # --- the latest-state SQL -----------------------------------------------------------------------
+
+    @staticmethod
+    def _cover(r: str, k: str) -> str:
+        """SQL: range tuple ``r`` (start, start kind, end, end kind, ts) covers clustering key ``k``."""
+        s, sk, e, ek = (f"tupleElement({r}, {i})" for i in (1, 2, 3, 4))
+        start = f"({sk} = 0 OR ({sk} = 1 AND {k} >= {s}) OR ({sk} = 2 AND {k} > {s} AND substring({k}, 1, length({s})) != {s}))"
+        end = f"({ek} = 0 OR ({ek} = 1 AND ({k} <= {e} OR substring({k}, 1, length({e})) = {e})) OR ({ek} = 2 AND {k} < {e}))"
+        return f"({start} AND {end})"
+
+    def _finals(self, cols: Sequence[_Col]) -> list[str]:
+        out: list[str] = []
+        for c in cols:
+            n = c.name
+            if c.mapping is not None:
+                out += [
+                    f"argMaxMerge({quote(n)}) AS {quote('a_' + n)}",
+                    f"maxMerge({quote(n + '__v')}) AS {quote('a_' + n + '__v')}",
+                    f"argMaxMerge({quote(n + '__x')}) AS {quote('a_' + n + '__x')}",
+                ]
+            else:
+                out += [
+                    f"maxMerge({quote(n + '__d')}) AS {quote('a_' + n + '__d')}",
+                    f"groupUniqArrayMerge({quote(n + '__e')}) AS {quote('a_' + n + '__e')}",
+                ]
+        return out
+
+    def _renders(self, cols: Sequence[_Col], shadow: str, now: str) -> list[str]:
+        out: list[str] = []
+        for c in cols:
+            n = c.name
+            a = quote("a_" + n)
+            if c.mapping is not None:
+                v = quote(f"a_{n}__v")
+                live = f"tupleElement({v}, 2) = 0 AND tupleElement({v}, 1) > {shadow} AND {quote(f'a_{n}__x')} > {now}"
+                out.append(f"if({live}, {a}, NULL) AS {quote('x_' + n)}")
+                continue
+            els = quote(f"a_{n}__e")
+            sh = f"greatest({shadow}, {quote(f'a_{n}__d')})"
+            # Newest write per path first (path, ts, tombstone descending), then keep the first of each
+            # path if it is live. No lambda captures a column: 18.16 loses captured joined columns.
+            srt, prev = quote(f"s_{n}"), quote(f"p_{n}")
+            out.append(f"arrayReverseSort(_e -> (tupleElement(_e, 1), tupleElement(_e, 3), tupleElement(_e, 4)), {els}) AS {srt}")
+            out.append(f"arrayPopBack(arrayPushFront(arrayMap(_e -> tupleElement(_e, 1), {srt}), '')) AS {prev}")
+            live = f"tupleElement(_e, 1) != _p AND tupleElement(_e, 4) = 0 AND tupleElement(_e, 3) > _s AND tupleElement(_e, 5) > {now}"
+            w = quote(f"w_{n}")
+            out.append(
+                f"arraySort(_e -> tupleElement(_e, 1), arrayFilter((_e, _p, _s) -> {live}, {srt}, {prev}, "
+                f"arrayResize(emptyArrayInt64(), length({srt}), {sh}))) AS {w}"
+            )
+            kind = c.schema.cql_type.name
+            if kind == "list":
+                item, open_, close = "tupleElement(_e, 6)", "[", "]"
+            elif kind == "set":
+                item, open_, close = "tupleElement(_e, 2)", "[", "]"
+            elif kind == "map":
+                item, open_, close = "concat('[', tupleElement(_e, 2), ',', tupleElement(_e, 6), ']')", "[", "]"
+            else:
+                item, open_, close = "concat(tupleElement(_e, 2), ':', tupleElement(_e, 6))", "{", "}"
+            render = f"concat('{open_}', arrayStringConcat(arrayMap(_e -> {item}, {w}), ','), '{close}')"
+            out.append(f"if(empty({w}), NULL, {render}) AS {quote('x_' + n)}")
+        return out
+
+    def _parts_select(self, now: str) -> str:
+        pk = ", ".join(quote(k.name) for k in self.pk)
+        sel = [pk, "1 AS p__has", "maxMerge(_pd) AS p__pd", "maxMerge(_srd) AS p__srd", "groupUniqArrayMerge(_rg) AS p__rg"]
+        sel += self._finals(self.static)
+        sel += ["greatest(p__pd, p__srd) AS p__sh"]
+        sel += self._renders(self.static, "p__sh", now)
+        return f"SELECT {', '.join(sel)} FROM {self.q('__parts')} GROUP BY {pk}"
+
+    @staticmethod
+    def _now(now: int | None) -> str:
+        return "toInt64(toUnixTimestamp(now()))" if now is None else f"toInt64({int(now)})"
+
+    def latest_select(self, now: int | None) -> str:
+        """The view's query; with ``now`` given, TTLs are judged at that time instead of the clock."""
+        n = self._now(now)
+        keys = ", ".join(quote(k.name) for k in self.keys)
+        pk = ", ".join(quote(k.name) for k in self.pk)
+        rows = [keys, "anyMerge(_ck) AS a__ck", "maxMerge(_rd) AS a__rd", "maxMerge(_lv) AS a__lv", "argMaxMerge(_lx) AS a__lx"]
+        rows += self._finals(self.regular)
+        cover = self._cover("_r", "_k")
+        keys_arr = "arrayResize(emptyArrayString(), length(p__rg), a__ck)"
+        rng = f"arrayReduce('max', arrayConcat([{MIN}], arrayMap((_r, _k) -> if({cover}, tupleElement(_r, 5), {MIN}), p__rg, {keys_arr})))"
+        mid = [keys] + [quote("x_" + c.name) for c in self.static]
+        mid += [f"greatest(greatest(a__rd, if(p__has = 1, p__pd, {MIN})), {rng}) AS r__sh"]
+        mid += self._renders(self.regular, "r__sh", n)
+        live = [f"(a__lv > r__sh AND a__lx > {n})"] + [f"isNotNull({quote('x_' + c.name)})" for c in self.regular]
+        mid.append(f"({' OR '.join(live)}) AS r__live")
+        out = [quote(c.name) for c in self.keys] + [f"{quote('x_' + c.name)} AS {quote(c.name)}" for c in self.static + self.regular]
+        return (
+            f"SELECT {', '.join(out)} FROM (SELECT {', '.join(mid)} FROM "
+            f"(SELECT {', '.join(rows)} FROM {self.q('__rows')} GROUP BY {keys}) AS r "
+            f"ANY LEFT JOIN ({self._parts_select(n)}) AS p USING {pk}) WHERE r__live"
+        )
+
+    def static_select(self, now: int | None) -> str:
+        cols = [quote(c.name) for c in self.pk] + [f"{quote('x_' + c.name)} AS {quote(c.name)}" for c in self.static]
+        if not self.static:
+            return f"SELECT {', '.join(cols)} FROM ({self._parts_select(self._now(now))}) AS p WHERE 0"
+        cond = " OR ".join(f"isNotNull({quote('x_' + c.name)})" for c in self.static)
+        return f"SELECT {', '.join(cols)} FROM ({self._parts_select(self._now(now))}) AS p WHERE {cond}"
+
+    # --- encoding events ----------------------------------------------------------------------------
+
+    def _key_fields(self, keys: Sequence[_Col], event: ChangeEvent, *, defaults: bool = False) -> list[str]:
+        out: list[str] = []
+        for k in keys:
+            assert k.mapping is not None
+            if k.name in event.key:
+                value = event.key[k.name]
+                if value is None:
+                    raise ValueRejected(f"key column {k.name} is null")
+                out.append(k.mapping.encode(value))
+            elif defaults:
+                out.append(k.mapping.default)
+            else:
+                raise ValueRejected(f"key column {k.name} is missing")
+        return out
+
+    def clustering_key(self, values: Sequence[Any]) -> str:
+        parts: list[bytes] = []
+        for value, k in zip(values, self.ck, strict=False):
+            key = order_key(value, k.schema.cql_type)
+            parts.append(invert(key) if k.schema.clustering_order is ClusteringOrder.DESC else key)
+        return b"".join(parts).hex()
+
+    def _bound(self, bound: RangeBound | None) -> tuple[str, str]:
+        if bound is None:
+            return "", "0"
+        return self.clustering_key(bound.values), "1" if bound.inclusive else "2"
+
+    @staticmethod
+    def _expiry(ttl: int | None, ldt: int | None) -> str:
+        return str(ldt) if ttl is not None and ldt is not None else _MAX_TEXT
+
+    def _cells(self, cols: Sequence[_Col], event: ChangeEvent) -> tuple[list[str], list[tuple[str, list[str]]]]:
+        """The wire fields of ``cols`` for ``event``, and its element rows as (column, 7 fields)."""
+        fields: list[str] = []
+        elements: list[tuple[str, list[str]]] = []
+        for c in cols:
+            change = event.cells.get(c.name)
+            if c.mapping is not None:
+                if change is None:
+                    fields += [c.mapping.default, _MIN_TEXT, "0", "0"]
+                    continue
+                if not isinstance(change, Cell):
+                    raise ValueRejected(f"column {c.name} is not a collection but got element changes")
+                dead = change.tombstone or change.value is None
+                try:
+                    text = c.mapping.default if dead else c.mapping.encode(change.value)
+                except ValueRejected as exc:
+                    raise ValueRejected(f"column {c.name}: {exc}") from None
+                fields += [text, str(change.timestamp), "1" if dead else "0", self._expiry(change.ttl, change.local_deletion_time)]
+                continue
+            if change is None:
+                fields.append(_MIN_TEXT)
+                continue
+            if not isinstance(change, ComplexChange):
+                raise ValueRejected(f"column {c.name} is a non-frozen collection but got a whole-cell write")
+            fields.append(_MIN_TEXT if change.deletion is None else str(change.deletion.timestamp))
+            typ = c.schema.cql_type
+            path_t = _path_type(typ)
+            for element in change.elements:
+                cell = element.cell
+                try:
+                    if typ.name == "udt":
+                        if element.path not in typ.field_names:
+                            raise ValueRejected(f"column {c.name}: no field {element.path!r}")
+                        ps = typ.field_names.index(element.path).to_bytes(2, "big").hex()
+                    else:
+                        ps = order_key(element.path, path_t).hex()
+                    pj = _json(element.path, path_t)
+                    dead = cell.tombstone
+                    ev = "null" if dead else _json(cell.value, _element_type(typ, element.path))
+                except (TypeError, ValueError, AttributeError) as exc:
+                    raise ValueRejected(f"column {c.name}: element {element.path!r}: {exc}") from None
+                elements.append(
+                    (
+                        c.name,
+                        [
+                            tsv_escape(ps),
+                            tsv_escape(pj),
+                            str(cell.timestamp),
+                            "1" if dead else "0",
+                            self._expiry(cell.ttl, cell.local_deletion_time),
+                            tsv_escape(ev),
+                        ],
+                    )
+                )
+        return fields, elements
+
+    def _sentinels(self, cols: Sequence[_Col]) -> list[str]:
+        out: list[str] = []
+        for c in cols:
+            out += [c.mapping.default, _MIN_TEXT, "0", "0"] if c.mapping is not None else [_MIN_TEXT]
+        return out
+
+    def encode_latest(self, event: ChangeEvent) -> tuple[list[str], list[str]]:
+        """TSV lines for ``__rows_in`` and ``__parts_in``. Raises ValueRejected."""
+        for name in event.cells:
+            if name not in self.by_name:
+                raise ValueRejected(f"column {name} is not in table {self.schema.qualified_name}")
+        rows: list[str] = []
+        parts: list[str] = []
+        no_elem = ["", "", "", "0", "0", "0", ""]
+        pk_fields = self._key_fields(self.pk, event)
+        partition_level = event.kind is not ChangeKind.ROW or event.static
+        if event.partition_deletion is not None or event.range_deletion is not None or (event.static and event.kind is ChangeKind.ROW):
+            pd = _MIN_TEXT if event.partition_deletion is None else str(event.partition_deletion.timestamp)
+            if event.range_deletion is not None and self.ck:
+                rd = event.range_deletion
+                rs, rsk = self._bound(rd.start)
+                re_, rek = self._bound(rd.end)
+                rng = [rs, rsk, re_, rek, str(rd.deletion.timestamp)]
+            else:
+                rng = ["", "0", "", "0", _MIN_TEXT]
+            if event.static and event.kind is ChangeKind.ROW:
+                srd = _MIN_TEXT if event.row_deletion is None else str(event.row_deletion.timestamp)
+                values, elements = self._cells(self.static, event)
+            else:
+                srd, values, elements = _MIN_TEXT, self._sentinels(self.static), []
+            parts.append("\t".join([*pk_fields, pd, srd, *rng, *values, *no_elem]))
+            if elements:
+                base = [*pk_fields, _MIN_TEXT, _MIN_TEXT, "", "0", "", "0", _MIN_TEXT, *self._sentinels(self.static)]
+                parts.extend("\t".join([*base, tsv_escape(col), *f]) for col, f in elements)
+        if partition_level:
+            return rows, parts
+        ck_values = [event.key.get(k.name) for k in self.ck]
+        key_fields = pk_fields + self._key_fields(self.ck, event)
+        ck = self.clustering_key(ck_values)
+        row_del = _MIN_TEXT if event.row_deletion is None else str(event.row_deletion.timestamp)
+        lv, lx = (
+            (_MIN_TEXT, "0")
+            if event.liveness is None
+            else (str(event.liveness.timestamp), self._expiry(event.liveness.ttl, event.liveness.local_deletion_time))
+        )
+        values, elements = self._cells(self.regular, event)
+        rows.append("\t".join([*key_fields, ck, row_del, lv, lx, *values, *no_elem]))
+        if elements:
+            base = [*key_fields, ck, _MIN_TEXT, _MIN_TEXT, "0", *self._sentinels(self.regular)]
+            rows.extend("\t".join([*base, tsv_escape(col), *f]) for col, f in elements)
+        return rows, parts
+
+    def encode_history(self, event: ChangeEvent) -> str:
+        for name in event.cells:
+            if name not in self.by_name:
+                raise ValueRejected(f"column {name} is not in table {self.schema.qualified_name}")
+        fields = self._key_fields(self.pk, event) + self._key_fields(self.ck, event, defaults=True)
+        p = event.position
+        written = list(event.cells)
+        deleted = [
+            n for n, ch in event.cells.items() if (isinstance(ch, Cell) and ch.tombstone) or (isinstance(ch, ComplexChange) and ch.deletion)
+        ]
+        fields += [tsv_escape(p.node), str(p.segment_id), str(p.offset), str(p.index), event.kind.value, "1" if event.static else "0"]
+        fields += [str(event.max_timestamp), _string_array(written), _string_array(deleted)]
+        cells_json: dict[str, Any] = event_to_dict(event).get("cells", {})
+        for c in self.regular + self.static:
+            change = event.cells.get(c.name)
+            if change is None:
+                fields.append("\\N")
+            elif c.mapping is not None:
+                if not isinstance(change, Cell):
+                    raise ValueRejected(f"column {c.name} is not a collection but got element changes")
+                dead = change.tombstone or change.value is None
+                try:
+                    fields.append("\\N" if dead else c.mapping.encode(change.value))
+                except ValueRejected as exc:
+                    raise ValueRejected(f"column {c.name}: {exc}") from None
+            else:
+                fields.append(tsv_escape(orjson.dumps(cells_json[c.name]).decode("utf-8")))
+        from cdc_core.serialization import event_to_json
+
+        fields.append(tsv_escape(event_to_json(event).decode("utf-8")))
+        return "\t".join(fields)
+
+
+def _string_array(items: Sequence[str]) -> str:
+    return "[" + ",".join(tsv_escape(string_literal(i)) for i in items) + "]"

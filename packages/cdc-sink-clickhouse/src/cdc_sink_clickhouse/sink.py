@@ -1,0 +1,349 @@
+"""The ClickHouse sink: latest-state or history tables, offsets in ``cdc_offsets`` after the data."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+
+from cdc_core.cqltypes import CqlType, value_from_json
+from cdc_core.errors import PermanentError, TransientError
+from cdc_core.events import ChangeEvent
+from cdc_core.factories import ComponentContext
+from cdc_core.positions import Position
+from cdc_core.schema import TableSchema
+from cdc_core.sinks import Batch, Rejected, WriteResult
+from cdc_sink_clickhouse.config import ClickHouseSinkConfig
+from cdc_sink_clickhouse.layout import TableLayout, quote, string_literal
+from cdc_sink_clickhouse.mapping import Features, ValueRejected, tsv_split
+from cdc_sink_clickhouse.transport import ClickHouseError, Transport, open_transport
+
+if TYPE_CHECKING:
+    from cdc_core.testing.model import TableState
+
+__all__ = ["ClickHouseSink"]
+
+log = structlog.get_logger()
+
+
+def _sql_error(exc: ClickHouseError, what: str) -> Exception:
+    err = exc.classify()
+    err.args = (f"{what}: {err.args[0]}",)
+    return err
+
+
+class ClickHouseSink:
+    """One configured ClickHouse destination (see docs/sinks/clickhouse.md)."""
+
+    stores_offsets = True
+
+    def __init__(self, config: ClickHouseSinkConfig, context: ComponentContext, transport: Transport | None = None) -> None:
+        self.name = context.instance_name
+        self.config = config
+        self.context = context
+        self._transport = transport
+        self._features: Features | None = None
+        self._layouts: dict[tuple[str, str], TableLayout] = {}
+        self._columns: dict[tuple[str, str], frozenset[str]] = {}
+        self._ddl_lock = asyncio.Lock()
+        self._log = log.bind(sink=self.name)
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            raise RuntimeError("sink not started")
+        return self._transport
+
+    @property
+    def features(self) -> Features:
+        if self._features is None:
+            raise RuntimeError("sink not started")
+        return self._features
+
+    async def start(self) -> None:
+        cfg = self.config
+        if self._transport is None:
+            self._transport = open_transport(
+                cfg.url.reveal(),
+                Path(self.context.base_dir),
+                user=cfg.user,
+                password=cfg.password,
+                ca_file=None if cfg.ssl_ca_file is None else str(Path(self.context.base_dir) / cfg.ssl_ca_file),
+                verify=cfg.ssl_verify,
+                max_in_flight=cfg.max_in_flight,
+                request_timeout_s=cfg.request_timeout_s,
+                connect_timeout_s=cfg.connect_timeout_s,
+            )
+        t = self.transport
+        try:
+            version = (await t.select("SELECT version()")).decode().strip()
+            settings = await t.select("SELECT name FROM system.settings WHERE name IN ('insert_deduplication_token')")
+            self._features = Features.from_version(version, settings=frozenset(settings.decode().split()))
+            if cfg.create_database:
+                await t.execute(f"CREATE DATABASE IF NOT EXISTS {quote(cfg.database)}")
+            await t.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._offsets_table} (sink String, node String, segment_id Int64, offset Int64, idx Int64, "
+                "committed_at DateTime) ENGINE = ReplacingMergeTree ORDER BY (sink, node, segment_id, offset, idx)"
+            )
+        except ClickHouseError as exc:
+            raise _sql_error(exc, f"clickhouse {t.description}: start") from None
+        self._log.info("clickhouse sink started", target=t.description, engine_version=self.features.label, database=cfg.database)
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            await self._transport.close()
+
+    @property
+    def _offsets_table(self) -> str:
+        return f"{quote(self.config.database)}.cdc_offsets"
+
+    # --- offsets --------------------------------------------------------------------------------------
+
+    async def committed_positions(self) -> Mapping[str, Position]:
+        sql = (
+            "SELECT node, tupleElement(p, 1), tupleElement(p, 2), tupleElement(p, 3) FROM "
+            f"(SELECT node, max((segment_id, offset, idx)) AS p FROM {self._offsets_table} FINAL "
+            f"WHERE sink = {string_literal(self.name)} GROUP BY node)"
+        )
+        try:
+            rows = tsv_split(await self.transport.select(sql))
+        except ClickHouseError as exc:
+            raise _sql_error(exc, "reading committed positions") from None
+        out: dict[str, Position] = {}
+        for node, seg, off, idx in rows:
+            out[str(node)] = Position(node=str(node), segment_id=int(str(seg)), offset=int(str(off)), index=int(str(idx)))
+        return out
+
+    # --- tables ---------------------------------------------------------------------------------------
+
+    def layout(self, schema: TableSchema) -> TableLayout:
+        key = (schema.keyspace, schema.table)
+        layout = self._layouts.get(key)
+        if layout is None or len(layout.schema.columns) < len(schema.columns) or layout.schema.columns != schema.columns:
+            base = self.config.table_name.format(keyspace=schema.keyspace, table=schema.table)
+            layout = TableLayout(
+                schema,
+                self.features,
+                self.config.database,
+                base,
+                self.config.mode_of(schema.keyspace, schema.table),
+                self.config.partition_by,
+            )
+        return layout
+
+    async def _existing_columns(self, layout: TableLayout) -> dict[str, set[str]]:
+        pattern = string_literal(layout.base.replace("_", "\\_") + "%")
+        sql = f"SELECT table, name FROM system.columns WHERE database = {string_literal(layout.database)} AND table LIKE {pattern}"
+        out: dict[str, set[str]] = {}
+        for table, name in tsv_split(await self.transport.select(sql)):
+            out.setdefault(str(table), set()).add(str(name))
+        return out
+
+    async def ensure_table(self, schema: TableSchema) -> TableLayout:
+        """Create the table's objects, or add columns a newer schema brought (before its data)."""
+        key = (schema.keyspace, schema.table)
+        names = frozenset(c.name for c in schema.columns)
+        if self._columns.get(key) is not None and names <= self._columns[key]:
+            return self._layouts[key]
+        async with self._ddl_lock:
+            if self._columns.get(key) is not None and names <= self._columns[key]:
+                return self._layouts[key]
+            known = self._layouts.get(key)
+            if known is not None and not names <= frozenset(c.name for c in known.schema.columns):
+                # Merge: keep old columns (Cassandra drops are not undone here), add the new ones.
+                extra = tuple(c for c in known.schema.columns if c.name not in names)
+                schema = TableSchema(keyspace=schema.keyspace, table=schema.table, id=schema.id, columns=schema.columns + extra)
+            layout = self.layout(schema)
+            try:
+                for stmt in layout.ddl():
+                    await self.transport.execute(stmt)
+                existing = await self._existing_columns(layout)
+                alters = layout.evolution(existing)
+                for stmt in alters:
+                    await self.transport.execute(stmt)
+            except ClickHouseError as exc:
+                raise _sql_error(exc, f"creating {layout.view}") from None
+            if alters:
+                self._log.info("clickhouse table evolved", table=layout.base, statements=len(alters))
+            self._layouts[key] = layout
+            self._columns[key] = frozenset(c.name for c in layout.schema.columns)
+            return layout
+
+    # --- writing --------------------------------------------------------------------------------------
+
+    async def write(self, batch: Batch) -> WriteResult:
+        log_ = self._log.bind(batch_id=batch.batch_id)
+        started = time.perf_counter()
+        by_table: dict[tuple[str, str], list[ChangeEvent]] = {}
+        schemas: dict[tuple[str, str], TableSchema] = {}
+        for event in batch.events:
+            key = (event.schema.keyspace, event.schema.table)
+            by_table.setdefault(key, []).append(event)
+            known = schemas.get(key)
+            if known is None or len(event.schema.columns) > len(known.columns):
+                schemas[key] = event.schema
+        rejected: list[Rejected] = []
+        jobs: list[tuple[TableLayout, str, list[str], list[tuple[ChangeEvent, list[str]]]]] = []
+        for key, events in by_table.items():
+            layout = await self.ensure_table(schemas[key])
+            if layout.mode == "latest":
+                rows: list[tuple[ChangeEvent, list[str]]] = []
+                parts: list[tuple[ChangeEvent, list[str]]] = []
+                for event in events:
+                    try:
+                        r, p = layout.encode_latest(event)
+                    except (ValueRejected, TypeError, ValueError, AttributeError, KeyError) as exc:
+                        rejected.append(Rejected(event=event, error=f"{layout.view}: {exc}", error_type="ValueRejected"))
+                        continue
+                    if r:
+                        rows.append((event, r))
+                    if p:
+                        parts.append((event, p))
+                if rows:
+                    jobs.append((layout, "__rows_in", [quote(n) for n, _ in layout.rows_wire()], rows))
+                if parts:
+                    jobs.append((layout, "__parts_in", [quote(n) for n, _ in layout.parts_wire()], parts))
+            else:
+                hist: list[tuple[ChangeEvent, list[str]]] = []
+                for event in events:
+                    try:
+                        hist.append((event, [layout.encode_history(event)]))
+                    except (ValueRejected, TypeError, ValueError, AttributeError, KeyError) as exc:
+                        rejected.append(Rejected(event=event, error=f"{layout.view}: {exc}", error_type="ValueRejected"))
+                if hist:
+                    jobs.append((layout, "__in", [quote(n) for n, _ in layout.history_wire()], hist))
+        semaphore = asyncio.Semaphore(self.transport.max_in_flight)
+
+        async def run(job: tuple[TableLayout, str, list[str], list[tuple[ChangeEvent, list[str]]]], n: int) -> list[Rejected]:
+            layout, suffix, cols, items = job
+            async with semaphore:
+                return await self._insert(layout, suffix, cols, items, f"{batch.batch_id}-{n}")
+
+        results = await asyncio.gather(*(run(job, i) for i, job in enumerate(jobs)))
+        seen: set[int] = {id(r.event) for r in rejected}
+        for refused in results:
+            for one in refused:
+                if id(one.event) not in seen:
+                    seen.add(id(one.event))
+                    rejected.append(one)
+        await self._commit(batch.positions)
+        log_.debug(
+            "clickhouse batch written",
+            events=len(batch.events),
+            rejected=len(rejected),
+            inserts=len(jobs),
+            seconds=round(time.perf_counter() - started, 4),
+        )
+        return WriteResult(rejected=rejected)
+
+    async def _insert(
+        self, layout: TableLayout, suffix: str, columns: list[str], items: Sequence[tuple[ChangeEvent, list[str]]], token: str
+    ) -> list[Rejected]:
+        """Insert the lines of ``items``; on a data error bisect down to the events at fault."""
+        limit = self.config.max_rows_per_insert
+        if sum(len(lines) for _, lines in items) > limit and len(items) > 1:
+            out: list[Rejected] = []
+            chunk: list[tuple[ChangeEvent, list[str]]] = []
+            count = 0
+            for item in items:
+                if chunk and count + len(item[1]) > limit:
+                    out += await self._insert(layout, suffix, columns, chunk, f"{token}-{len(out)}")
+                    chunk, count = [], 0
+                chunk.append(item)
+                count += len(item[1])
+            return out + await self._insert(layout, suffix, columns, chunk, f"{token}-c")
+        payload = ("\n".join(line for _, lines in items for line in lines) + "\n").encode("utf-8")
+        settings = {"insert_deduplication_token": token} if self.features.dedup_token else {}
+        try:
+            await self.transport.insert(layout.q(suffix), columns, payload, settings)
+            return []
+        except ClickHouseError as exc:
+            if not exc.is_data_error:
+                raise _sql_error(exc, f"inserting into {layout.q(suffix)}") from None
+            if len(items) == 1:
+                self._log.warning("clickhouse rejected an event", table=layout.base, code=exc.code, position=str(items[0][0].position))
+                return [Rejected(event=items[0][0], error=f"{layout.q(suffix)}: {exc}", error_type="ClickHouseDataError")]
+            half = len(items) // 2
+            return await self._insert(layout, suffix, columns, items[:half], f"{token}-a") + await self._insert(
+                layout, suffix, columns, items[half:], f"{token}-b"
+            )
+
+    async def _commit(self, positions: Mapping[str, Position]) -> None:
+        if not positions:
+            return
+        now = int(time.time())
+        lines = [
+            f"{self.name}\t{node}\t{p.segment_id}\t{p.offset}\t{p.index}\t{now}".replace("\n", " ") for node, p in sorted(positions.items())
+        ]
+        try:
+            await self.transport.insert(
+                self._offsets_table,
+                ["sink", "node", "segment_id", "offset", "idx", "committed_at"],
+                ("\n".join(lines) + "\n").encode("utf-8"),
+                {},
+            )
+        except ClickHouseError as exc:
+            raise _sql_error(exc, "committing positions") from None
+
+    # --- reading (tests, tools) -------------------------------------------------------------------------
+
+    async def read_state(self, schema: TableSchema, now: int | None = None) -> TableState:
+        """The latest state as the reference model's values, read from the view (``now`` None) or
+        from the view's query with TTLs judged at ``now``."""
+        from cdc_core.testing.model import TableState
+
+        layout = await self.ensure_table(schema)
+        keys = layout.keys
+        out_cols = layout.keys + layout.static + layout.regular
+
+        def expr(c: Any) -> str:
+            return c.mapping.read_expr.format(quote(c.name)) if c.mapping is not None else quote(c.name)
+
+        src = layout.view if now is None else f"({layout.latest_select(now)})"
+        sql = f"SELECT {', '.join(expr(c) for c in out_cols)} FROM {src}"
+        rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for fields in tsv_split(await self.transport.select(sql)):
+            values = {c.name: _decode(c, f) for c, f in zip(out_cols, fields, strict=True)}
+            key = tuple(values[k.name] for k in keys)
+            rows[key] = {c.name: values[c.name] for c in layout.keys + layout.regular}
+        statics: dict[tuple[Any, ...], dict[str, Any]] = {}
+        if layout.static:
+            s_cols = layout.pk + layout.static
+            ssrc = layout.static_view if now is None else f"({layout.static_select(now)})"
+            sql = f"SELECT {', '.join(expr(c) for c in s_cols)} FROM {ssrc}"
+            for fields in tsv_split(await self.transport.select(sql)):
+                values = {c.name: _decode(c, f) for c, f in zip(s_cols, fields, strict=True)}
+                statics[tuple(values[k.name] for k in layout.pk)] = {c.name: values[c.name] for c in layout.static}
+        return TableState(rows=rows, statics=statics)
+
+
+def _decode(col: Any, text: str | None) -> Any:
+    if text is None:
+        return None
+    if col.mapping is not None:
+        return col.mapping.decode(text)
+    return decode_collection(text, col.schema.cql_type)
+
+
+def decode_collection(text: str, typ: CqlType) -> Any:
+    """A non-frozen collection/UDT column's JSON text (as the view renders it) → model value."""
+    obj = orjson.loads(text)
+    if typ.name == "list":
+        return tuple(value_from_json(v, typ.params[0]) for v in obj)
+    if typ.name == "set":
+        return frozenset(value_from_json(v, typ.params[0]) for v in obj)
+    if typ.name == "map":
+        return {value_from_json(k, typ.params[0]): value_from_json(v, typ.params[1]) for k, v in obj}
+    if typ.name == "udt":
+        return {f: value_from_json(obj.get(f), t) for f, t in zip(typ.field_names, typ.params, strict=True)}
+    raise PermanentError(f"not a multi-cell type: {typ}")
+
+
+_ = TransientError  # re-exported for callers matching on it
