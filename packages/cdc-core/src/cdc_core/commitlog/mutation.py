@@ -164,6 +164,7 @@ class TableDecoder:
         self.clustering: tuple[tuple[int | None, Decoder], ...] = tuple((fixed_length(c.cql_type), value_decoder(c.cql_type)) for c in clus)
         self._columns: dict[str, ColumnDecoder] = {}
         self._headers: dict[bytes, _Header] = {}
+        self._recent: list[tuple[bytes, _Header]] = []
 
     def column(self, name: str) -> ColumnDecoder:
         col = self._columns.get(name)
@@ -181,6 +182,9 @@ class TableDecoder:
 
     def header(self, buf: bytes, pos: int) -> tuple[_Header, int]:
         """Read a Columns block (uvint count, names) at ``pos``; cached by its raw bytes."""
+        for raw, known in self._recent:
+            if buf.startswith(raw, pos):
+                return known, pos + len(raw)
         start = pos
         count, pos = read_uvint(buf, pos)
         for _ in range(count):
@@ -200,6 +204,7 @@ class TableDecoder:
                 p += n
             got = _Header(tuple(self.column(n) for n in names))
             self._headers[raw] = got
+        self._recent = [(raw, got), *self._recent[:3]]
         return got, pos
 
     def decode_key(self, key: bytes) -> dict[str, Any]:
@@ -501,6 +506,21 @@ def _row(
         if not col.complex:
             cflags = buf[pos]
             pos += 1
+            if cflags == CELL_USE_ROW_TIMESTAMP:  # the common INSERT cell: row timestamp, a value, no TTL
+                n = col.fixed
+                if n is None:
+                    n = buf[pos]
+                    if n < 0x80:
+                        pos += 1
+                    else:
+                        n, pos = read_uvint(buf, pos)
+                end = pos + n
+                if end > size:
+                    raise DecodeError(f"value of column {col.name} runs past the mutation")
+                if col.emit and (col.dropped_time is None or row_ts > col.dropped_time):
+                    cells[col.name] = Cell(timestamp=row_ts, value=col.decode(buf[pos:end]))
+                pos = end
+                continue
             if cflags & CELL_USE_ROW_TIMESTAMP:
                 ts = row_ts
             else:
