@@ -44,8 +44,8 @@ class ClickHouseHarness:
 
     async def make_sink(self, **overrides: Any) -> ClickHouseSink:
         sink = ClickHouseSink(self.config(**overrides), ComponentContext(instance_name=self.sink_name))
-        await sink.start()
         self.sinks.append(sink)
+        await sink.start()
         return sink
 
     async def read_state(self, schema: TableSchema, now: int) -> TableState:

@@ -162,11 +162,10 @@ class ClickHouseSink:
                 schema = TableSchema(keyspace=schema.keyspace, table=schema.table, id=schema.id, columns=schema.columns + extra)
             layout = self.layout(schema)
             try:
-                for stmt in layout.ddl():
-                    await self.transport.execute(stmt)
+                # ALTERs first (an existing table may lack new columns), then create what is missing.
                 existing = await self._existing_columns(layout)
-                alters = layout.evolution(existing)
-                for stmt in alters:
+                alters = layout.evolution(existing) if layout.base + layout.input_tables()[0] in existing else []
+                for stmt in [*alters, *layout.ddl()]:
                     await self.transport.execute(stmt)
             except ClickHouseError as exc:
                 raise _sql_error(exc, f"creating {layout.view}") from None
