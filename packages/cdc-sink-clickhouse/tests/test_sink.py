@@ -25,8 +25,6 @@ from cdc_sink_clickhouse.mapping import tsv_split
 
 from .conftest import ClickHouseHarness
 
-pytestmark = []
-
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -125,8 +123,8 @@ async def test_every_cql_type_round_trips(harness: ClickHouseHarness) -> None:
     for key, row_values in expected.rows.items():
         got = actual.rows[key]
         for col, value in row_values.items():
-            want = dict(value) if isinstance(value, frozendict) else value
-            have = dict(got[col]) if isinstance(got[col], frozendict) else got[col]
+            want: Any = dict(value) if isinstance(value, frozendict) else value
+            have: Any = dict(got[col]) if isinstance(got[col], frozendict) else got[col]
             if isinstance(want, float) and math.isnan(want):
                 assert math.isnan(have)
             else:
@@ -278,7 +276,8 @@ async def test_history_mode_keeps_every_change_once(harness: ClickHouseHarness) 
     assert rows[1][2] is None
     assert rows[1][4] == "['v']"
     assert rows[3][1] == "partition_delete"
-    assert rows[2][5] is not None and '"path"' in rows[2][5]
+    assert rows[2][5] is not None
+    assert '"path"' in rows[2][5]
 
 
 async def test_view_reads_current_state_without_now(harness: ClickHouseHarness) -> None:
