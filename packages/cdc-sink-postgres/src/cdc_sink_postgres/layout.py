@@ -17,15 +17,16 @@ History mode: ``N`` is an append-only table keyed by the source position.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cached_property
+from typing import Any
 
 import attrs
 
 from cdc_core.cqltypes import CqlType, parse_type
 from cdc_core.schema import ClusteringOrder, ColumnKind, TableSchema
 from cdc_sink_postgres.idents import qualify
-from cdc_sink_postgres.typemap import PgType, pg_type_for
+from cdc_sink_postgres.typemap import PgType, converter, pg_type_for
 
 __all__ = [
     "DELETED_TS",
@@ -72,9 +73,15 @@ class ColumnLayout:
     def pg(self) -> PgType:
         return pg_type_for(self.cql)
 
-    @property
+    @cached_property
     def multicell(self) -> bool:
         return self.cql.is_multicell and self.kind in (ColumnKind.REGULAR, ColumnKind.STATIC)
+
+    @cached_property
+    def convert(self) -> Callable[[Any], Any]:
+        """Python value → database parameter (checked; raises ValueRejected)."""
+        conv: Callable[[Any], Any] = converter(self.cql)
+        return conv
 
     @property
     def staging_sql(self) -> str:
@@ -171,9 +178,17 @@ class TableLayout:
         return tuple(c for c in self.columns if c.kind is ColumnKind.STATIC)
 
     @cached_property
-    def writable(self) -> frozenset[str]:
-        """Value columns events may write (not dropped)."""
-        return frozenset(c.name for c in self.columns if c.kind in (ColumnKind.REGULAR, ColumnKind.STATIC) and not c.dropped)
+    def writable(self) -> dict[str, tuple[ColumnLayout, bool, Callable[[Any], Any]]]:
+        """Value columns events may write (not dropped), by name: (column, multicell, converter)
+        in a plain tuple (the hot path avoids slotted cached properties)."""
+        return {
+            c.name: (c, c.multicell, c.convert) for c in self.columns if c.kind in (ColumnKind.REGULAR, ColumnKind.STATIC) and not c.dropped
+        }
+
+    @cached_property
+    def key_converters(self) -> tuple[tuple[tuple[str, Callable[[Any], Any]], ...], tuple[tuple[str, Callable[[Any], Any]], ...]]:
+        """(name, converter) of the partition key and of the clustering columns."""
+        return (tuple((c.name, c.convert) for c in self.partition_key), tuple((c.name, c.convert) for c in self.clustering))
 
     def column(self, name: str) -> ColumnLayout:
         for c in self.columns:

@@ -124,13 +124,6 @@ def element_entry(col: ColumnLayout, path: Any, cell: Cell) -> tuple[str, dict[s
     return key, entry
 
 
-def _cell_state(col: ColumnLayout, cell: Cell) -> CellState:
-    if cell.tombstone or cell.value is None:
-        return CellState(cell.timestamp, None, None)
-    exp = cell.local_deletion_time if cell.ttl is not None else None
-    return CellState(cell.timestamp, to_db(cell.value, col.cql), exp)
-
-
 def _bound(layout: TableLayout, bound: RangeBound | None) -> tuple[tuple[Any, ...], int, bool, Any]:
     width = len(layout.clustering)
     if bound is None:
@@ -154,7 +147,9 @@ class TableDelta:
         """Fold ``event`` in; raises :class:`ValueRejected` (leaving the delta untouched) when
         one of its values cannot be stored."""
         layout = self.layout
-        pk = tuple(to_db(event.key[c.name], c.cql) for c in layout.partition_key)
+        key_values = event.key
+        pk_conv, ck_conv = layout.key_converters
+        pk = tuple([conv(key_values[name]) for name, conv in pk_conv])
         if event.kind is ChangeKind.PARTITION_DELETE:
             if event.partition_deletion is not None:
                 ts = event.partition_deletion.timestamp
@@ -174,17 +169,24 @@ class TableDelta:
             self.range_deletions[(pk, bounds)] = (rec, ts if prev is None else max(prev[1], ts))
             return
         # A row (or the static row): convert everything first, then merge.
-        key = pk if event.static else pk + tuple(to_db(event.key[c.name], c.cql) for c in layout.clustering)
+        key = pk if event.static else pk + tuple([conv(key_values[name]) for name, conv in ck_conv])
         simple: list[tuple[str, CellState]] = []
         complex_: list[tuple[str, int | None, list[tuple[str, dict[str, Any]]]]] = []
+        writable = layout.writable
         for name, change in event.cells.items():
-            if name not in layout.writable:
+            entry = writable.get(name)
+            if entry is None:
                 continue  # a dropped column (or one the layout does not know): not written
-            col = layout.column(name)
+            col, multicell, convert = entry
             if isinstance(change, Cell):
-                if col.multicell:
+                if multicell:
                     raise ValueRejected(f"column {name} is a non-frozen collection but the event writes a simple cell")
-                simple.append((name, _cell_state(col, change)))
+                value = change.value
+                if change.tombstone or value is None:
+                    simple.append((name, CellState(change.timestamp, None, None)))
+                else:
+                    exp = change.local_deletion_time if change.ttl is not None else None
+                    simple.append((name, CellState(change.timestamp, convert(value), exp)))
             elif isinstance(change, ComplexChange):
                 clear = change.deletion.timestamp if change.deletion is not None else None
                 complex_.append((name, clear, [element_entry(col, e.path, e.cell) for e in change.elements]))

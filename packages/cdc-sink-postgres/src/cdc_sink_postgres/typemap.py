@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import ipaddress
 import json
 import math
@@ -96,6 +97,7 @@ def _array_element(t: CqlType) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def pg_type_for(t: CqlType) -> PgType:
     """The default PostgreSQL type of a column of CQL type ``t``."""
     if t.name in SCALAR_SQL:
@@ -199,6 +201,86 @@ def to_db(value: Any, t: CqlType) -> Any:
             raise ValueRejected(f"expected bytes, got {type(value).__name__}")
         return bytes(value)
     raise ValueRejected(f"no PostgreSQL mapping for CQL type {t}")
+
+
+def _fast_text(value: Any) -> Any:
+    if type(value) is str and value.isascii() and "\x00" not in value:
+        return value
+    return check_text(value)
+
+
+def _int_converter(name: str) -> Any:
+    bits = _INT_RANGES[name]
+    lo, hi = -(2**bits), 2**bits
+
+    def conv(value: Any) -> Any:
+        if type(value) is int and lo <= value < hi:
+            return value
+        return _check_int(value, name)
+
+    return conv
+
+
+def _float_conv(value: Any) -> Any:
+    return value if type(value) is float else to_db(value, _DOUBLE)
+
+
+def _bool_conv(value: Any) -> Any:
+    return value if type(value) is bool else to_db(value, _BOOLEAN)
+
+
+_DOUBLE = CqlType("double")
+_BOOLEAN = CqlType("boolean")
+
+
+@functools.lru_cache(maxsize=1024)
+def converter(t: CqlType) -> Any:
+    """A function equivalent to ``lambda v: to_db(v, t)`` for non-null ``v``, specialised for
+    the common scalar types (the hot path of the sink)."""
+    name = t.name
+    if name in _TEXT_TYPES:
+        return _fast_text
+    if name in _INT_RANGES:
+        return _int_converter(name)
+    if name in ("float", "double"):
+        return _float_conv
+    if name == "boolean":
+        return _bool_conv
+    if name == "timestamp":
+        return _timestamp_conv
+    if name == "decimal":
+        return _decimal_conv
+    if name in ("uuid", "timeuuid"):
+        return _uuid_conv
+    return functools.partial(_to_db_flipped, t)
+
+
+def _timestamp_conv(value: Any) -> Any:
+    if type(value) is dt.datetime and value.tzinfo is not None:
+        return value
+    return to_db(value, _TIMESTAMP)
+
+
+def _decimal_conv(value: Any) -> Any:
+    # Cheap bounds first: only extreme exponents need the exact digit check.
+    if type(value) is Decimal and value.is_finite() and -16000 < value.adjusted() < 131000:
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and exponent > -16383:
+            return value
+    return to_db(value, _DECIMAL)
+
+
+def _uuid_conv(value: Any) -> Any:
+    return value if isinstance(value, uuid.UUID) else to_db(value, _UUID)
+
+
+_TIMESTAMP = CqlType("timestamp")
+_DECIMAL = CqlType("decimal")
+_UUID = CqlType("uuid")
+
+
+def _to_db_flipped(t: CqlType, value: Any) -> Any:
+    return to_db(value, t)
 
 
 # --- the JSON form (jsonb columns and collection elements) --------------------------------------
