@@ -206,8 +206,8 @@ class TableDelta:
             if cs is None:
                 cs = delta.complex[name] = ComplexState()
             cs.merge_clear(clear)
-            for k, entry in entries:
-                cs.merge_element(k, entry)
+            for element_key, element in entries:
+                cs.merge_element(element_key, element)
 
 
 def row_record(key: Key, delta: RowDelta, cols: Sequence[ColumnLayout]) -> tuple[Any, ...]:
