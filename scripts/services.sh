@@ -108,7 +108,17 @@ port_open() { # port
   (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null
 }
 pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
-read_pid() { [[ -f $1 ]] && tr -d ' \n' <"$1" || true; }
+# read_pid <pidfile>: the pid in it, if that process is alive and is ours (its command line names
+# the pidfile's directory); empty otherwise, so a reused pid is never taken for our server.
+read_pid() {
+  local pid
+  [[ -f $1 ]] || return 0
+  pid=$(tr -d ' \n' <"$1")
+  if [[ -n $pid && -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$(dirname "$1")/"; then
+    echo "$pid"
+  fi
+  return 0
+}
 
 # running <pidfile> <port>: our process is alive and its port answers
 running() { local pid; pid=$(read_pid "$1"); pid_alive "$pid" && port_open "$2"; }
@@ -118,7 +128,7 @@ wait_port() {
   local name=$1 pidfile=$2 port=$3 timeout=$4 logfile=$5 start pid
   start=$(date +%s)
   while true; do
-    pid=$(read_pid "$pidfile")
+    pid=$(tr -d ' \n' <"$pidfile" 2>/dev/null || true) # just started by us: no cmdline check
     if ! pid_alive "$pid"; then
       log "$name exited during startup"
       tail_log "$logfile"
@@ -141,9 +151,10 @@ check_port_free() { # name port
   fi
 }
 
-# stop_pid <name> <pidfile> [timeout]
-stop_pid() {
-  local name=$1 pidfile=$2 timeout=${3:-60} pid i
+# signal_stop <name> <pidfile>: send TERM to a process we started; remember it for wait_stopped
+STOPPING=()
+signal_stop() {
+  local name=$1 pidfile=$2 pid
   pid=$(read_pid "$pidfile")
   if ! pid_alive "$pid"; then
     rm -f "$pidfile"
@@ -152,15 +163,30 @@ stop_pid() {
   fi
   log "$name: stopping pid $pid"
   kill -TERM "$pid" 2>/dev/null || true
+  STOPPING+=("$name:$pid:$pidfile")
+}
+
+# wait_stopped [timeout]: wait for everything signal_stop signalled; KILL what is left
+wait_stopped() {
+  local timeout=${1:-60} i entry name pid pidfile left
   for ((i = 0; i < timeout * 10; i++)); do
-    pid_alive "$pid" || break
+    left=0
+    for entry in "${STOPPING[@]}"; do
+      pid=$(cut -d: -f2 <<<"$entry")
+      pid_alive "$pid" && left=1
+    done
+    [[ $left -eq 0 ]] && break
     sleep 0.1
   done
-  if pid_alive "$pid"; then
-    log "$name: still running after ${timeout}s, sending KILL"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$pidfile"
+  for entry in "${STOPPING[@]}"; do
+    IFS=: read -r name pid pidfile <<<"$entry"
+    if pid_alive "$pid"; then
+      log "$name: still running after ${timeout}s, sending KILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+  done
+  STOPPING=()
 }
 
 # ---- TLS (shared CA for PostgreSQL and ClickHouse) -----------------------------------------
@@ -298,7 +324,7 @@ wait_cassandra() { # instance
 
 stop_cassandra() {
   cassandra_vars "$1"
-  stop_pid "$C_NAME" "$C_PIDFILE" 60
+  signal_stop "$C_NAME" "$C_PIDFILE"
 }
 
 status_cassandra() {
@@ -471,7 +497,7 @@ ALTER ROLE "$DB_USER" WITH LOGIN SUPERUSER PASSWORD '$DB_PASSWORD';
 SELECT 'CREATE DATABASE cdc_pg OWNER "$DB_USER"' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'cdc_pg') \gexec
 SELECT 'CREATE DATABASE cdc_ts OWNER "$DB_USER"' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'cdc_ts') \gexec
 EOF
-  psql_admin cdc_ts -c "CREATE EXTENSION IF NOT EXISTS timescaledb" ||
+  psql_admin cdc_ts -c "SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS timescaledb" ||
     {
       tail_log "$PG_LOG"
       die "postgres: CREATE EXTENSION timescaledb failed"
@@ -542,10 +568,6 @@ start_clickhouse() {
   t=$(date +%s)
   mkdir -p "$CH_DIR"/{data,tmp,user_files,format_schemas,log,tls}
   cp "$TLS_DIR/server.crt" "$TLS_DIR/server.key" "$TLS_DIR/ca.crt" "$CH_DIR/tls/"
-  if [[ ! -s $CH_DIR/tls/dhparam.pem ]]; then
-    # small DH params: test-only server, generated once per state directory
-    openssl dhparam -out "$CH_DIR/tls/dhparam.pem" 1024 2>/dev/null
-  fi
   pw_sha=$(printf '%s' "$DB_PASSWORD" | sha256sum | cut -d' ' -f1)
   sed -e "s#@DIR@#$CH_DIR#g" -e "s#@HOST@#$HOST#g" -e "s#@HTTP_PORT@#$CH_HTTP_PORT#g" \
     -e "s#@HTTPS_PORT@#$CH_HTTPS_PORT#g" -e "s#@TCP_PORT@#$CH_TCP_PORT#g" \
@@ -560,6 +582,7 @@ start_clickhouse() {
   ) </dev/null >"$CH_OUT" 2>&1 &
   echo $! >"$CH_PIDFILE"
   if ! wait_port clickhouse "$CH_PIDFILE" "$CH_HTTP_PORT" 60 "$CH_ERRLOG"; then
+    tail_log "$CH_LOG"
     tail_log "$CH_OUT"
     die "clickhouse: failed to start"
   fi
@@ -571,7 +594,7 @@ start_clickhouse() {
   log "clickhouse: ready (pid $(read_pid "$CH_PIDFILE"), $(($(date +%s) - t))s)"
 }
 
-stop_clickhouse() { stop_pid clickhouse "$CH_PIDFILE" 30; }
+stop_clickhouse() { signal_stop clickhouse "$CH_PIDFILE"; }
 
 status_clickhouse() {
   if running "$CH_PIDFILE" "$CH_HTTP_PORT"; then
@@ -622,6 +645,17 @@ toxi_api() { # method path [json]
   curl -sS -f -X "$1" -H 'Content-Type: application/json' ${3:+--data "$3"} "http://$HOST:$TOXIPROXY_PORT$2"
 }
 
+toxi_proxies() {
+  cat <<EOF
+[
+ {"name": "postgres",   "listen": "$HOST:$PROXY_PG_PORT",        "upstream": "$HOST:$PG_PORT",          "enabled": true},
+ {"name": "clickhouse", "listen": "$HOST:$PROXY_CH_PORT",        "upstream": "$HOST:$CH_HTTP_PORT",     "enabled": true},
+ {"name": "cassandra",  "listen": "$HOST:$PROXY_CASSANDRA_PORT",  "upstream": "$HOST:$CASSANDRA_PORT",  "enabled": true},
+ {"name": "cassandra8", "listen": "$HOST:$PROXY_CASSANDRA8_PORT", "upstream": "$HOST:$CASSANDRA8_PORT", "enabled": true}
+]
+EOF
+}
+
 start_toxiproxy() {
   ensure_packages curl
   if running "$TOXI_PIDFILE" "$TOXIPROXY_PORT"; then
@@ -631,29 +665,21 @@ start_toxiproxy() {
     ensure_toxiproxy
     mkdir -p "$TOXI_DIR"
     log "toxiproxy: starting on $HOST:$TOXIPROXY_PORT"
-    (exec setsid "$TOXI_BIN" -host "$HOST" -port "$TOXIPROXY_PORT") </dev/null >"$TOXI_LOG" 2>&1 &
+    toxi_proxies >"$TOXI_DIR/proxies.json"
+    (exec setsid "$TOXI_BIN" -host "$HOST" -port "$TOXIPROXY_PORT" -config "$TOXI_DIR/proxies.json") </dev/null >"$TOXI_LOG" 2>&1 &
     echo $! >"$TOXI_PIDFILE"
     wait_port toxiproxy "$TOXI_PIDFILE" "$TOXIPROXY_PORT" 30 "$TOXI_LOG" || die "toxiproxy: failed to start"
   fi
   # (re)create the proxies; /populate creates missing ones and leaves existing ones alone,
   # but a proxy a test left disabled is re-enabled and toxics are cleared by /reset.
   local body
-  body=$(
-    cat <<EOF
-[
- {"name": "postgres",   "listen": "$HOST:$PROXY_PG_PORT",        "upstream": "$HOST:$PG_PORT",          "enabled": true},
- {"name": "clickhouse", "listen": "$HOST:$PROXY_CH_PORT",        "upstream": "$HOST:$CH_HTTP_PORT",     "enabled": true},
- {"name": "cassandra",  "listen": "$HOST:$PROXY_CASSANDRA_PORT",  "upstream": "$HOST:$CASSANDRA_PORT",  "enabled": true},
- {"name": "cassandra8", "listen": "$HOST:$PROXY_CASSANDRA8_PORT", "upstream": "$HOST:$CASSANDRA8_PORT", "enabled": true}
-]
-EOF
-  )
+  body=$(toxi_proxies)
   toxi_api POST /populate "$body" >/dev/null || { tail_log "$TOXI_LOG"; die "toxiproxy: creating proxies failed"; }
   toxi_api POST /reset >/dev/null || true
   log "toxiproxy: proxies postgres :$PROXY_PG_PORT, clickhouse :$PROXY_CH_PORT, cassandra :$PROXY_CASSANDRA_PORT, cassandra8 :$PROXY_CASSANDRA8_PORT"
 }
 
-stop_toxiproxy() { stop_pid toxiproxy "$TOXI_PIDFILE" 10; }
+stop_toxiproxy() { signal_stop toxiproxy "$TOXI_PIDFILE"; }
 
 status_toxiproxy() {
   if running "$TOXI_PIDFILE" "$TOXIPROXY_PORT"; then
@@ -685,6 +711,13 @@ cmd_up() {
   mapfile -t services < <(selected "$@")
   mkdir -p "$CACHE_DIR" "$STATE_DIR"
   log "up: ${services[*]} (cache $CACHE_DIR, state $STATE_DIR)"
+  # Building toxiproxy is slow on a cold machine (Go compiles its dependencies): do it meanwhile.
+  local toxi_build=""
+  if [[ " ${services[*]} " == *" toxiproxy "* && ! -x $TOXI_BIN ]] && ! running "$TOXI_PIDFILE" "$TOXIPROXY_PORT" &&
+    { command -v go >/dev/null || [[ -x /usr/local/go/bin/go ]]; }; then
+    ensure_toxiproxy &
+    toxi_build=$!
+  fi
   # Cassandra takes longest: start its JVMs first and let them boot while the rest starts.
   for s in "${services[@]}"; do
     case $s in cassandra | cassandra8)
@@ -702,6 +735,9 @@ cmd_up() {
   for s in "${cass[@]}"; do
     wait_cassandra "$s" || die "$s: failed to start"
   done
+  if [[ -n $toxi_build ]]; then
+    wait "$toxi_build" || die "toxiproxy: build failed"
+  fi
   for s in "${services[@]}"; do
     [[ $s == toxiproxy ]] && start_toxiproxy
   done
@@ -719,6 +755,7 @@ cmd_down() {
       toxiproxy) stop_toxiproxy ;;
     esac
   done
+  wait_stopped 60
   log "down: done"
 }
 
