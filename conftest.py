@@ -140,16 +140,17 @@ def _cassandra_node(prefix: str, default_version: int) -> CassandraNode:
 
 
 def _remove_completed_segments(cdc_raw: Path) -> None:
-    """Delete segments an earlier run left COMPLETED in cdc_raw (what a CDC consumer does when done).
+    """Delete segments an earlier run left COMPLETED in cdc_raw over 10 minutes ago (what a consumer does).
 
     The test servers live across runs and cdc_total_space is small: without this, cdc_raw fills up
     after a few runs and Cassandra rejects writes to CDC tables.
     """
     if not cdc_raw.is_dir():
         return
+    cutoff = time.time() - 600  # leave recent ones: another test session may be reading them
     for idx in cdc_raw.glob("CommitLog-*_cdc.idx"):
         try:
-            completed = "COMPLETED" in idx.read_text()
+            completed = idx.stat().st_mtime < cutoff and "COMPLETED" in idx.read_text()
         except OSError:
             continue
         if completed:

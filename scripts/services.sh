@@ -279,6 +279,12 @@ start_cassandra() { # instance ; starts in the background, does not wait
     die "$C_NAME: $C_DIR was created with storage_compatibility_mode $(cat "$C_DIR/compat_mode"); remove it to change"
   fi
   echo "$C_COMPAT" >"$C_DIR/compat_mode"
+  # cdc_total_space is small: segments a previous run of the node left in cdc_raw would count
+  # against it forever (nobody consumes them), so a (re)started test node begins with it empty.
+  if [[ ${CDC_CASSANDRA_KEEP_CDC_RAW:-0} != 1 ]] && compgen -G "$C_DIR/cdc_raw/*" >/dev/null; then
+    log "$C_NAME: emptying $C_DIR/cdc_raw (left by the previous run; CDC_CASSANDRA_KEEP_CDC_RAW=1 keeps it)"
+    rm -f "$C_DIR"/cdc_raw/*
+  fi
   sed -e "s#@CLUSTER_NAME@#cdc-$C_NAME#g" -e "s#@COMPAT_MODE@#$C_COMPAT#g" \
     -e "s#@DATA_DIR@#$C_DIR#g" -e "s#@LISTEN_ADDRESS@#$HOST#g" \
     -e "s#@STORAGE_PORT@#$C_STORAGE#g" -e "s#@SSL_STORAGE_PORT@#$((C_STORAGE + 1))#g" \
@@ -366,7 +372,15 @@ pg_vars() {
   PG_PIDFILE=$PGDATA_DIR/postmaster.pid
 }
 as_pg() { if [[ $EUID -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-pg_pid() { [[ -f $PG_PIDFILE ]] && head -n1 "$PG_PIDFILE" | tr -d ' \n' || true; }
+pg_pid() { # the postmaster's pid, if postmaster.pid names a live postgres process
+  local pid
+  [[ -f $PG_PIDFILE ]] || return 0
+  pid=$(head -n1 "$PG_PIDFILE" | tr -d ' \n')
+  if [[ -n $pid && -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$PGDATA_DIR"; then
+    echo "$pid"
+  fi
+  return 0
+}
 psql_admin() { # db, then psql args
   local db=$1
   shift
@@ -437,6 +451,11 @@ start_postgres() {
     return 0
   fi
   check_port_free postgres "$PG_PORT"
+  if [[ -f $PG_PIDFILE ]]; then
+    # left by a server that was killed; its pid may now belong to another process
+    log "postgres: removing stale $PG_PIDFILE"
+    rm -f "$PG_PIDFILE"
+  fi
   ensure_tls
   local t
   t=$(date +%s)
