@@ -186,6 +186,9 @@ class _Options:
         return value
 
 
+_MISS = object()
+
+
 def memoise(fn: Callable[[Any], Any], size: int) -> Callable[[Any], Any]:
     """A bounded memo of a pure masking function (cleared when full: no LRU bookkeeping).
 
@@ -195,38 +198,48 @@ def memoise(fn: Callable[[Any], Any], size: int) -> Callable[[Any], Any]:
     if size <= 0:
         return fn
     cache: dict[Any, Any] = {}
+    get = cache.get
 
     def mask(value: Any) -> Any:
         try:
-            return cache[value]
-        except KeyError:
-            pass
+            out = get(value, _MISS)
         except TypeError:  # unhashable
             return fn(value)
-        out = fn(value)
-        if len(cache) >= size:
-            cache.clear()
-        cache[value] = out
+        if out is _MISS:
+            out = fn(value)
+            if len(cache) >= size:
+                cache.clear()
+            cache[value] = out
         return out
 
     return mask
 
 
-def _hmac_fn(key: bytes, domain: bytes = b"") -> Callable[[bytes], bytes]:
-    """HMAC-SHA256 with the key schedule precomputed (two hash copies per call; RFC 2104)."""
+def _hmac_state(key: bytes, domain: bytes = b"") -> tuple[Any, Any]:
+    """HMAC-SHA256's two hash states with the key schedule absorbed (RFC 2104), ``domain`` prefixed to messages.
+
+    Copying precomputed states is about twice as fast as ``hmac.digest`` per call in CPython.
+    """
     block = key if len(key) <= 64 else hashlib.sha256(key).digest()
     block = block.ljust(64, b"\0")
     inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
     outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
     if domain:
         inner.update(domain)
+    return inner, outer
+
+
+def _hmac_fn(key: bytes, domain: bytes = b"") -> Callable[[bytes], bytes]:
+    """HMAC-SHA256 (of ``domain + data``) as a function of the data."""
+    inner, outer = _hmac_state(key, domain)
+    inner_copy, outer_copy = inner.copy, outer.copy
 
     def digest(data: bytes) -> bytes:
-        i = inner.copy()
+        i = inner_copy()
         i.update(data)
-        o = outer.copy()
+        o = outer_copy()
         o.update(i.digest())
-        return o.digest()
+        return o.digest()  # type: ignore[no-any-return]
 
     return digest
 
@@ -237,8 +250,8 @@ def _encoder(output: str, length: int | None) -> Callable[[bytes], str]:
             return bytes.hex
         return lambda d: d.hex()[:length]
     if length is None:
-        return lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode("ascii")
-    return lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode("ascii")[:length]
+        return _b64url
+    return lambda d: _b64url(d)[:length]
 
 
 # --- built-in strategies -------------------------------------------------------------------------
@@ -252,15 +265,26 @@ class HmacStrategy:
         key = context.key(opts.str_("key", context.hmac_key), "HMAC")
         encode = _encoder(opts.choice("output", "hex", ("hex", "base64url")), opts.int_("length", None, 8))
         prefix = opts.str_("prefix", "") or ""
-        digest = _hmac_fn(key)
+        inner, outer = _hmac_state(key)
+        inner_copy, outer_copy = inner.copy, outer.copy
 
-        def mask(value: Any) -> str:
-            return prefix + encode(digest(canonical_bytes(value)))
+        def mask(value: Any) -> str:  # the hot path: hashing inlined
+            i = inner_copy()
+            i.update(value.encode("utf-8") if type(value) is str else canonical_bytes(value))
+            o = outer_copy()
+            o.update(i.digest())
+            return prefix + encode(o.digest())
 
         return Masker(mask=mask, memoise=True)
 
 
-_TOKEN = re.compile(r"^tok_([A-Za-z0-9][A-Za-z0-9-]{0,31})_([a-z2-7]+)$")
+_TOKEN = re.compile(r"^tok_([A-Za-z0-9][A-Za-z0-9-]{0,31})_([A-Za-z0-9_-]+)$")
+_TOKEN_DOMAIN = b"cdc-token\0"  # domain separation: a token never equals an hmac output for the same key
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _b64url(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_URLSAFE).decode("ascii")
 
 
 def identify_token(token: str) -> str | None:
@@ -269,29 +293,34 @@ def identify_token(token: str) -> str | None:
     return match.group(1) if match else None
 
 
-def make_token(key: bytes, key_id: str, value: Any, length: int = 20) -> str:
+def make_token(key: bytes, key_id: str, value: Any, length: int = 15) -> str:
     """The token of ``value`` under one key (used by :class:`TokenizeStrategy` and for verification)."""
-    digest = _hmac_fn(key, b"cdc-token\0")(canonical_bytes(value))[:length]
-    return f"tok_{key_id}_{base64.b32encode(digest).decode('ascii').rstrip('=').lower()}"
+    return f"tok_{key_id}_" + _b64url(_hmac_fn(key, _TOKEN_DOMAIN)(canonical_bytes(value))[:length])
 
 
 class TokenizeStrategy:
-    """Deterministic tokens carrying the key id, ``tok_<key id>_<base32>`` (default for PHI). Options: key, length (bytes)."""
+    """Deterministic tokens carrying the key id, ``tok_<key id>_<base64url>`` (default for PHI). Options: key, length (bytes)."""
 
     def compile(self, options: Mapping[str, Any], context: StrategyContext) -> Masker:
         opts = _Options(options, context, {"key", "length"})
         key_id = opts.str_("key", context.token_key)
         key = context.key(key_id, "token")
         assert key_id is not None
-        length = opts.int_("length", 20, 10)
+        length = opts.int_("length", 15, 12)
         assert length is not None
         if length > 32:
             raise context.error("option length must be at most 32 (bytes of HMAC-SHA256)")
-        digest = _hmac_fn(key, b"cdc-token\0")
+        inner, outer = _hmac_state(key, _TOKEN_DOMAIN)
+        inner_copy, outer_copy = inner.copy, outer.copy
         head = f"tok_{key_id}_"
+        b2a, urlsafe = binascii.b2a_base64, _URLSAFE
 
-        def mask(value: Any) -> str:
-            return head + base64.b32encode(digest(canonical_bytes(value))[:length]).decode("ascii").rstrip("=").lower()
+        def mask(value: Any) -> str:  # the hot path: hashing and encoding inlined
+            i = inner_copy()
+            i.update(value.encode("utf-8") if type(value) is str else canonical_bytes(value))
+            o = outer_copy()
+            o.update(i.digest())
+            return head + b2a(o.digest()[:length], newline=False).rstrip(b"=").translate(urlsafe).decode("ascii")
 
         return Masker(mask=mask, memoise=True)
 

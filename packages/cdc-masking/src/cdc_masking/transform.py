@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -223,12 +224,13 @@ class MaskingTransform:
         context = StrategyContext(rule_name="(token verification)", strategy="tokenize", keys=self.config.keys)
         return context.key(key_id, "token")
 
-    def verify_token(self, token: str, value: Any, *, length: int = 20) -> bool:
+    def verify_token(self, token: str, value: Any) -> bool:
         """True if ``token`` is ``value``'s token under the key its id names (that key must still be configured)."""
         key_id = identify_token(token)
         if key_id is None or key_id not in self.config.keys:
             return False
-        return make_token(self._key_bytes(key_id), key_id, value, length) == token
+        payload = token[len(key_id) + 5 :]
+        return hmac.compare_digest(make_token(self._key_bytes(key_id), key_id, value, len(payload) * 6 // 8), token)
 
     # --- validation -----------------------------------------------------------------------------
 

@@ -1,0 +1,112 @@
+"""Masking throughput: events/s through the ``masking`` transform on one core.
+
+A 10-column row (text partition key, int clustering column, 8 regular columns) of which 3 are
+masked: ``email`` (hmac), ``ssn`` (hmac) and ``phone`` (tokenize). Two workloads:
+
+* ``unique``   — every event carries new values (worst case: every value is hashed);
+* ``repeated`` — values drawn from a pool of 10,000 people, each written 3 times in a row as a
+  replication-factor-3 cluster delivers it (the memo answers the duplicates).
+
+Usage: ``python bench/bench_masking.py [--events N] [--runs R]``; prints the median of R runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import statistics
+import sys
+import time
+import uuid
+
+from cdc_core.events import Cell, ChangeEvent, ChangeKind, Liveness
+from cdc_core.positions import Position
+from cdc_core.schema import ColumnKind, ColumnSchema, TableSchema
+from prometheus_client import CollectorRegistry
+
+from cdc_masking import MaskingTransform, structure_config
+
+SCHEMA = TableSchema(
+    keyspace="shop",
+    table="customers",
+    id=uuid.UUID("00000000-0000-4000-8000-000000000b01"),
+    columns=(
+        ColumnSchema(name="customer_id", type="text", kind=ColumnKind.PARTITION_KEY),
+        ColumnSchema(name="seq", type="int", kind=ColumnKind.CLUSTERING),
+        ColumnSchema(name="email", type="text", kind=ColumnKind.REGULAR),
+        ColumnSchema(name="ssn", type="text", kind=ColumnKind.REGULAR),
+        ColumnSchema(name="phone", type="text", kind=ColumnKind.REGULAR),
+        ColumnSchema(name="name", type="text", kind=ColumnKind.REGULAR),
+        ColumnSchema(name="city", type="text", kind=ColumnKind.REGULAR),
+        ColumnSchema(name="score", type="int", kind=ColumnKind.REGULAR),
+        ColumnSchema(name="active", type="boolean", kind=ColumnKind.REGULAR),
+        ColumnSchema(name="signup", type="date", kind=ColumnKind.REGULAR),
+    ),
+)
+
+CONFIG = {
+    "policy_version": "bench-1",
+    "keys": {"hmac": "bench-hmac-key-0123456789abcdef0123456789", "v1": "bench-token-key-v1-0123456789abcdef012345"},
+    "token_key": "v1",
+    "rules": [
+        {"keyspace": "shop", "table": "customers", "column": "email", "classification": "pii"},
+        {"keyspace": "shop", "table": "customers", "column": "ssn", "classification": "pii"},
+        {"keyspace": "shop", "table": "customers", "column": "phone", "classification": "phi"},
+    ],
+}
+
+
+def make_events(n: int, *, repeated: bool) -> list[ChangeEvent]:
+    events = []
+    ts = 1_700_000_000_000_000
+    for i in range(n):
+        p = (i // 3) % 10_000 if repeated else i
+        events.append(
+            ChangeEvent(
+                position=Position(node="bench", segment_id=1, offset=i),
+                schema=SCHEMA,
+                kind=ChangeKind.ROW,
+                key={"customer_id": f"c{p}", "seq": 1},
+                liveness=Liveness(timestamp=ts + i),
+                cells={
+                    "email": Cell(timestamp=ts + i, value=f"person{p}@example.com"),
+                    "ssn": Cell(timestamp=ts + i, value=f"{p % 1000:03d}-{p % 100:02d}-{p % 10000:04d}{p}"),
+                    "phone": Cell(timestamp=ts + i, value=f"+1-555-{p:07d}"),
+                    "name": Cell(timestamp=ts + i, value=f"Person {p}"),
+                    "city": Cell(timestamp=ts + i, value="Springfield"),
+                    "score": Cell(timestamp=ts + i, value=i % 100),
+                    "active": Cell(timestamp=ts + i, value=True),
+                    "signup": Cell(timestamp=ts + i, value=dt.date(2020, 1, 1)),
+                },
+            )
+        )
+    return events
+
+
+def run_once(events: list[ChangeEvent], batch: int) -> float:
+    transform = MaskingTransform(structure_config(CONFIG), registry=CollectorRegistry())
+    start = time.process_time()
+    for i in range(0, len(events), batch):
+        transform.apply(events[i : i + batch])
+    return len(events) / (time.process_time() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=1000)
+    args = parser.parse_args()
+    sys.stdout.write(f"python {platform.python_version()} on {platform.machine()} {platform.processor() or ''}\n")
+    for workload in ("unique", "repeated"):
+        events = make_events(args.events, repeated=workload == "repeated")
+        rates = [run_once(events, args.batch) for _ in range(args.runs)]
+        sys.stdout.write(
+            f"{workload:9s} median {statistics.median(rates):>10,.0f} events/s  (runs: {', '.join(f'{r:,.0f}' for r in rates)})\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
