@@ -76,7 +76,9 @@ def events(s: TableSchema, n: int, seed: int = 1) -> list[ChangeEvent]:
             out.append(ChangeEvent(position=pos, schema=s, kind=ChangeKind.ROW, key=key, cells=cells))
         else:
             out.append(
-                ChangeEvent(position=pos, schema=s, kind=ChangeKind.ROW, key=key, row_deletion=Deletion(timestamp=ts, local_deletion_time=1))
+                ChangeEvent(
+                    position=pos, schema=s, kind=ChangeKind.ROW, key=key, row_deletion=Deletion(timestamp=ts, local_deletion_time=1)
+                )
             )
     return out
 
@@ -149,7 +151,8 @@ def main() -> None:
             for r in range(args.repeat):
                 evs = events(schema(), args.events, seed=r)
                 rates.append(asyncio.run(run_sink(target, f"bench_{uuid.uuid4().hex[:8]}", evs, batch)))
-            print(f"{label:7s} batch={batch:6d}  median {statistics.median(rates):10,.0f} events/s  (runs: {', '.join(f'{x:,.0f}' for x in rates)})")
+            runs = ", ".join(f"{x:,.0f}" for x in rates)
+            print(f"{label:7s} batch={batch:6d}  median {statistics.median(rates):10,.0f} events/s  (runs: {runs})")
     ref = [client_reference(url, args.events) for _ in range(args.repeat)]
     if all(x is not None for x in ref):
         print(f"clickhouse-client TSV reference (plain MergeTree): median {statistics.median([x for x in ref if x]):10,.0f} rows/s")
