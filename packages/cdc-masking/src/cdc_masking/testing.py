@@ -151,6 +151,8 @@ def make_canary_events() -> list[ChangeEvent]:
             "old_phones": ComplexChange(
                 elements=(
                     ElementChange(path=uuid.UUID("5a0b1c00-0000-1000-8000-000000000001"), cell=Cell(timestamp=ts, value=CANARY_PHONE_2)),
+                    ElementChange(path=uuid.UUID("5a0b1c00-0000-1000-8000-000000000002"), cell=Cell(timestamp=ts, value="15550142778")),
+                    ElementChange(path=uuid.UUID("5a0b1c00-0000-1000-8000-000000000003"), cell=Cell(timestamp=ts, value="442079460958")),
                 )
             ),
             "contacts": ComplexChange(

@@ -1,0 +1,91 @@
+"""Plugin wiring: the entry point, the transform factory, and custom strategies through the added hookspec."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import cdc_core
+import pluggy
+import pytest
+from cdc_core import hookspecs as core_hookspecs
+from cdc_core.errors import PluginError
+from cdc_core.factories import ComponentContext
+from helpers import PK, REG, config, row, table
+
+from cdc_masking import Masker, MaskingConfig, MaskingTransform, StrategyContext, plugin
+
+
+class Reverse:
+    """A toy custom strategy (reverses text) to prove the hook works."""
+
+    def compile(self, options: Mapping[str, Any], context: StrategyContext) -> Masker:
+        return Masker(mask=lambda v: str(v)[::-1] + "!", injective=True)
+
+
+class GoodPlugin:
+    @cdc_core.hookimpl
+    def cdc_masking_register_strategies(self) -> Mapping[str, Any]:
+        return {"reverse": Reverse()}
+
+
+class ClashingPlugin:
+    @cdc_core.hookimpl
+    def cdc_masking_register_strategies(self) -> Mapping[str, Any]:
+        return {"reverse": Reverse()}
+
+
+class BuiltinClash:
+    @cdc_core.hookimpl
+    def cdc_masking_register_strategies(self) -> Mapping[str, Any]:
+        return {"hmac": Reverse()}
+
+
+def make_pm(*plugins: object) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("cdc")
+    pm.add_hookspecs(core_hookspecs)
+    for p in plugins:
+        pm.register(p, name=type(p).__name__)
+    pm.register(plugin, name="cdc-masking")
+    pm.hook.cdc_add_hookspecs.call_historic(kwargs={"plugin_manager": pm})
+    return pm
+
+
+def test_entry_point_declared() -> None:
+    eps = [ep for ep in entry_points(group="cdc") if ep.name == "masking"]
+    assert eps and eps[0].value == "cdc_masking.plugin"
+    assert eps[0].load() is plugin
+
+
+def test_factory_creates_transform(tmp_path: Path) -> None:
+    pm = make_pm()
+    factories = [f for group in pm.hook.cdc_register_transforms() for f in group]
+    (factory,) = [f for f in factories if f.name == "masking"]
+    assert factory.config_type is MaskingConfig
+    t = factory.create(config([{"column": "ssn"}]), ComponentContext(instance_name="mask", base_dir=tmp_path))
+    assert isinstance(t, MaskingTransform) and t.instance_name == "mask"
+
+
+def test_custom_strategy_through_hook() -> None:
+    make_pm(GoodPlugin())
+    strategies = plugin.registered_strategies()
+    assert set(strategies) == {"reverse"}
+    t = MaskingTransform(config([{"column": "ssn", "strategy": "reverse"}]), strategies=strategies)
+    schema = table([("id", "int", PK), ("ssn", "text", REG)])
+    assert t.apply([row(schema, {"id": 1}, {"ssn": "abc"})])[0].cells["ssn"].value == "cba!"  # type: ignore[union-attr]
+
+
+def test_two_plugins_claiming_a_strategy_name() -> None:
+    pm = make_pm(GoodPlugin(), ClashingPlugin())
+    with pytest.raises(
+        PluginError, match=r"'reverse' is registered by two plugins: .*GoodPlugin.*ClashingPlugin|ClashingPlugin.*GoodPlugin"
+    ):
+        plugin.registered_strategies(pm)
+
+
+def test_plugin_cannot_replace_builtin() -> None:
+    pm = make_pm(BuiltinClash())
+    with pytest.raises(PluginError, match="'BuiltinClash' registers masking strategy 'hmac', which is built in"):
+        plugin.registered_strategies(pm)
