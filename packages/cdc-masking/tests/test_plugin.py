@@ -13,6 +13,7 @@ import pytest
 from cdc_core import hookspecs as core_hookspecs
 from cdc_core.errors import PluginError
 from cdc_core.factories import ComponentContext
+from cdc_core.plugins import PluginInfo
 from helpers import PK, REG, config, row, table
 
 from cdc_masking import Masker, MaskingConfig, MaskingTransform, StrategyContext, plugin
@@ -51,6 +52,20 @@ def make_pm(*plugins: object) -> pluggy.PluginManager:
     pm.register(plugin, name="cdc-masking")
     pm.hook.cdc_add_hookspecs.call_historic(kwargs={"plugin_manager": pm})
     return pm
+
+
+def test_loads_through_the_core_registry() -> None:
+    from cdc_core.plugins import PluginRegistry
+
+    registry = PluginRegistry(plugins=[(GoodPlugin(), PluginInfo(name="good", distribution="good-dist", version="1"))])
+    assert "masking" in registry.transforms()
+    assert set(plugin.registered_strategies(registry.manager)) == {"reverse"}
+
+
+def test_add_hookspecs_is_idempotent() -> None:
+    pm = make_pm()
+    pm.hook.cdc_add_hookspecs.call_historic(kwargs={"plugin_manager": pm})  # the core replays it per plugin
+    assert plugin.registered_strategies(pm) == {}
 
 
 def test_entry_point_declared() -> None:

@@ -446,6 +446,20 @@ def test_validate_warnings() -> None:
     assert len(warnings) == 6
 
 
+def test_validate_config_without_schemas() -> None:
+    t = transform(
+        [
+            {"column": "phone_number", "strategy": "sha256", "name": "by-name"},
+            {"column": "notes", "strategy": "sha256", "low_entropy": True, "name": "by-marker"},
+            {"column": "notes", "strategy": "sha256", "name": "fine"},
+            {"column": "ssn", "name": "hmac-is-fine"},
+        ]
+    )
+    warnings = t.validate_config()
+    assert len(warnings) == 2
+    assert "'by-name'" in warnings[0] and "'by-marker'" in warnings[1]
+
+
 def test_validate_clean_config_has_no_warnings() -> None:
     t = transform([{"column": "ssn"}])
     assert t.validate([table([("id", "int", PK), ("ssn", "text", REG)])]) == []

@@ -22,8 +22,11 @@ _plugin_manager: pluggy.PluginManager | None = None
 
 @cdc_core.hookimpl
 def cdc_add_hookspecs(plugin_manager: pluggy.PluginManager) -> None:
+    """Add ``cdc_masking_register_strategies`` (idempotent: the core replays this historic hook per plugin)."""
     global _plugin_manager
-    plugin_manager.add_hookspecs(hookspecs)
+    caller = getattr(plugin_manager.hook, "cdc_masking_register_strategies", None)
+    if caller is None or caller.spec is None:
+        plugin_manager.add_hookspecs(hookspecs)
     _plugin_manager = plugin_manager
 
 

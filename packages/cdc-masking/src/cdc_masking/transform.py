@@ -234,6 +234,18 @@ class MaskingTransform:
 
     # --- validation -----------------------------------------------------------------------------
 
+    def validate_config(self) -> list[str]:
+        """Warnings that need no table schemas (what ``cdc validate`` calls): plain SHA-256 on rules marked
+        ``low_entropy`` or whose column pattern names a low-entropy identifier."""
+        warnings = []
+        for rule in self.rules:
+            if rule.strategy == "sha256" and (rule.rule.low_entropy or looks_low_entropy(rule.rule.column)):
+                warnings.append(
+                    f"masking rule {rule.name!r} uses plain salted SHA-256 on low-entropy column(s) matching {rule.rule.column!r}: "
+                    "anyone with the salt can recover the values by enumerating them; use hmac (keyed) or tokenize"
+                )
+        return warnings
+
     def validate(self, schemas: Sequence[TableSchema]) -> list[str]:
         """Warnings for these tables: rules that match nothing or are shadowed, low-entropy columns under
         plain SHA-256, key columns masked non-injectively. Errors (null on a key column) raise ConfigError."""
