@@ -31,7 +31,7 @@ from cdc_sink_postgres.idents import qualify
 from cdc_sink_postgres.layout import ColumnLayout, TableLayout
 from cdc_sink_postgres.merge import LatestStateMerges, latest_state_merges
 from cdc_sink_postgres.offsets import OffsetTable
-from cdc_sink_postgres.premerge import TableDelta, row_record
+from cdc_sink_postgres.premerge import FoldPlan, RecordFold
 from cdc_sink_postgres.tls import build_ssl
 from cdc_sink_postgres.typemap import ValueRejected
 
@@ -48,6 +48,7 @@ class TableTarget:
         self.mode = mode
         self.history = history
         self.merges = merges
+        self.plan = FoldPlan(layout) if merges is not None else None
 
 
 class PostgresSink:
@@ -93,6 +94,7 @@ class PostgresSink:
                 for stmt in self.ddl.schema_statements(cfg.schema):
                     await conn.execute(stmt)
                 await conn.execute(self.offsets.create_sql)
+                await self.prepare_database(conn)
         except BaseException as exc:
             if self._pool is not None:
                 self._pool.terminate()
@@ -131,6 +133,20 @@ class PostgresSink:
         message = self._redact(f"postgres sink {self.name}: {doing} failed: {type(exc).__name__}: {exc}")
         return TransientError(message) if is_transient(exc) else PermanentError(message)
 
+    # --- extension points (for sinks built on this one, e.g. TimescaleDB) -------------------------
+
+    async def prepare_database(self, conn: Any) -> None:
+        """Called once by :meth:`start` inside its setup transaction (after the schema and the
+        offsets table exist); the default does nothing."""
+
+    def table_mode(self, schema: TableSchema) -> str:
+        """``"latest"`` or ``"history"`` for a replicated table (default: from the config)."""
+        return self.config.mode_for(schema.keyspace, schema.table)
+
+    def history_table(self, layout: TableLayout) -> HistoryTable:
+        """The history table of ``layout`` (default: ``history_class(layout)``)."""
+        return self.history_class(layout)
+
     # --- destinations ---------------------------------------------------------------------------
 
     async def target_for(self, schema: TableSchema) -> TableTarget:
@@ -146,14 +162,14 @@ class PostgresSink:
 
     async def _ensure(self, schema: TableSchema) -> TableTarget:
         cfg = self.config
-        mode = cfg.mode_for(schema.keyspace, schema.table)
+        mode = self.table_mode(schema)
         base = cfg.destination_name(schema.keyspace, schema.table)
         overrides = dict(cfg.table_config(schema.keyspace, schema.table).column_types)
         async with self._acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"cdc:{cfg.schema}.{base}")
             if mode == "history":
                 layout = TableLayout.from_schema(schema, pg_schema=cfg.schema, base=base, overrides=overrides)
-                history = self.history_class(layout)
+                history = self.history_table(layout)
                 if cfg.create_tables:
                     for stmt in history.create_statements():
                         await conn.execute(stmt)
@@ -277,23 +293,25 @@ class PostgresSink:
                 except ValueRejected as exc:
                     rejected.append(Rejected(event=event, error=str(exc)))
             return records
-        delta = TableDelta(target.layout)
+        assert target.plan is not None
+        fold = RecordFold(target.plan)
+        add = fold.add
         for event in events:
             try:
-                delta.add(event)
-                good.append(event)
+                add(event)
             except ValueRejected as exc:
                 rejected.append(Rejected(event=event, error=str(exc)))
-        return delta
+            else:
+                good.append(event)
+        return fold
 
     async def _run(self, conn: Any, target: TableTarget, prepared: Any) -> None:
         if target.history is not None:
             await target.history.staged_insert().run(conn, prepared)
             return
-        delta: TableDelta = prepared
+        delta: RecordFold = prepared
         merges = target.merges
         assert merges is not None
-        layout = target.layout
         if delta.partition_deletions:
             await merges.partition_deletions.run(conn, [(*pk, ts) for pk, ts in delta.partition_deletions.items()])
         if delta.range_deletions and merges.range_deletions is not None:
@@ -305,9 +323,9 @@ class PostgresSink:
                 ],
             )
         if delta.rows:
-            await merges.rows.run(conn, [row_record(k, d, layout.regular) for k, d in delta.rows.items()])
+            await merges.rows.run(conn, delta.row_records())
         if delta.statics and merges.statics is not None:
-            await merges.statics.run(conn, [row_record(k, d, layout.static) for k, d in delta.statics.items()])
+            await merges.statics.run(conn, delta.static_records())
 
 
 def create_sink(config: PostgresSinkConfig, context: ComponentContext) -> PostgresSink:
