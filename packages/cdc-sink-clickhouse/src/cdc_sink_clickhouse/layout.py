@@ -17,7 +17,7 @@ History mode: ``{base}__in`` (Null) --MV--> ``{base}`` ReplacingMergeTree ORDER 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -36,6 +36,7 @@ from cdc_sink_clickhouse.mapping import (
     invert,
     mapping_for,
     order_key,
+    order_key_function,
     tsv_escape,
 )
 
@@ -44,9 +45,16 @@ __all__ = ["TableLayout", "quote", "string_literal"]
 MIN = f"toInt64({INT64_MIN})"
 _ELEM = "Tuple(String, String, Int64, UInt8, Int64, String)"
 _RANGE = "Tuple(String, UInt8, String, UInt8, Int64)"
-_VER = "Tuple(Int64, UInt8)"
 _MIN_TEXT = str(INT64_MIN)
 _MAX_TEXT = str(INT64_MAX)
+# A cell's version is ``ts * 2 + tombstone`` (one Int64: numeric aggregate states are several times
+# cheaper than tuple-keyed ones); write timestamps must therefore lie strictly inside ±2^62.
+_VERSION_LIMIT = 2**62
+_NO_ELEM = "\t".join(["", "", "", "0", "0", "0", ""])
+_NO_LIVENESS = f"{_MIN_TEXT}\t0"
+_ABSENT: Any = object()
+# (name, encoder or None for multi-cell columns, default text, absent-cell text, column)
+_Spec = tuple[str, "Callable[[Any], str] | None", str, str, "_Col"]
 
 
 def quote(name: str) -> str:
@@ -114,6 +122,7 @@ class TableLayout:
         self.regular = [self._col(c) for c in schema.value_columns if c.kind is ColumnKind.REGULAR]
         self.static = [self._col(c) for c in schema.value_columns if c.kind is ColumnKind.STATIC]
         self.by_name = {c.name: c for c in self.keys + self.regular + self.static}
+        self._compile()
 
     def _col(self, c: ColumnSchema) -> _Col:
         return _Col(c, None if c.cql_type.is_multicell else mapping_for(c.cql_type, self.features))
@@ -140,12 +149,7 @@ class TableLayout:
         out: list[tuple[str, str]] = []
         for c in cols:
             if c.mapping is not None:
-                out += [
-                    (f"i_{c.name}", c.mapping.wire),
-                    (f"i_{c.name}__t", "Int64"),
-                    (f"i_{c.name}__k", "UInt8"),
-                    (f"i_{c.name}__x", "Int64"),
-                ]
+                out += [(f"i_{c.name}", c.mapping.wire), (f"i_{c.name}__w", "Int64"), (f"i_{c.name}__x", "Int64")]
             else:
                 out.append((f"i_{c.name}__d", "Int64"))
         return out
@@ -177,9 +181,9 @@ class TableLayout:
             if c.mapping is not None:
                 t = c.mapping.storage
                 out += [
-                    (c.name, f"AggregateFunction(argMax, {t}, {_VER})"),
-                    (f"{c.name}__v", f"AggregateFunction(max, {_VER})"),
-                    (f"{c.name}__x", f"AggregateFunction(argMax, Int64, {_VER})"),
+                    (c.name, f"AggregateFunction(argMax, {t}, Int64)"),
+                    (f"{c.name}__w", "AggregateFunction(max, Int64)"),
+                    (f"{c.name}__x", "AggregateFunction(argMax, Int64, Int64)"),
                 ]
             else:
                 out += [(f"{c.name}__d", "AggregateFunction(max, Int64)"), (f"{c.name}__e", f"AggregateFunction(groupUniqArray, {_ELEM})")]
@@ -235,10 +239,10 @@ class TableLayout:
         for c in cols:
             n = c.name
             if c.mapping is not None:
-                ver = f"({quote(f'i_{n}__t')}, {quote(f'i_{n}__k')})"
+                ver = quote(f"i_{n}__w")
                 out += [
                     f"argMaxState({self._conv(c, f'i_{n}')}, {ver}) AS {quote(n)}",
-                    f"maxState({ver}) AS {quote(n + '__v')}",
+                    f"maxState({ver}) AS {quote(n + '__w')}",
                     f"argMaxState({quote(f'i_{n}__x')}, {ver}) AS {quote(n + '__x')}",
                 ]
             else:
@@ -341,7 +345,7 @@ class TableLayout:
             if c.mapping is not None:
                 out += [
                     f"argMaxMerge({quote(n)}) AS {quote('a_' + n)}",
-                    f"maxMerge({quote(n + '__v')}) AS {quote('a_' + n + '__v')}",
+                    f"maxMerge({quote(n + '__w')}) AS {quote('a_' + n + '__w')}",
                     f"argMaxMerge({quote(n + '__x')}) AS {quote('a_' + n + '__x')}",
                 ]
             else:
@@ -357,8 +361,9 @@ class TableLayout:
             n = c.name
             a = quote("a_" + n)
             if c.mapping is not None:
-                v = quote(f"a_{n}__v")
-                live = f"tupleElement({v}, 2) = 0 AND tupleElement({v}, 1) > {shadow} AND {quote(f'a_{n}__x')} > {now}"
+                # The version is ts * 2 + tombstone: even = a live write, ts = version div 2.
+                w = quote(f"a_{n}__w")
+                live = f"bitAnd({w}, 1) = 0 AND intDiv({w}, 2) > {shadow} AND {quote(f'a_{n}__x')} > {now}"
                 out.append(f"if({live}, {a}, NULL) AS {quote('x_' + n)}")
                 continue
             els = quote(f"a_{n}__e")
@@ -429,6 +434,42 @@ class TableLayout:
         return f"SELECT {', '.join(cols)} FROM ({self._parts_select(self._now(now))}) AS p WHERE {cond}"
 
     # --- encoding events ----------------------------------------------------------------------------
+    #
+    # Everything that depends only on the table (encoders, sentinel text, the order-key function of
+    # each clustering column) is chosen once in _compile(); per event only the cells present are
+    # looked at, and an absent column costs one pre-joined string.
+
+    def _compile(self) -> None:
+        def specs(cols: Sequence[_Col]) -> list[_Spec]:
+            out: list[_Spec] = []
+            for c in cols:
+                if c.mapping is not None:
+                    out.append((c.name, c.mapping.encode, c.mapping.default, f"{c.mapping.default}\t{_MIN_TEXT}\t0", c))
+                else:
+                    out.append((c.name, None, "", _MIN_TEXT, c))
+            return out
+
+        def keys(cols: Sequence[_Col]) -> list[tuple[str, Callable[[Any], str]]]:
+            return [(k.name, k.mapping.encode) for k in cols if k.mapping is not None]
+
+        self._reg_specs = specs(self.regular)
+        self._static_specs = specs(self.static)
+        self._reg_sentinel = "\t".join(s[3] for s in self._reg_specs)
+        self._static_sentinel = "\t".join(s[3] for s in self._static_specs)
+        self._pk_enc = keys(self.pk)
+        self._ck_enc = keys(self.ck)
+        desc = ClusteringOrder.DESC
+        self._ck_order = [(k.name, order_key_function(k.schema.cql_type), k.schema.clustering_order is desc) for k in self.ck]
+
+    @staticmethod
+    def _keys(encoders: Sequence[tuple[str, Callable[[Any], str]]], key: Mapping[str, Any], out: list[str]) -> None:
+        for name, enc in encoders:
+            value = key.get(name, _ABSENT)
+            if value is None:
+                raise ValueRejected(f"key column {name} is null")
+            if value is _ABSENT:
+                raise ValueRejected(f"key column {name} is missing")
+            out.append(enc(value))
 
     def _key_fields(self, keys: Sequence[_Col], event: ChangeEvent, *, defaults: bool = False) -> list[str]:
         out: list[str] = []
@@ -447,9 +488,9 @@ class TableLayout:
 
     def clustering_key(self, values: Sequence[Any]) -> str:
         parts: list[bytes] = []
-        for value, k in zip(values, self.ck, strict=False):
-            key = order_key(value, k.schema.cql_type)
-            parts.append(invert(key) if k.schema.clustering_order is ClusteringOrder.DESC else key)
+        for value, (_, fn, desc) in zip(values, self._ck_order, strict=False):
+            key = fn(value)
+            parts.append(invert(key) if desc else key)
         return b"".join(parts).hex()
 
     def _bound(self, bound: RangeBound | None) -> tuple[str, str]:
@@ -461,30 +502,36 @@ class TableLayout:
     def _expiry(ttl: int | None, ldt: int | None) -> str:
         return str(ldt) if ttl is not None and ldt is not None else _MAX_TEXT
 
-    def _cells(self, cols: Sequence[_Col], event: ChangeEvent) -> tuple[list[str], list[tuple[str, list[str]]]]:
-        """The wire fields of ``cols`` for ``event``, and its element rows as (column, 7 fields)."""
+    def _cells(self, specs: Sequence[_Spec], event: ChangeEvent) -> tuple[list[str], list[tuple[str, list[str]]]]:
+        """The wire text of the columns in ``specs`` for ``event`` (one tab-joined chunk per column:
+        value, version, expiry), and its element rows as (column, 6 fields)."""
         fields: list[str] = []
         elements: list[tuple[str, list[str]]] = []
-        for c in cols:
-            change = event.cells.get(c.name)
-            if c.mapping is not None:
-                if change is None:
-                    fields += [c.mapping.default, _MIN_TEXT, "0", "0"]
-                    continue
-                if not isinstance(change, Cell):
-                    raise ValueRejected(f"column {c.name} is not a collection but got element changes")
-                dead = change.tombstone or change.value is None
-                try:
-                    text = c.mapping.default if dead else c.mapping.encode(change.value)
-                except ValueRejected as exc:
-                    raise ValueRejected(f"column {c.name}: {exc}") from None
-                fields += [text, str(change.timestamp), "1" if dead else "0", self._expiry(change.ttl, change.local_deletion_time)]
-                continue
+        cells = event.cells
+        for name, enc, default, absent, c in specs:
+            change = cells.get(name)
             if change is None:
-                fields.append(_MIN_TEXT)
+                fields.append(absent)
+                continue
+            if enc is not None:
+                if not isinstance(change, Cell):
+                    raise ValueRejected(f"column {name} is not a collection but got element changes")
+                ts = change.timestamp
+                if not -_VERSION_LIMIT < ts < _VERSION_LIMIT:
+                    raise ValueRejected(f"column {name}: write timestamp {ts} is outside ±2^62")
+                x = _MAX_TEXT if change.ttl is None or change.local_deletion_time is None else str(change.local_deletion_time)
+                value = change.value
+                if change.tombstone or value is None:
+                    fields.append(f"{default}\t{ts * 2 + 1}\t{x}")
+                    continue
+                try:
+                    text = enc(value)
+                except ValueRejected as exc:
+                    raise ValueRejected(f"column {name}: {exc}") from None
+                fields.append(f"{text}\t{ts * 2}\t{x}")
                 continue
             if not isinstance(change, ComplexChange):
-                raise ValueRejected(f"column {c.name} is a non-frozen collection but got a whole-cell write")
+                raise ValueRejected(f"column {name} is a non-frozen collection but got a whole-cell write")
             fields.append(_MIN_TEXT if change.deletion is None else str(change.deletion.timestamp))
             typ = c.schema.cql_type
             path_t = _path_type(typ)
@@ -493,7 +540,7 @@ class TableLayout:
                 try:
                     if typ.name == "udt":
                         if element.path not in typ.field_names:
-                            raise ValueRejected(f"column {c.name}: no field {element.path!r}")
+                            raise ValueRejected(f"column {name}: no field {element.path!r}")
                         ps = typ.field_names.index(element.path).to_bytes(2, "big").hex()
                     else:
                         ps = order_key(element.path, path_t).hex()
@@ -501,10 +548,10 @@ class TableLayout:
                     dead = cell.tombstone
                     ev = "null" if dead else _json(cell.value, _element_type(typ, element.path))
                 except (TypeError, ValueError, AttributeError) as exc:
-                    raise ValueRejected(f"column {c.name}: element {element.path!r}: {exc}") from None
+                    raise ValueRejected(f"column {name}: element {element.path!r}: {exc}") from None
                 elements.append(
                     (
-                        c.name,
+                        name,
                         [
                             tsv_escape(ps),
                             tsv_escape(pj),
@@ -517,23 +564,19 @@ class TableLayout:
                 )
         return fields, elements
 
-    def _sentinels(self, cols: Sequence[_Col]) -> list[str]:
-        out: list[str] = []
-        for c in cols:
-            out += [c.mapping.default, _MIN_TEXT, "0", "0"] if c.mapping is not None else [_MIN_TEXT]
-        return out
-
     def encode_latest(self, event: ChangeEvent) -> tuple[list[str], list[str]]:
         """TSV lines for ``__rows_in`` and ``__parts_in``. Raises ValueRejected."""
+        by_name = self.by_name
         for name in event.cells:
-            if name not in self.by_name:
+            if name not in by_name:
                 raise ValueRejected(f"column {name} is not in table {self.schema.qualified_name}")
         rows: list[str] = []
         parts: list[str] = []
-        no_elem = ["", "", "", "0", "0", "0", ""]
-        pk_fields = self._key_fields(self.pk, event)
-        partition_level = event.kind is not ChangeKind.ROW or event.static
-        if event.partition_deletion is not None or event.range_deletion is not None or (event.static and event.kind is ChangeKind.ROW):
+        pk_fields: list[str] = []
+        self._keys(self._pk_enc, event.key, pk_fields)
+        row_event = event.kind is ChangeKind.ROW
+        static = event.static
+        if event.partition_deletion is not None or event.range_deletion is not None or (static and row_event):
             pd = _MIN_TEXT if event.partition_deletion is None else str(event.partition_deletion.timestamp)
             if event.range_deletion is not None and self.ck:
                 rd = event.range_deletion
@@ -542,30 +585,38 @@ class TableLayout:
                 rng = [rs, rsk, re_, rek, str(rd.deletion.timestamp)]
             else:
                 rng = ["", "0", "", "0", _MIN_TEXT]
-            if event.static and event.kind is ChangeKind.ROW:
+            elements: list[tuple[str, list[str]]] = []
+            if static and row_event:
                 srd = _MIN_TEXT if event.row_deletion is None else str(event.row_deletion.timestamp)
-                values, elements = self._cells(self.static, event)
+                values, elements = self._cells(self._static_specs, event)
             else:
-                srd, values, elements = _MIN_TEXT, self._sentinels(self.static), []
-            parts.append("\t".join([*pk_fields, pd, srd, *rng, *values, *no_elem]))
+                srd, values = _MIN_TEXT, [self._static_sentinel] if self._static_specs else []
+            parts.append("\t".join([*pk_fields, pd, srd, *rng, *values, _NO_ELEM]))
             if elements:
-                base = [*pk_fields, _MIN_TEXT, _MIN_TEXT, "", "0", "", "0", _MIN_TEXT, *self._sentinels(self.static)]
+                sentinel = [self._static_sentinel] if self._static_specs else []
+                base = [*pk_fields, _MIN_TEXT, _MIN_TEXT, "", "0", "", "0", _MIN_TEXT, *sentinel]
                 parts.extend("\t".join([*base, tsv_escape(col), *f]) for col, f in elements)
-        if partition_level:
+        if not row_event or static:
             return rows, parts
-        ck_values = [event.key.get(k.name) for k in self.ck]
-        key_fields = pk_fields + self._key_fields(self.ck, event)
-        ck = self.clustering_key(ck_values)
-        row_del = _MIN_TEXT if event.row_deletion is None else str(event.row_deletion.timestamp)
-        lv, lx = (
-            (_MIN_TEXT, "0")
-            if event.liveness is None
-            else (str(event.liveness.timestamp), self._expiry(event.liveness.ttl, event.liveness.local_deletion_time))
-        )
-        values, elements = self._cells(self.regular, event)
-        rows.append("\t".join([*key_fields, ck, row_del, lv, lx, *values, *no_elem]))
+        key = event.key
+        line = pk_fields
+        self._keys(self._ck_enc, key, line)
+        ck = b"".join((invert(fn(key.get(name))) if desc else fn(key.get(name))) for name, fn, desc in self._ck_order).hex()
+        line.append(ck)
+        line.append(_MIN_TEXT if event.row_deletion is None else str(event.row_deletion.timestamp))
+        liveness = event.liveness
+        if liveness is None:
+            line.append(_NO_LIVENESS)
+        else:
+            ldt = liveness.local_deletion_time
+            line.append(f"{liveness.timestamp}\t{_MAX_TEXT if liveness.ttl is None or ldt is None else ldt}")
+        values, elements = self._cells(self._reg_specs, event)
+        line += values
+        line.append(_NO_ELEM)
+        rows.append("\t".join(line))
         if elements:
-            base = [*key_fields, ck, _MIN_TEXT, _MIN_TEXT, "0", *self._sentinels(self.regular)]
+            sentinel = [self._reg_sentinel] if self._reg_specs else []
+            base = [*line[: len(self.keys)], ck, _MIN_TEXT, _MIN_TEXT, "0", *sentinel]
             rows.extend("\t".join([*base, tsv_escape(col), *f]) for col, f in elements)
         return rows, parts
 

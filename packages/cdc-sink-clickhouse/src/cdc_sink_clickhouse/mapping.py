@@ -39,6 +39,7 @@ __all__ = [
     "ValueRejected",
     "mapping_for",
     "order_key",
+    "order_key_function",
     "tsv_escape",
     "tsv_split",
     "tsv_unescape",
@@ -179,12 +180,17 @@ def _blob_dec(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+_PACK_D = struct.Struct("<d").pack
+_PACK_F = struct.Struct("<f").pack
+_from_bytes = int.from_bytes
+
+
 def _double_enc(v: Any) -> str:
-    return str(struct.unpack("<Q", struct.pack("<d", float(v)))[0])
+    return str(_from_bytes(_PACK_D(float(v)), "little"))
 
 
 def _float_enc(v: Any) -> str:
-    return str(struct.unpack("<I", struct.pack("<f", float(v)))[0])
+    return str(_from_bytes(_PACK_F(float(v)), "little"))
 
 
 def _float_dec(text: str) -> float:
@@ -523,6 +529,18 @@ def order_key(value: Any, typ: CqlType) -> bytes:
             for f, t in zip(typ.field_names, typ.params, strict=True)
         )
     raise ValueRejected(f"no order for CQL type {typ}")
+
+
+_INT_NAMES = frozenset({"int", "bigint", "smallint", "tinyint", "counter", "time"})
+
+
+def order_key_function(typ: CqlType) -> Callable[[Any], bytes]:
+    """:func:`order_key` for one type, chosen once (clustering columns are encoded per event)."""
+    if typ.name in _INT_NAMES:
+        return lambda v: b"\x00" if v is None else _int_key(v)
+    if typ.name in ("text", "varchar", "ascii"):
+        return lambda v: b"\x00" if v is None else _bytes_key(v.encode("utf-8"))
+    return lambda v: order_key(v, typ)
 
 
 def invert(key: bytes) -> bytes:
