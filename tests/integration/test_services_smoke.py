@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from aiochclient import ChClient
 
-from .timescale_edition import detect_timescale_edition
+from cdc_sink_timescale.edition import detect_timescale_edition
 
 if TYPE_CHECKING:
     from cassandra.cluster import Session

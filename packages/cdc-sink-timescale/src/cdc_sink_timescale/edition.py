@@ -1,6 +1,6 @@
 """Which TimescaleDB features a server offers: the Apache-2 edition lacks the Timescale-License (TSL) ones.
 
-Meant to move into the timescale sink later. Debian's source build (scripts/services.sh) and the
+Debian's source build (scripts/services.sh) and the
 ``-oss`` images are Apache-only: hypertables, ``time_bucket``, upserts work there; compression,
 continuous aggregates, retention/compression policies and user jobs do not. Code that would use
 them calls :func:`detect_timescale_edition` once per connection target and degrades or says why.
@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import asyncpg
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+__all__ = ["TimescaleEdition", "detect_timescale_edition"]
 
 # SQLSTATE 0A000 feature_not_supported: what TimescaleDB raises for TSL features under "apache".
 _FEATURE_NOT_SUPPORTED = "0A000"
@@ -26,7 +29,7 @@ _FEATURE_NOT_SUPPORTED = "0A000"
 class _Connection(Protocol):  # the part of asyncpg.Connection used here
     async def fetchval(self, query: str, *args: object) -> object: ...
     async def execute(self, query: str, *args: object) -> str: ...
-    def transaction(self) -> asyncpg.transaction.Transaction: ...
+    def transaction(self) -> AbstractAsyncContextManager[object]: ...
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class TimescaleEdition:
 
 async def _probe(conn: _Connection, statement: str) -> tuple[bool, str]:
     """Run one statement in a savepoint; (True, "") if it works, (False, why) if the license forbids it."""
+    import asyncpg  # type: ignore[import-untyped]
+
     try:
         async with conn.transaction():  # nested: a savepoint, rolled back on error
             await conn.execute(statement)
@@ -72,6 +77,8 @@ async def _probe(conn: _Connection, statement: str) -> tuple[bool, str]:
 
 async def detect_timescale_edition(conn: _Connection) -> TimescaleEdition:
     """Inspect the database ``conn`` is connected to. Leaves no trace (everything is rolled back)."""
+    import asyncpg
+
     version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
     if version is None:
         return TimescaleEdition(installed=False)
