@@ -47,6 +47,8 @@ class ClickHouseSinkConfig:
     request_timeout_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     connect_timeout_s: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     max_rows_per_insert: int = attrs.field(default=200_000, validator=attrs.validators.ge(1))
+    encode_chunk_events: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+    """Events encoded per INSERT; the next chunk is encoded while this one's INSERT runs."""
     partition_by: str | None = None
     """Optional PARTITION BY expression for history tables (e.g. ``toYYYYMM(toDateTime(intDiv(_ts, 1000000)))``)."""
     create_database: bool = True

@@ -30,6 +30,8 @@ __all__ = ["ClickHouseSink"]
 
 log = structlog.get_logger()
 
+_Item = tuple[ChangeEvent, list[str]]  # an event and its TSV lines for one input table
+
 
 def _sql_error(exc: ClickHouseError, what: str) -> Exception:
     err = exc.classify()
@@ -189,46 +191,51 @@ class ClickHouseSink:
             if known is None or len(event.schema.columns) > len(known.columns):
                 schemas[key] = event.schema
         rejected: list[Rejected] = []
-        jobs: list[tuple[TableLayout, str, list[str], list[tuple[ChangeEvent, list[str]]]]] = []
-        for key, events in by_table.items():
-            layout = await self.ensure_table(schemas[key])
-            if layout.mode == "latest":
-                rows: list[tuple[ChangeEvent, list[str]]] = []
-                parts: list[tuple[ChangeEvent, list[str]]] = []
-                for event in events:
-                    try:
-                        r, p = layout.encode_latest(event)
-                    except (ValueRejected, TypeError, ValueError, AttributeError, KeyError) as exc:
-                        rejected.append(Rejected(event=event, error=f"{layout.view}: {exc}", error_type="ValueRejected"))
-                        continue
-                    if r:
-                        rows.append((event, r))
-                    if p:
-                        parts.append((event, p))
-                if rows:
-                    jobs.append((layout, "__rows_in", [quote(n) for n, _ in layout.rows_wire()], rows))
-                if parts:
-                    jobs.append((layout, "__parts_in", [quote(n) for n, _ in layout.parts_wire()], parts))
-            else:
-                hist: list[tuple[ChangeEvent, list[str]]] = []
-                for event in events:
-                    try:
-                        hist.append((event, [layout.encode_history(event)]))
-                    except (ValueRejected, TypeError, ValueError, AttributeError, KeyError) as exc:
-                        rejected.append(Rejected(event=event, error=f"{layout.view}: {exc}", error_type="ValueRejected"))
-                if hist:
-                    jobs.append((layout, "__in", [quote(n) for n, _ in layout.history_wire()], hist))
+        # Encoding is pure Python on the event loop; the server works on another core. Events are
+        # encoded in chunks and each chunk's INSERTs start before the next chunk is encoded, so
+        # encoding overlaps the inserts in flight (at most max_in_flight at a time).
         semaphore = asyncio.Semaphore(self.transport.max_in_flight)
+        tasks: list[asyncio.Task[list[Rejected]]] = []
+        chunk_size = self.config.encode_chunk_events
 
-        async def run(job: tuple[TableLayout, str, list[str], list[tuple[ChangeEvent, list[str]]]], n: int) -> list[Rejected]:
-            layout, suffix, cols, items = job
+        async def run(layout: TableLayout, suffix: str, cols: list[str], items: list[_Item], token: str) -> list[Rejected]:
             async with semaphore:
-                return await self._insert(layout, suffix, cols, items, f"{batch.batch_id}-{n}")
+                return await self._insert(layout, suffix, cols, items, token)
 
-        results = await asyncio.gather(*(run(job, i) for i, job in enumerate(jobs)))
+        def start(layout: TableLayout, suffix: str, cols: list[str], items: list[_Item]) -> None:
+            token = f"{batch.batch_id}-{len(tasks)}"
+            tasks.append(asyncio.ensure_future(run(layout, suffix, cols, items, token)))
+
+        try:
+            for key, events in by_table.items():
+                layout = await self.ensure_table(schemas[key])
+                latest = layout.mode == "latest"
+                if latest:
+                    rows_cols = [quote(n) for n, _ in layout.rows_wire()]
+                    parts_cols = [quote(n) for n, _ in layout.parts_wire()]
+                else:
+                    hist_cols = [quote(n) for n, _ in layout.history_wire()]
+                for begin in range(0, len(events), chunk_size):
+                    chunk = events[begin : begin + chunk_size]
+                    if latest:
+                        rows, parts, refused = self._encode_latest(layout, chunk)
+                        if rows:
+                            start(layout, "__rows_in", rows_cols, rows)
+                        if parts:
+                            start(layout, "__parts_in", parts_cols, parts)
+                    else:
+                        hist, refused = self._encode_history(layout, chunk)
+                        if hist:
+                            start(layout, "__in", hist_cols, hist)
+                    rejected += refused
+                    await asyncio.sleep(0)  # let the inserts just started send their bodies
+            results = await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
         seen: set[int] = {id(r.event) for r in rejected}
-        for refused in results:
-            for one in refused:
+        for refused_now in results:
+            for one in refused_now:
                 if id(one.event) not in seen:
                     seen.add(id(one.event))
                     rejected.append(one)
@@ -237,14 +244,41 @@ class ClickHouseSink:
             "clickhouse batch written",
             events=len(batch.events),
             rejected=len(rejected),
-            inserts=len(jobs),
+            inserts=len(tasks),
             seconds=round(time.perf_counter() - started, 4),
         )
         return WriteResult(rejected=rejected)
 
-    async def _insert(
-        self, layout: TableLayout, suffix: str, columns: list[str], items: Sequence[tuple[ChangeEvent, list[str]]], token: str
-    ) -> list[Rejected]:
+    @staticmethod
+    def _encode_latest(layout: TableLayout, events: Sequence[ChangeEvent]) -> tuple[list[_Item], list[_Item], list[Rejected]]:
+        rows: list[_Item] = []
+        parts: list[_Item] = []
+        rejected: list[Rejected] = []
+        encode = layout.encode_latest
+        for event in events:
+            try:
+                r, p = encode(event)
+            except (ValueRejected, TypeError, ValueError, AttributeError, KeyError) as exc:
+                rejected.append(Rejected(event=event, error=f"{layout.view}: {exc}", error_type="ValueRejected"))
+                continue
+            if r:
+                rows.append((event, r))
+            if p:
+                parts.append((event, p))
+        return rows, parts, rejected
+
+    @staticmethod
+    def _encode_history(layout: TableLayout, events: Sequence[ChangeEvent]) -> tuple[list[_Item], list[Rejected]]:
+        hist: list[_Item] = []
+        rejected: list[Rejected] = []
+        for event in events:
+            try:
+                hist.append((event, [layout.encode_history(event)]))
+            except (ValueRejected, TypeError, ValueError, AttributeError, KeyError) as exc:
+                rejected.append(Rejected(event=event, error=f"{layout.view}: {exc}", error_type="ValueRejected"))
+        return hist, rejected
+
+    async def _insert(self, layout: TableLayout, suffix: str, columns: list[str], items: Sequence[_Item], token: str) -> list[Rejected]:
         """Insert the lines of ``items``; on a data error bisect down to the events at fault."""
         limit = self.config.max_rows_per_insert
         if sum(len(lines) for _, lines in items) > limit and len(items) > 1:
@@ -258,7 +292,9 @@ class ClickHouseSink:
                 chunk.append(item)
                 count += len(item[1])
             return out + await self._insert(layout, suffix, columns, chunk, f"{token}-c")
-        payload = ("\n".join(line for _, lines in items for line in lines) + "\n").encode("utf-8")
+        lines_ = [line for _, lines in items for line in lines]
+        lines_.append("")
+        payload = "\n".join(lines_).encode("utf-8")
         settings = {"insert_deduplication_token": token} if self.features.dedup_token else {}
         try:
             await self.transport.insert(layout.q(suffix), columns, payload, settings)
