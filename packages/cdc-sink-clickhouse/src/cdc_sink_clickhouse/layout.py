@@ -37,6 +37,7 @@ from cdc_sink_clickhouse.mapping import (
     mapping_for,
     order_key,
     order_key_function,
+    order_key_hex_function,
     tsv_escape,
 )
 
@@ -460,6 +461,7 @@ class TableLayout:
         self._ck_enc = keys(self.ck)
         desc = ClusteringOrder.DESC
         self._ck_order = [(k.name, order_key_function(k.schema.cql_type), k.schema.clustering_order is desc) for k in self.ck]
+        self._ck_hex = [(k.name, order_key_hex_function(k.schema.cql_type, k.schema.clustering_order is desc)) for k in self.ck]
 
     @staticmethod
     def _keys(encoders: Sequence[tuple[str, Callable[[Any], str]]], key: Mapping[str, Any], out: list[str]) -> None:
@@ -601,7 +603,7 @@ class TableLayout:
         key = event.key
         line = pk_fields
         self._keys(self._ck_enc, key, line)
-        ck = b"".join((invert(fn(key.get(name))) if desc else fn(key.get(name))) for name, fn, desc in self._ck_order).hex()
+        ck = "".join([fn(key.get(name)) for name, fn in self._ck_hex])
         line.append(ck)
         line.append(_MIN_TEXT if event.row_deletion is None else str(event.row_deletion.timestamp))
         liveness = event.liveness

@@ -40,6 +40,7 @@ __all__ = [
     "mapping_for",
     "order_key",
     "order_key_function",
+    "order_key_hex_function",
     "tsv_escape",
     "tsv_split",
     "tsv_unescape",
@@ -541,6 +542,23 @@ def order_key_function(typ: CqlType) -> Callable[[Any], bytes]:
     if typ.name in ("text", "varchar", "ascii"):
         return lambda v: b"\x00" if v is None else _bytes_key(v.encode("utf-8"))
     return lambda v: order_key(v, typ)
+
+
+def order_key_hex_function(typ: CqlType, descending: bool) -> Callable[[Any], str]:
+    """The hex of :func:`order_key` (inverted when ``descending``) for one clustering column."""
+    if typ.name in _INT_NAMES:
+        # offset binary, 8 bytes; inverted = 2^64 - 1 - (v + 2^63)
+        if descending:
+            return lambda v: "ff" if v is None else "%016x" % (_INT_DESC - v)
+        return lambda v: "00" if v is None else "%016x" % (v + _INT_OFFSET)
+    fn = order_key_function(typ)
+    if descending:
+        return lambda v: invert(fn(v)).hex()
+    return lambda v: fn(v).hex()
+
+
+_INT_OFFSET = 2**63
+_INT_DESC = 2**63 - 1
 
 
 def invert(key: bytes) -> bytes:
