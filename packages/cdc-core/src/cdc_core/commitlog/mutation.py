@@ -12,11 +12,13 @@ the event model's :class:`~cdc_core.events.Cell` / :class:`~cdc_core.events.Comp
 
 from __future__ import annotations
 
+import datetime as dt
 import struct
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from cdc_core.commitlog.fastobj import new_cell, new_element, new_liveness, new_uuid
 from cdc_core.commitlog.primitives import MASK32, MASK64, DecodeError, read_uvint
 from cdc_core.commitlog.values import Decoder, element_decoder, fixed_length, path_decoder, udt_field_decoders, value_decoder
 from cdc_core.cqltypes import parse_type
@@ -105,6 +107,7 @@ class ColumnDecoder:
         "is_set",
         "name",
         "path_decode",
+        "type_name",
         "udt_decoders",
         "udt_names",
     )
@@ -112,6 +115,7 @@ class ColumnDecoder:
     def __init__(self, name: str, type_string: str, *, emit: bool, dropped_time: int | None) -> None:
         typ = parse_type(type_string)
         self.name = name
+        self.type_name = typ.name
         self.emit = emit
         self.dropped_time = dropped_time
         self.complex = typ.is_multicell
@@ -131,13 +135,16 @@ def _no_decoder(b: bytes) -> Any:
 
 
 class _Header:
-    """The columns of one serialization header (static or regular), with a subset cache."""
+    """The columns of one serialization header (static or regular), with a subset cache and the
+    compiled fast row decoders (:func:`compile_fast_cells`) of the column lists seen."""
 
-    __slots__ = ("all", "subsets")
+    __slots__ = ("all", "fast", "fast_all", "subsets")
 
     def __init__(self, columns: tuple[ColumnDecoder, ...]) -> None:
         self.all = columns
+        self.fast_all = compile_fast_cells(columns)
         self.subsets: dict[int, tuple[ColumnDecoder, ...]] = {}
+        self.fast: dict[int, FastCells | None] = {}
 
     def subset(self, v: int) -> tuple[ColumnDecoder, ...]:
         got = self.subsets.get(v)
@@ -146,6 +153,131 @@ class _Header:
             if len(self.subsets) < 4096:
                 self.subsets[v] = got
         return got
+
+    def fast_subset(self, v: int, columns: tuple[ColumnDecoder, ...]) -> FastCells | None:
+        try:
+            return self.fast[v]
+        except KeyError:
+            pass
+        got = compile_fast_cells(columns)
+        if len(self.fast) < 256:
+            self.fast[v] = got
+        return got
+
+
+#: ``f(buf, pos, row_ts) -> (cells, new_pos)``, or None when a cell is not a plain one.
+FastCells = Callable[[bytes, int, int], "tuple[dict[str, Cell | ComplexChange], int] | None"]
+#: ``f(buf, pos) -> (clustering values, new_pos)``, or None when the fast path does not apply.
+FastClustering = Callable[[bytes, int], "tuple[tuple[Any, ...], int] | None"]
+
+# Fixed-width CQL types the compiled decoders unpack with struct: (format, conversion or "").
+_STRUCT_FORMATS = {
+    "int": ("i", ""),
+    "bigint": ("q", ""),
+    "float": ("f", ""),
+    "double": ("d", ""),
+    "boolean": ("B", "{} != 0"),
+    "timestamp": ("q", "_ms({})"),
+    "uuid": ("16s", "_uuid({})"),
+    "timeuuid": ("16s", "_uuid({})"),
+}
+
+
+def _ms_to_timestamp(ms: int) -> Any:
+    try:
+        return _EPOCH + _timedelta(milliseconds=ms)
+    except OverflowError:
+        return ms  # same rule as values._timestamp
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_timedelta = dt.timedelta
+
+
+def compile_fast_cells(columns: tuple[ColumnDecoder, ...]) -> FastCells | None:
+    """A decoder specialised to one column list for its most common row: every cell flagged
+    exactly ``USE_ROW_TIMESTAMP`` (an INSERT/UPDATE value with the row's timestamp, no TTL, not
+    empty, not deleted). Consecutive fixed-width cells are read with one precompiled ``Struct``.
+    It returns None as soon as a cell differs (or the bytes run short), and the caller then
+    decodes the row with the general code from the same position, so the result is the same as
+    the general path's. None (no fast path) for lists with complex, dropped or hidden columns."""
+    if not columns or any(c.complex or not c.emit or c.dropped_time is not None for c in columns):
+        return None
+    ns: dict[str, Any] = {
+        "_cell": new_cell,
+        "_ms": _ms_to_timestamp,
+        "_uuid": new_uuid,
+        "_uvint": read_uvint,
+        "_StructError": struct.error,
+    }
+    body: list[str] = []
+    values: list[str] = []
+    run: list[int] = []
+
+    def flush_run() -> None:
+        if not run:
+            return
+        fmt = ">" + "".join("B" + _STRUCT_FORMATS[columns[i].type_name][0] for i in run)
+        k = len(ns)
+        ns[f"_s{k}"] = struct.Struct(fmt).unpack_from
+        names = ", ".join(f"f{i}, r{i}" for i in run)
+        body.append(f"{names} = _s{k}(buf, pos)")
+        body.append("if " + " or ".join(f"f{i} != 8" for i in run) + ": return None")
+        body.append(f"pos += {struct.calcsize(fmt)}")
+        run.clear()
+
+    for i, col in enumerate(columns):
+        ns[f"_n{i}"] = col.name
+        ns[f"_d{i}"] = col.decode
+        if col.type_name in _STRUCT_FORMATS:
+            run.append(i)
+            conv = _STRUCT_FORMATS[col.type_name][1]
+            values.append(conv.format(f"r{i}") if conv else f"r{i}")
+            continue
+        flush_run()
+        body.append("if buf[pos] != 8: return None")
+        if col.fixed is None:
+            body += [
+                "n = buf[pos + 1]",
+                "if n < 128: pos += 2",
+                "else: n, pos = _uvint(buf, pos + 1)",
+            ]
+        else:
+            body += [f"n = {col.fixed}", "pos += 1"]
+        body += ["e = pos + n", "if e > size: return None", f"r{i} = buf[pos:e]", "pos = e"]
+        values.append(f"r{i}.decode('utf-8')" if col.type_name in ("text", "varchar") else f"_d{i}(r{i})")
+    flush_run()
+    cells = ", ".join(f"_n{i}: _cell(ts, {v}, False, None, None)" for i, v in enumerate(values))
+    lines = ["def fast(buf, pos, ts):", "    size = len(buf)", "    try:"]
+    lines += [f"        {line}" for line in body]
+    lines += ["    except (IndexError, _StructError):", "        return None", f"    return {{{cells}}}, pos"]
+    exec(compile("\n".join(lines), "<compiled row decoder>", "exec"), ns)  # the text is built from fixed pieces
+    fast: FastCells = ns["fast"]
+    return fast
+
+
+def compile_fast_clustering(specs: tuple[tuple[int | None, Decoder], ...], type_names: tuple[str, ...]) -> FastClustering | None:
+    """For tables whose clustering columns are all struct-readable fixed-width types: read a full
+    clustering prefix without null/empty values (header vint 0) with one ``Struct``; None when the
+    header is not 0 (the caller then uses the general code)."""
+    if not type_names or len(type_names) > 32 or any(t not in _STRUCT_FORMATS for t in type_names):
+        return None
+    fmt = ">" + "".join(_STRUCT_FORMATS[t][0] for t in type_names)
+    ns: dict[str, Any] = {"_s": struct.Struct(fmt).unpack_from, "_ms": _ms_to_timestamp, "_uuid": new_uuid, "_StructError": struct.error}
+    names = ", ".join(f"r{i}" for i in range(len(type_names)))
+    convs = ", ".join((_STRUCT_FORMATS[t][1] or "{}").format(f"r{i}") for i, t in enumerate(type_names))
+    lines = [
+        "def fast(buf, pos):",
+        "    try:",
+        "        if buf[pos] != 0: return None",
+        f"        {names}, = _s(buf, pos + 1)",
+        "    except (IndexError, _StructError):",
+        "        return None",
+        f"    return ({convs},), pos + {1 + struct.calcsize(fmt)}",
+    ]
+    exec(compile("\n".join(lines), "<compiled clustering decoder>", "exec"), ns)  # the text is built from fixed pieces
+    fast: FastClustering = ns["fast"]
+    return fast
 
 
 class TableDecoder:
@@ -162,6 +294,7 @@ class TableDecoder:
         clus = schema.clustering
         self.clustering_names = tuple(c.name for c in clus)
         self.clustering: tuple[tuple[int | None, Decoder], ...] = tuple((fixed_length(c.cql_type), value_decoder(c.cql_type)) for c in clus)
+        self.fast_clustering = compile_fast_clustering(self.clustering, tuple(c.cql_type.name for c in clus))
         self._columns: dict[str, ColumnDecoder] = {}
         self._headers: dict[bytes, _Header] = {}
         self._recent: list[tuple[bytes, _Header]] = []
@@ -466,7 +599,13 @@ def _row(
         pos += 1
     clustering: tuple[Any, ...] = ()
     if not static and table.clustering:
-        clustering, pos = _clustering(buf, pos, table, len(table.clustering))
+        got_clustering = None
+        if table.fast_clustering is not None:
+            got_clustering = table.fast_clustering(buf, pos)
+        if got_clustering is None:
+            clustering, pos = _clustering(buf, pos, table, len(table.clustering))
+        else:
+            clustering, pos = got_clustering
     liveness = None
     row_ts = LONG_MIN
     row_ttl: int | None = None
@@ -479,9 +618,7 @@ def _row(
             row_ttl = times.ttl(d)
             d, pos = read_uvint(buf, pos)
             row_ldt = times.ldt(d)
-            liveness = Liveness(timestamp=row_ts, ttl=row_ttl, local_deletion_time=row_ldt)
-        else:
-            liveness = Liveness(timestamp=row_ts)
+        liveness = new_liveness(row_ts, row_ttl, row_ldt)
     deletion = None
     if flags & HAS_DELETION:
         deletion, pos = times.deletion(buf, pos)
@@ -490,14 +627,22 @@ def _row(
         raise DecodeError("static row in a partition without static columns")
     if flags & HAS_ALL_COLUMNS:
         columns = header.all
+        fast = header.fast_all
     else:
         v, pos = read_uvint(buf, pos)
         if v == 0:
             columns = header.all
+            fast = header.fast_all
         elif len(header.all) < 64:
             columns = header.subset(v)
+            fast = header.fast_subset(v, columns)
         else:
             columns, pos = _large_subset(buf, pos, header.all, v)
+            fast = None
+    if fast is not None:
+        got = fast(buf, pos, row_ts)
+        if got is not None:
+            return DecodedRow(clustering, static, liveness, deletion, got[0]), got[1]
     cells: dict[str, Cell | ComplexChange] = {}
     has_complex_deletion = flags & HAS_COMPLEX_DELETION
     size = len(buf)
@@ -518,7 +663,7 @@ def _row(
                 if end > size:
                     raise DecodeError(f"value of column {col.name} runs past the mutation")
                 if col.emit and (col.dropped_time is None or row_ts > col.dropped_time):
-                    cells[col.name] = Cell(timestamp=row_ts, value=col.decode(buf[pos:end]))
+                    cells[col.name] = new_cell(row_ts, col.decode(buf[pos:end]), False, None, None)
                 pos = end
                 continue
             if cflags & CELL_USE_ROW_TIMESTAMP:
@@ -549,9 +694,9 @@ def _row(
             if not col.emit or (col.dropped_time is not None and ts <= col.dropped_time):
                 continue
             if cflags & CELL_IS_DELETED:
-                cells[col.name] = Cell(timestamp=ts, tombstone=True, ttl=ttl, local_deletion_time=ldt)
+                cells[col.name] = new_cell(ts, None, True, ttl, ldt)
             else:
-                cells[col.name] = Cell(timestamp=ts, value=col.decode(raw), ttl=ttl, local_deletion_time=ldt)
+                cells[col.name] = new_cell(ts, col.decode(raw), False, ttl, ldt)
         else:
             cdel = None
             if has_complex_deletion:
@@ -621,10 +766,10 @@ def _complex_cell(
         path = col.path_decode(raw_path)
         dec = col.elem_decode
     if cflags & CELL_IS_DELETED:
-        cell = Cell(timestamp=ts, tombstone=True, ttl=ttl, local_deletion_time=ldt)
+        cell = new_cell(ts, None, True, ttl, ldt)
     else:
-        cell = Cell(timestamp=ts, value=None if dec is None else dec(raw), ttl=ttl, local_deletion_time=ldt)
-    return ElementChange(path=path, cell=cell), pos
+        cell = new_cell(ts, None if dec is None else dec(raw), False, ttl, ldt)
+    return new_element(path, cell), pos
 
 
 def _large_subset(buf: bytes, pos: int, superset: tuple[ColumnDecoder, ...], missing: int) -> tuple[tuple[ColumnDecoder, ...], int]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from frozendict import frozendict
 
+from cdc_core.commitlog.fastobj import new_uuid
 from cdc_core.commitlog.primitives import DecodeError, read_svint, read_uvint
 from cdc_core.cqltypes import CqlType, Duration
 
@@ -116,7 +117,7 @@ def _decimal(b: bytes) -> Decimal | None:
 
 def _uuid(b: bytes) -> uuid.UUID | None:
     if len(b) == 16:
-        return uuid.UUID(bytes=bytes(b))
+        return new_uuid(b)
     if not b:
         return None
     raise DecodeError(f"uuid value of {len(b)} bytes")
