@@ -31,7 +31,7 @@ from cdc_sink_postgres.idents import qualify
 from cdc_sink_postgres.layout import ColumnLayout, TableLayout
 from cdc_sink_postgres.merge import LatestStateMerges, latest_state_merges
 from cdc_sink_postgres.offsets import OffsetTable
-from cdc_sink_postgres.premerge import FoldPlan, RecordFold
+from cdc_sink_postgres.premerge import TableDelta, row_record
 from cdc_sink_postgres.tls import build_ssl
 from cdc_sink_postgres.typemap import ValueRejected
 
@@ -48,7 +48,6 @@ class TableTarget:
         self.mode = mode
         self.history = history
         self.merges = merges
-        self.plan = FoldPlan(layout) if merges is not None else None
 
 
 class PostgresSink:
@@ -293,25 +292,23 @@ class PostgresSink:
                 except ValueRejected as exc:
                     rejected.append(Rejected(event=event, error=str(exc)))
             return records
-        assert target.plan is not None
-        fold = RecordFold(target.plan)
-        add = fold.add
+        delta = TableDelta(target.layout)
         for event in events:
             try:
-                add(event)
+                delta.add(event)
+                good.append(event)
             except ValueRejected as exc:
                 rejected.append(Rejected(event=event, error=str(exc)))
-            else:
-                good.append(event)
-        return fold
+        return delta
 
     async def _run(self, conn: Any, target: TableTarget, prepared: Any) -> None:
         if target.history is not None:
             await target.history.staged_insert().run(conn, prepared)
             return
-        delta: RecordFold = prepared
+        delta: TableDelta = prepared
         merges = target.merges
         assert merges is not None
+        layout = target.layout
         if delta.partition_deletions:
             await merges.partition_deletions.run(conn, [(*pk, ts) for pk, ts in delta.partition_deletions.items()])
         if delta.range_deletions and merges.range_deletions is not None:
@@ -323,9 +320,9 @@ class PostgresSink:
                 ],
             )
         if delta.rows:
-            await merges.rows.run(conn, delta.row_records())
+            await merges.rows.run(conn, [row_record(k, d, layout.regular) for k, d in delta.rows.items()])
         if delta.statics and merges.statics is not None:
-            await merges.statics.run(conn, delta.static_records())
+            await merges.statics.run(conn, [row_record(k, d, layout.static) for k, d in delta.statics.items()])
 
 
 def create_sink(config: PostgresSinkConfig, context: ComponentContext) -> PostgresSink:
