@@ -1,11 +1,15 @@
 """Benchmark: ClickHouse sink throughput (events/s) for a 10-column table, batch size swept.
 
-Workload per batch: 60 % inserts (all columns), 30 % partial updates (2 columns), 10 % row
-deletions. Reference in the same run: clickhouse-client inserting the same number of rows from a
-TSV file into a plain MergeTree table with the same 10 columns.
+Workloads: ``insert`` (all columns), ``update`` (2 columns), ``delete`` (row deletions) and
+``mixed`` (60/30/10 %). Measured in the same run, so ratios hold on a noisy machine:
+
+* the sink, ``write()`` end to end (encoding, HTTP, offsets), on the server and (``--chdb``) chdb;
+* the split: the sink's Python encoding alone, and the same encoded payloads POSTed alone (server);
+* the protocol ceiling: the same rows as plain TSV POSTed (aiohttp) into a plain MergeTree;
+* the reference: clickhouse-client inserting the same rows from a TSV file (native TCP).
 
     eval "$(scripts/services.sh env)"
-    .venv/bin/python bench/bench_clickhouse_sink.py [--events 200000] [--batch 1000 5000 20000] [--repeat 3] [--chdb]
+    .venv/bin/python bench/bench_clickhouse_sink.py [--events 100000] [--batch 1000 5000 20000] [--repeat 3] [--chdb]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSche
 from cdc_core.secrets import Secret
 from cdc_core.sinks import Batch
 from cdc_sink_clickhouse.config import ClickHouseSinkConfig
+from cdc_sink_clickhouse.layout import quote
 from cdc_sink_clickhouse.sink import ClickHouseSink
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -60,14 +65,14 @@ def values(rng: random.Random, i: int) -> dict[str, Any]:
     }
 
 
-def events(s: TableSchema, n: int, seed: int = 1) -> list[ChangeEvent]:
+def events(s: TableSchema, n: int, seed: int = 1, kind: str = "mixed") -> list[ChangeEvent]:
     rng = random.Random(seed)
     out: list[ChangeEvent] = []
     for i in range(n):
         ts = 1_700_000_000_000_000 + i
         pos = Position(node="n1", segment_id=1, offset=i, index=0)
         key = {"pk": i % 50_000, "ck": i % 7}
-        r = rng.random()
+        r = {"insert": 0.0, "update": 0.7, "delete": 0.95}.get(kind, rng.random())
         if r < 0.6:
             cells: dict[str, Any] = {k: Cell(timestamp=ts, value=v) for k, v in values(rng, i).items()}
             out.append(ChangeEvent(position=pos, schema=s, kind=ChangeKind.ROW, key=key, liveness=Liveness(timestamp=ts), cells=cells))
@@ -100,6 +105,72 @@ async def run_sink(url: str, database: str, evs: list[ChangeEvent], batch: int) 
         await sink.close()
 
 
+async def run_split(url: str, database: str, evs: list[ChangeEvent], batch: int) -> tuple[float, float]:
+    """(encode-only events/s, POST-only events/s): the sink's encoder alone, then its payloads alone."""
+    cfg = ClickHouseSinkConfig(url=Secret(url), database=database, max_rows_per_insert=10**7)
+    sink = ClickHouseSink(cfg, ComponentContext(instance_name="bench"))
+    await sink.start()
+    try:
+        layout = await sink.ensure_table(evs[0].schema)
+        t0 = time.perf_counter()
+        payloads: list[tuple[str, bytes]] = []
+        for start in range(0, len(evs), batch):
+            rows: list[str] = []
+            parts: list[str] = []
+            for e in evs[start : start + batch]:
+                r, p = layout.encode_latest(e)
+                rows += r
+                parts += p
+            for suffix, lines in (("__rows_in", rows), ("__parts_in", parts)):
+                if lines:
+                    payloads.append((suffix, ("\n".join(lines) + "\n").encode()))
+        encode = len(evs) / (time.perf_counter() - t0)
+        cols = {s: [quote(n) for n, _ in w] for s, w in (("__rows_in", layout.rows_wire()), ("__parts_in", layout.parts_wire()))}
+        t0 = time.perf_counter()
+        for suffix, payload in payloads:
+            await sink.transport.insert(layout.q(suffix), cols[suffix], payload, {})
+        return encode, len(evs) / (time.perf_counter() - t0)
+    finally:
+        await sink.transport.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        await sink.close()
+
+
+PLAIN_COLS = (
+    "pk Int64, ck Int32, name String, qty Int32, total Int64, price Float64, active UInt8, created Int64, note String, score Float64"
+)
+
+
+def tsv_lines(n: int) -> list[str]:
+    rng = random.Random(2)
+    out = []
+    for i in range(n):
+        v = values(rng, i)
+        out.append(
+            f"{i % 50_000}\t{i % 7}\t{v['name']}\t{v['qty']}\t{v['total']}\t{v['price']!r}\t{int(v['active'])}\t{1_700_000_000_000 + i}"
+            f"\t{v['note'].replace(chr(92), chr(92) * 2)}\t{v['score']!r}"
+        )
+    return out
+
+
+async def plain_post(url: str, lines: list[str], batch: int) -> float:
+    """The same rows as plain TSV POSTed (aiohttp, one request per batch) into a plain MergeTree."""
+    database = f"bench_plain_{uuid.uuid4().hex[:8]}"
+    sink = ClickHouseSink(ClickHouseSinkConfig(url=Secret(url), database=database), ComponentContext(instance_name="bench"))
+    await sink.start()
+    table = f"`{database}`.plain"
+    try:
+        await sink.transport.execute(f"CREATE TABLE {table} ({PLAIN_COLS}) ENGINE = MergeTree ORDER BY (pk, ck)")
+        payloads = [("\n".join(lines[i : i + batch]) + "\n").encode() for i in range(0, len(lines), batch)]
+        names = [c.split()[0] for c in PLAIN_COLS.split(", ")]
+        t0 = time.perf_counter()
+        for payload in payloads:
+            await sink.transport.insert(table, names, payload, {})
+        return len(lines) / (time.perf_counter() - t0)
+    finally:
+        await sink.transport.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        await sink.close()
+
+
 def client_reference(url: str, n: int) -> float | None:
     """clickhouse-client (native TCP) inserting n rows from a TSV file into a plain MergeTree."""
     parts = urllib.parse.urlsplit(url)
@@ -108,18 +179,11 @@ def client_reference(url: str, n: int) -> float | None:
     if parts.username:
         args += ["--user", urllib.parse.unquote(parts.username), "--password", urllib.parse.unquote(parts.password or "")]
     table = f"default.bench_ref_{uuid.uuid4().hex[:8]}"
-    cols = "pk Int64, ck Int32, name String, qty Int32, total Int64, price Float64, active UInt8, created Int64, note String, score Float64"
-    rng = random.Random(2)
     with tempfile.NamedTemporaryFile("w", suffix=".tsv", delete=False) as f:
-        for i in range(n):
-            v = values(rng, i)
-            f.write(
-                f"{i % 50_000}\t{i % 7}\t{v['name']}\t{v['qty']}\t{v['total']}\t{v['price']!r}\t{int(v['active'])}\t{1_700_000_000_000 + i}"
-                f"\t{v['note'].replace(chr(92), chr(92) * 2)}\t{v['score']!r}\n"
-            )
+        f.write("\n".join(tsv_lines(n)) + "\n")
         path = f.name
     try:
-        subprocess.run([*args, "--query", f"CREATE TABLE {table} ({cols}) ENGINE = MergeTree ORDER BY (pk, ck)"], check=True)
+        subprocess.run([*args, "--query", f"CREATE TABLE {table} ({PLAIN_COLS}) ENGINE = MergeTree ORDER BY (pk, ck)"], check=True)
         with open(path, "rb") as data:
             t0 = time.perf_counter()
             subprocess.run([*args, "--query", f"INSERT INTO {table} FORMAT TabSeparated"], stdin=data, check=True)
@@ -134,28 +198,50 @@ def client_reference(url: str, n: int) -> float | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--batch", type=int, nargs="+", default=[1000, 5000, 20000])
+    ap.add_argument("--kinds", nargs="+", default=["insert", "update", "delete", "mixed"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--chdb", action="store_true", help="also measure embedded chdb")
     args = ap.parse_args()
     url = os.environ.get("CDC_TEST_CLICKHOUSE_URL", "http://127.0.0.1:8123")
+    n, med = args.events, statistics.median
+
+    def load() -> str:
+        return os.getloadavg().__repr__()
+
+    print(f"# {platform.node()} {platform.processor() or platform.machine()} cpus={os.cpu_count()} {dt.date.today()} load={load()}")
+    print(f"# events={n}, median of {args.repeat}; ratios are to clickhouse-client measured in this run")
+    ref_runs = [client_reference(url, n) for _ in range(args.repeat)]
+    ref = med([x for x in ref_runs if x]) if all(ref_runs) else None
+    print(f"reference clickhouse-client TSV -> plain MergeTree: {ref or 0:10,.0f} rows/s  (runs: {ref_runs})")
+
+    def show(label: str, rates: list[float]) -> None:
+        ratio = f"{med(rates) / ref:6.1%} of ref" if ref else ""
+        print(f"{label:40s} median {med(rates):10,.0f}/s {ratio}  (runs: {', '.join(f'{x:,.0f}' for x in rates)})")
+
+    lines = tsv_lines(n)
+    for batch in args.batch:
+        show(f"plain TSV POST batch={batch}", [asyncio.run(plain_post(url, lines, batch)) for _ in range(args.repeat)])
     targets = [("server", url)]
     if args.chdb:
         targets.append(("chdb", f"chdb://{tempfile.mkdtemp(prefix='bench-chdb-')}"))
-    print(f"# {platform.node()} {platform.processor() or platform.machine()} cpus={os.cpu_count()} {dt.date.today()}")
-    print(f"# events={args.events} (60% inserts, 30% 2-column updates, 10% row deletes), median of {args.repeat}")
-    for label, target in targets:
-        for batch in args.batch:
-            rates = []
-            for r in range(args.repeat):
-                evs = events(schema(), args.events, seed=r)
-                rates.append(asyncio.run(run_sink(target, f"bench_{uuid.uuid4().hex[:8]}", evs, batch)))
-            runs = ", ".join(f"{x:,.0f}" for x in rates)
-            print(f"{label:7s} batch={batch:6d}  median {statistics.median(rates):10,.0f} events/s  (runs: {runs})")
-    ref = [client_reference(url, args.events) for _ in range(args.repeat)]
-    if all(x is not None for x in ref):
-        print(f"clickhouse-client TSV reference (plain MergeTree): median {statistics.median([x for x in ref if x]):10,.0f} rows/s")
+    for kind in args.kinds:
+        for label, target in targets:
+            for batch in args.batch:
+                rates = []
+                for r in range(args.repeat):
+                    evs = events(schema(), n, seed=r, kind=kind)
+                    rates.append(asyncio.run(run_sink(target, f"bench_{uuid.uuid4().hex[:8]}", evs, batch)))
+                show(f"sink {label} {kind} batch={batch}", rates)
+        big = max(args.batch)
+        split = []
+        for r in range(args.repeat):
+            evs = events(schema(), n, seed=r, kind=kind)
+            split.append(asyncio.run(run_split(url, f"bench_{uuid.uuid4().hex[:8]}", evs, big)))
+        show(f"  split {kind} encode only batch={big}", [e for e, _ in split])
+        show(f"  split {kind} POST only (server) batch={big}", [p for _, p in split])
+    print(f"# load at end={load()}")
 
 
 if __name__ == "__main__":
