@@ -18,7 +18,7 @@ from cdc_sink_postgres.ddl import MERGE_FUNCTION
 from cdc_sink_postgres.idents import qualify, quote_ident
 from cdc_sink_postgres.layout import DELETED_TS, MARKER_EXP, MARKER_TS, ColumnLayout, TableLayout, pg_name
 
-__all__ = ["StagedMerge", "latest_state_merges"]
+__all__ = ["RowMergeShapes", "StagedMerge", "latest_state_merges"]
 
 
 def q(name: str) -> str:
@@ -43,14 +43,23 @@ class StagedMerge:
     def truncate_sql(self) -> str:
         return f"TRUNCATE {q(self.staging)}"
 
-    async def run(self, conn: Any, records: Sequence[tuple[Any, ...]]) -> None:
+    async def run(self, conn: Any, records: Sequence[Sequence[Any]]) -> None:
         """COPY ``records`` in and merge them (inside the caller's transaction)."""
         if not records:
             return
         await conn.execute(self.create_sql)
-        await conn.copy_records_to_table(self.staging, records=records, columns=list(self.columns))
-        await conn.execute(self.merge_sql)
+        await self.copy_and_merge(conn, records)
         await conn.execute(self.truncate_sql)
+
+    async def copy_and_merge(self, conn: Any, records: Sequence[Sequence[Any]]) -> None:
+        """COPY ``records`` into the (existing, empty) staging table and merge them; the merge
+        is a cached prepared statement. The caller creates the staging table and empties it
+        before reusing it in the same transaction (``ON COMMIT DELETE ROWS`` empties it at
+        commit)."""
+        if not records:
+            return
+        await conn.copy_records_to_table(self.staging, records=records, columns=list(self.columns))
+        await conn.fetch(self.merge_sql)
 
 
 def _cast(c: ColumnLayout, expr: str) -> str:
@@ -99,20 +108,71 @@ def _set_clauses(cols: Sequence[ColumnLayout], pg_schema: str) -> list[str]:
     return sets
 
 
-def _row_merge(layout: TableLayout, target: str, keys: Sequence[ColumnLayout], cols: Sequence[ColumnLayout], tag: str) -> StagedMerge:
+def _row_merge(
+    layout: TableLayout,
+    target: str,
+    keys: Sequence[ColumnLayout],
+    cols: Sequence[ColumnLayout],
+    tag: str,
+    present: Sequence[bool] | None = None,
+) -> StagedMerge:
+    """The staged merge of ``cols``; with ``present`` (one flag per staging field, keys first)
+    only the fields set in a batch are staged and only what it writes is updated: a field left
+    out is NULL in ``excluded``, exactly like a staged NULL, and a column (or the row marker, or
+    the row deletion) whose staged fields are all NULL would only be set to itself."""
     vcols = _value_columns(cols)
     names = [c.ident for c in keys] + [MARKER_TS, MARKER_EXP, DELETED_TS] + [n for n, _, _ in vcols]
     types = [c.staging_sql for c in keys] + ["bigint"] * 3 + [t for _, t, _ in vcols]
     select = [_cast(c, f"s.{q(c.ident)}") for c in keys] + [f"s.{q(n)}" for n in (MARKER_TS, MARKER_EXP, DELETED_TS)]
     select += [_cast(owner, f"s.{q(n)}") if owner is not None else f"s.{q(n)}" for n, _, owner in vcols]
     staging = pg_name(f"cdc_stage_{layout.signature}_{tag}")
+    sets_cols = list(cols)
+    marker = deletion = True
+    if present is not None and not all(present):
+        keep = [i for i, p in enumerate(present) if p]
+        names, types, select = [names[i] for i in keep], [types[i] for i in keep], [select[i] for i in keep]
+        shape = "".join("1" if p else "0" for p in present)
+        staging = pg_name(f"cdc_stage_{layout.signature}_{tag}_{int(shape, 2):x}")
+        written = {n for (n, _, _), p in zip(vcols, present[len(keys) + 3 :], strict=True) if p}
+        sets_cols = [c for c in cols if c.ident in written or c.ts_col in written or (not c.multicell and c.exp_col in written)]
+        marker = present[len(keys)] or present[len(keys) + 1]
+        deletion = present[len(keys) + 2]
     key_list = ", ".join(q(c.ident) for c in keys)
+    sets = _set_clauses(sets_cols, layout.pg_schema)
+    if not marker:
+        sets = sets[2:]
+    if not deletion:
+        sets = [s for s in sets if not s.startswith(f"{q(DELETED_TS)} =")]
+    action = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
     sql = (
         f"INSERT INTO {layout.q(target)} AS t ({', '.join(q(n) for n in names)}) "
         f"SELECT {', '.join(select)} FROM {q(staging)} s ORDER BY {', '.join(f's.{q(c.ident)}' for c in keys)} "
-        f"ON CONFLICT ({key_list}) DO UPDATE SET {', '.join(_set_clauses(cols, layout.pg_schema))}"
+        f"ON CONFLICT ({key_list}) {action}"
     )
     return StagedMerge(staging=staging, columns=tuple(names), column_types=tuple(types), merge_sql=sql)
+
+
+class RowMergeShapes:
+    """The row (or static) merge per batch shape (which staging fields are set), built on first
+    use and cached; past ``limit`` shapes, None (use ``full`` with full-width records)."""
+
+    limit = 64
+
+    def __init__(self, layout: TableLayout, target: str, keys: Sequence[ColumnLayout], cols: Sequence[ColumnLayout], tag: str) -> None:
+        self._args = (layout, target, tuple(keys), tuple(cols), tag)
+        self.full = _row_merge(layout, target, keys, cols, tag)
+        self._shapes: dict[tuple[bool, ...], StagedMerge] = {}
+
+    def for_shape(self, present: tuple[bool, ...]) -> StagedMerge | None:
+        """The merge of records holding just the ``present`` staging fields."""
+        if all(present):
+            return self.full
+        merge = self._shapes.get(present)
+        if merge is None:
+            if len(self._shapes) >= self.limit:
+                return None
+            merge = self._shapes[present] = _row_merge(*self._args, present=present)
+        return merge
 
 
 def _partition_deletions_merge(layout: TableLayout) -> StagedMerge:
@@ -157,13 +217,19 @@ class LatestStateMerges:
     statics: StagedMerge | None
     partition_deletions: StagedMerge
     range_deletions: StagedMerge | None
+    row_shapes: RowMergeShapes | None = None
+    static_shapes: RowMergeShapes | None = None
 
 
 def latest_state_merges(layout: TableLayout) -> LatestStateMerges:
     """The staged merges of one layout (build once per layout and cache)."""
+    rows = RowMergeShapes(layout, layout.state_table, layout.primary_key, layout.regular, "rows")
+    statics = RowMergeShapes(layout, layout.static_table, layout.partition_key, layout.static, "static") if layout.static else None
     return LatestStateMerges(
-        rows=_row_merge(layout, layout.state_table, layout.primary_key, layout.regular, "rows"),
-        statics=_row_merge(layout, layout.static_table, layout.partition_key, layout.static, "static") if layout.static else None,
+        rows=rows.full,
+        statics=statics.full if statics is not None else None,
         partition_deletions=_partition_deletions_merge(layout),
         range_deletions=_range_deletions_merge(layout) if layout.clustering else None,
+        row_shapes=rows,
+        static_shapes=statics,
     )

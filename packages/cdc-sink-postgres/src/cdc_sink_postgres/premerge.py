@@ -18,9 +18,30 @@ import orjson
 from cdc_core.cqltypes import CqlType, value_to_json
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Liveness, RangeBound
 from cdc_sink_postgres.layout import ColumnLayout, TableLayout
-from cdc_sink_postgres.typemap import ValueRejected, dumps, element_text, is_array_element, key_string, list_path_key, to_db, to_json
+from cdc_sink_postgres.typemap import (
+    ValueRejected,
+    bulk_check,
+    dumps,
+    element_text,
+    is_array_element,
+    key_string,
+    list_path_key,
+    to_db,
+    to_json,
+)
 
-__all__ = ["CellState", "ComplexState", "RangeRecord", "RowDelta", "TableDelta", "element_entry"]
+__all__ = [
+    "CellState",
+    "ComplexState",
+    "FoldPlan",
+    "NeedsEagerFold",
+    "RangeRecord",
+    "RecordFold",
+    "RowDelta",
+    "StagingRecords",
+    "TableDelta",
+    "element_entry",
+]
 
 Key = tuple[Any, ...]
 
@@ -225,3 +246,262 @@ def row_record(key: Key, delta: RowDelta, cols: Sequence[ColumnLayout]) -> tuple
 
 def is_array_collection(t: CqlType) -> bool:
     return t.name in ("list", "set") and is_array_element(t.params[0])
+
+
+# --- the fast fold: staging records built directly ----------------------------------------------
+#
+# TableDelta above is the reference implementation (objects per row and per cell). The sink uses
+# RecordFold: each event becomes its staging record (a list in the staging table's column order)
+# in one pass; a key seen for the first time costs nothing more, only a repeated key is merged
+# field by field with RowDelta's rules. In the default (optimistic) mode the values of common
+# scalar types are stored as they come and checked column-wise at the end (typemap.bulk_check);
+# if a column fails that check, the caller folds the batch again with ``eager=True`` (every value
+# converted and checked as it is added), which rejects exactly the events at fault.
+
+_Slot = tuple[int, Any, bool, bool]  # (offset of the value field or -1, converter, multicell, checked later)
+
+
+class NeedsEagerFold(Exception):
+    """The optimistic fold met a value it cannot vouch for: fold again with ``eager=True``."""
+
+
+@attrs.frozen
+class _Side:
+    """The record shape of one storage table (rows or statics)."""
+
+    key_len: int
+    width: int
+    slots: dict[str, _Slot]
+    simple: tuple[int, ...]  # offsets of simple value fields (value, ts, exp follow)
+    complex: tuple[int, ...]  # offsets of collection fields (jsonb, clear ts follow)
+    bulk: tuple[tuple[int, Any, Any], ...]  # (offset, bulk check, converter) of lazily checked fields
+
+
+def _side(layout: TableLayout, key_len: int, cols: Sequence[ColumnLayout]) -> _Side:
+    slots: dict[str, _Slot] = {}
+    simple: list[int] = []
+    complex_: list[int] = []
+    bulk: list[tuple[int, Any, Any]] = []
+    off = key_len + 3
+    for c in cols:
+        if not c.dropped:
+            check = None if c.multicell else bulk_check(c.cql)
+            slots[c.name] = (off, c.convert, c.multicell, check is not None)
+            if check is not None:
+                bulk.append((off, check, c.convert))
+        (complex_ if c.multicell else simple).append(off)
+        off += 2 if c.multicell else 3
+    # Columns of the other table an event may carry are converted (and checked) but not written.
+    for name, (_c, multicell, convert) in layout.writable.items():
+        slots.setdefault(name, (-1, convert, multicell, False))
+    return _Side(key_len, off, slots, tuple(simple), tuple(complex_), tuple(bulk))
+
+
+class FoldPlan:
+    """Everything :class:`RecordFold` needs of one layout, computed once per layout."""
+
+    def __init__(self, layout: TableLayout) -> None:
+        self.layout = layout
+        self.rows = _side(layout, len(layout.primary_key), layout.regular)
+        self.statics = _side(layout, len(layout.partition_key), layout.static)
+        self.pk_conv, self.ck_conv = layout.key_converters
+        self.columns = {c.name: c for c in layout.columns}
+
+
+def _merge_records(acc: list[Any], new: list[Any], side: _Side) -> None:
+    """Fold ``new`` (a later event's record) into ``acc`` with RowDelta's rules."""
+    k = side.key_len
+    n_ts = new[k]
+    if n_ts is not None:
+        a_ts = acc[k]
+        if a_ts is None or n_ts > a_ts or (n_ts == a_ts and _rank(new[k + 1]) > _rank(acc[k + 1])):
+            acc[k] = n_ts
+            acc[k + 1] = new[k + 1]
+    n_del = new[k + 2]
+    if n_del is not None and (acc[k + 2] is None or n_del > acc[k + 2]):
+        acc[k + 2] = n_del
+    for off in side.simple:
+        ts = new[off + 1]
+        if ts is None:
+            continue
+        old_ts = acc[off + 1]
+        if old_ts is None or ts > old_ts or (ts == old_ts and new[off] is None and acc[off] is not None):
+            acc[off] = new[off]
+            acc[off + 1] = ts
+            acc[off + 2] = new[off + 2]
+    for off in side.complex:
+        cs: ComplexState | None = new[off]
+        if cs is None:
+            continue
+        old: ComplexState | None = acc[off]
+        if old is None:
+            acc[off] = cs
+            continue
+        old.merge_clear(cs.clear_ts)
+        for element_key, element in cs.elements.items():
+            old.merge_element(element_key, element)
+
+
+class StagingRecords:
+    """The staging records of one storage table: ``present[i]`` tells whether staging field
+    ``i`` is set in any record; ``records`` hold only the present fields (keys always are)."""
+
+    __slots__ = ("present", "records")
+
+    def __init__(self, present: tuple[bool, ...], records: list[tuple[Any, ...]]) -> None:
+        self.present = present
+        self.records = records
+
+
+class RecordFold:
+    """Everything one batch does to one table, as staging records (see :class:`TableDelta`,
+    which it matches record for record)."""
+
+    def __init__(self, plan: FoldPlan, *, eager: bool = False) -> None:
+        self.plan = plan
+        self.eager = eager
+        self.rows: dict[Key, list[Any]] = {}
+        self.statics: dict[Key, list[Any]] = {}
+        self.partition_deletions: dict[Key, int] = {}
+        self.range_deletions: dict[tuple[Key, str], tuple[RangeRecord, int]] = {}
+        self._has_complex = False
+
+    def add(self, event: ChangeEvent) -> None:
+        """Fold ``event`` in; raises :class:`ValueRejected` (leaving the fold untouched) when
+        one of its values cannot be stored, or (optimistic mode only) :class:`NeedsEagerFold`."""
+        plan = self.plan
+        key_values = event.key
+        pk = tuple([conv(key_values[name]) for name, conv in plan.pk_conv])
+        if event.kind is not ChangeKind.ROW:
+            self._add_deletion(event, pk)
+            return
+        if event.static:
+            side = plan.statics
+            target = self.statics
+            key = pk
+        else:
+            side = plan.rows
+            target = self.rows
+            key = pk + tuple([conv(key_values[name]) for name, conv in plan.ck_conv]) if plan.ck_conv else pk
+        marker = event.liveness
+        deletion = event.row_deletion
+        rec: list[Any] = [
+            *key,
+            None if marker is None else marker.timestamp,
+            None if marker is None or marker.ttl is None else marker.local_deletion_time,
+            None if deletion is None else deletion.timestamp,
+        ]
+        rec += [None] * (side.width - len(rec))
+        slots = side.slots
+        lazy = not self.eager
+        for name, change in event.cells.items():
+            slot = slots.get(name)
+            if slot is None:
+                continue  # a dropped column (or one the layout does not know): not written
+            off, convert, multicell, bulk = slot
+            if type(change) is Cell or isinstance(change, Cell):
+                if multicell:
+                    raise ValueRejected(f"column {name} is a non-frozen collection but the event writes a simple cell")
+                value = change.value
+                if change.tombstone or value is None:
+                    if off >= 0:
+                        rec[off + 1] = change.timestamp
+                    continue
+                if not (bulk and lazy):
+                    value = convert(value)
+                if off >= 0:
+                    rec[off] = value
+                    rec[off + 1] = change.timestamp
+                    if change.ttl is not None:
+                        rec[off + 2] = change.local_deletion_time
+            elif isinstance(change, ComplexChange):
+                col = plan.columns[name]
+                entries = [element_entry(col, e.path, e.cell) for e in change.elements]
+                if off < 0 or not multicell:
+                    continue  # another table's column, or a frozen one (only whole values are stored)
+                cs = ComplexState()
+                cs.merge_clear(change.deletion.timestamp if change.deletion is not None else None)
+                for element_key, element in entries:
+                    cs.merge_element(element_key, element)
+                rec[off] = cs
+                self._has_complex = True
+        acc = target.get(key)
+        if acc is None:
+            target[key] = rec
+            return
+        if lazy:
+            # A value about to be merged away must still be checked: the new event's now (it is
+            # rejected alone), the earlier events' ones by folding again eagerly if they fail.
+            for off, _check, convert in side.bulk:
+                if rec[off] is not None:
+                    convert(rec[off])
+            for off, _check, convert in side.bulk:
+                if acc[off] is not None:
+                    try:
+                        convert(acc[off])
+                    except ValueRejected:
+                        raise NeedsEagerFold from None
+        _merge_records(acc, rec, side)
+
+    def _add_deletion(self, event: ChangeEvent, pk: Key) -> None:
+        if event.kind is ChangeKind.PARTITION_DELETE:
+            if event.partition_deletion is not None:
+                ts = event.partition_deletion.timestamp
+                old = self.partition_deletions.get(pk)
+                self.partition_deletions[pk] = ts if old is None else max(old, ts)
+            return
+        rd = event.range_deletion
+        if rd is None:
+            return
+        layout = self.plan.layout
+        s_vals, s_len, s_incl, s_canon = _bound(layout, rd.start)
+        e_vals, e_len, e_incl, e_canon = _bound(layout, rd.end)
+        bounds = orjson.dumps([s_canon, e_canon]).decode()
+        rec = RangeRecord(s_vals, s_len, s_incl, e_vals, e_len, e_incl, bounds)
+        prev = self.range_deletions.get((pk, bounds))
+        ts = rd.deletion.timestamp
+        self.range_deletions[(pk, bounds)] = (rec, ts if prev is None else max(prev[1], ts))
+
+    def row_records(self) -> list[list[Any]]:
+        """Full-width staging records of the rows (the shape of ``LatestStateMerges.rows``)."""
+        return self._finish(self.rows, self.plan.rows)
+
+    def static_records(self) -> list[list[Any]]:
+        return self._finish(self.statics, self.plan.statics)
+
+    def staged_rows(self) -> StagingRecords:
+        """The rows' records, checked, with only the fields the batch sets."""
+        return self._stage(self.rows, self.plan.rows)
+
+    def staged_statics(self) -> StagingRecords:
+        return self._stage(self.statics, self.plan.statics)
+
+    def _finish(self, records: dict[Key, list[Any]], side: _Side) -> list[list[Any]]:
+        out = list(records.values())
+        if self._has_complex and side.complex:
+            for rec in out:
+                for off in side.complex:
+                    cs = rec[off]
+                    if cs is not None:
+                        rec[off], rec[off + 1] = cs.record()
+        if not self.eager:
+            for off, check, _convert in side.bulk:
+                if not check([rec[off] for rec in out]):
+                    raise NeedsEagerFold
+        return out
+
+    def _stage(self, records: dict[Key, list[Any]], side: _Side) -> StagingRecords:
+        out = list(records.values())
+        if self._has_complex and side.complex:
+            self._finish(records, side)
+        n = len(out)
+        columns = list(zip(*out, strict=True))
+        if not self.eager:
+            for off, check, _convert in side.bulk:
+                if not check(columns[off]):
+                    raise NeedsEagerFold
+        k = side.key_len
+        present = tuple(i < k or col.count(None) != n for i, col in enumerate(columns))
+        if all(present):
+            return StagingRecords(present, list(map(tuple, out)))
+        return StagingRecords(present, list(zip(*[col for col, p in zip(columns, present, strict=True) if p], strict=True)))

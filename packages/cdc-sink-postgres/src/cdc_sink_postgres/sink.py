@@ -11,6 +11,7 @@ table's events under savepoints; only the culprit events are rejected, the rest 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,9 @@ from cdc_sink_postgres.errors import Redactor, is_data_error, is_transient
 from cdc_sink_postgres.history import HistoryTable
 from cdc_sink_postgres.idents import qualify
 from cdc_sink_postgres.layout import ColumnLayout, TableLayout
-from cdc_sink_postgres.merge import LatestStateMerges, latest_state_merges
+from cdc_sink_postgres.merge import LatestStateMerges, StagedMerge, latest_state_merges
 from cdc_sink_postgres.offsets import OffsetTable
-from cdc_sink_postgres.premerge import TableDelta, row_record
+from cdc_sink_postgres.premerge import FoldPlan, NeedsEagerFold, RecordFold, StagingRecords
 from cdc_sink_postgres.tls import build_ssl
 from cdc_sink_postgres.typemap import ValueRejected
 
@@ -48,6 +49,8 @@ class TableTarget:
         self.mode = mode
         self.history = history
         self.merges = merges
+        self.plan = FoldPlan(layout) if merges is not None else None
+        self.history_insert = history.staged_insert() if history is not None else None
 
 
 class PostgresSink:
@@ -67,6 +70,8 @@ class PostgresSink:
         self._pool: Any = None
         self._targets: dict[int, tuple[TableSchema, TableTarget]] = {}  # id(schema) → target
         self._by_schema: dict[TableSchema, TableTarget] = {}
+        # Per pooled connection, the staging tables its session already has.
+        self._staging: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"PostgresSink(name={self.name!r}, schema={self.config.schema!r})"
@@ -236,23 +241,31 @@ class PostgresSink:
         if self._pool is None:
             raise TransientError(f"postgres sink {self.name} is not started")
         try:
-            groups: dict[int, tuple[TableTarget, list[ChangeEvent]]] = {}
-            by_table: dict[tuple[str, str], TableTarget] = {}
-            for event in batch.events:
-                target = await self.target_for(event.schema)
-                # Events of one table under different schema versions: the widest layout wins.
-                key = (event.schema.keyspace, event.schema.table)
-                current = by_table.get(key)
-                if current is None or len(target.layout.columns) > len(current.layout.columns):
-                    by_table[key] = target
-            for event in batch.events:
-                target = by_table[(event.schema.keyspace, event.schema.table)]
-                groups.setdefault(id(target), (target, []))[1].append(event)
+            groups = await self._group(batch.events)
+            # The Python work (fold, conversion, checks) happens before a connection is taken,
+            # so concurrent batches overlap it with each other's database time.
             rejected: list[Rejected] = []
-            async with self._acquire() as conn, conn.transaction():
-                for target, events in groups.values():
-                    rejected += await self._apply(conn, target, events)
-                await self.offsets.store(conn, self.name, batch.positions)
+            work: list[tuple[TableTarget, list[ChangeEvent], Any]] = []
+            for target, events in groups:
+                good: list[ChangeEvent] = []
+                prepared = self._prepare(target, events, rejected, good)
+                if good:
+                    work.append((target, good, prepared))
+            async with self._acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        created = await self._run_all(conn, work)
+                        await self.offsets.store(conn, self.name, batch.positions)
+                    self._staging_created(conn).update(created)
+                except Exception as exc:
+                    if not is_data_error(exc):
+                        raise
+                    # A value the server refuses: redo the batch table by table under
+                    # savepoints, bisecting to the culprit events.
+                    async with conn.transaction():
+                        for target, events, _ in work:
+                            rejected += await self._apply(conn, target, events)
+                        await self.offsets.store(conn, self.name, batch.positions)
         except (TransientError, PermanentError):
             raise
         except BaseException as exc:
@@ -260,6 +273,88 @@ class PostgresSink:
         if rejected:
             log.warning("postgres sink rejected events", sink=self.name, batch_id=batch.batch_id, rejected=len(rejected))
         return WriteResult(rejected=rejected)
+
+    async def _group(self, events: Sequence[ChangeEvent]) -> list[tuple[TableTarget, list[ChangeEvent]]]:
+        """The batch's events per destination table, in batch order."""
+        targets: dict[int, TableTarget] = {}  # id(schema) → target, for this batch
+        by_table: dict[tuple[str, str], TableTarget] = {}
+        for event in events:
+            schema = event.schema
+            if id(schema) in targets:
+                continue
+            target = targets[id(schema)] = await self.target_for(schema)
+            # Events of one table under different schema versions: the widest layout wins.
+            key = (schema.keyspace, schema.table)
+            current = by_table.get(key)
+            if current is None or len(target.layout.columns) > len(current.layout.columns):
+                by_table[key] = target
+        if len(targets) == 1:
+            return [(by_table[(events[0].schema.keyspace, events[0].schema.table)], list(events))]
+        chosen = {sid: by_table[(t.layout.keyspace, t.layout.table)] for sid, t in targets.items()}
+        groups: dict[int, tuple[TableTarget, list[ChangeEvent]]] = {}
+        for event in events:
+            target = chosen[id(event.schema)]
+            groups.setdefault(id(target), (target, []))[1].append(event)
+        return list(groups.values())
+
+    def _staging_created(self, conn: Any) -> set[str]:
+        """Staging tables known to exist in ``conn``'s session (TEMP tables live as long as it)."""
+        raw = getattr(conn, "_con", None) or conn  # the pooled connection behind a proxy
+        known = self._staging.get(raw)
+        if known is None:
+            known = self._staging[raw] = set()
+        return known
+
+    async def _run_all(self, conn: Any, work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> set[str]:
+        """The fast path: every table's records staged and merged in the current transaction, no
+        savepoints. Returns the staging tables created (they exist once the transaction commits)."""
+        known = self._staging_created(conn)
+        steps: list[tuple[StagedMerge, Sequence[Sequence[Any]]]] = []
+        for target, _, prepared in work:
+            steps += self._steps(target, prepared)
+        missing = {m.staging: m.create_sql for m, _ in steps if m.staging not in known}
+        if missing:
+            await conn.execute(";\n".join(missing.values()))
+        used: set[str] = set()
+        for merge, records in steps:
+            if merge.staging in used:  # two tables sharing a staging table: empty it first
+                await conn.execute(merge.truncate_sql)
+            used.add(merge.staging)
+            await merge.copy_and_merge(conn, records)
+        return set(missing)
+
+    def _steps(self, target: TableTarget, prepared: Any) -> list[tuple[StagedMerge, Sequence[Sequence[Any]]]]:
+        """(merge, records) of one table's prepared batch, in the order they must run."""
+        if target.history_insert is not None:
+            return [(target.history_insert, prepared)] if prepared else []
+        table: PreparedTable = prepared
+        delta = table.fold
+        merges = target.merges
+        assert merges is not None
+        out: list[tuple[StagedMerge, Sequence[Sequence[Any]]]] = []
+        if delta.partition_deletions:
+            out.append((merges.partition_deletions, [(*pk, ts) for pk, ts in delta.partition_deletions.items()]))
+        if delta.range_deletions and merges.range_deletions is not None:
+            out.append(
+                (
+                    merges.range_deletions,
+                    [
+                        (*pk, *r.start, r.start_len, r.start_incl, *r.end, r.end_len, r.end_incl, r.bounds, ts)
+                        for (pk, _), (r, ts) in delta.range_deletions.items()
+                    ],
+                )
+            )
+        for staged, shapes in ((table.rows, merges.row_shapes), (table.statics, merges.static_shapes)):
+            if staged is None or not staged.records or shapes is None:
+                continue
+            merge = shapes.for_shape(staged.present)
+            if merge is None:  # too many shapes: the full-width merge
+                merge = shapes.full
+                records: Sequence[Sequence[Any]] = _pad(staged)
+            else:
+                records = staged.records
+            out.append((merge, records))
+        return out
 
     async def _apply(self, conn: Any, target: TableTarget, events: Sequence[ChangeEvent]) -> list[Rejected]:
         """Apply ``events`` under a savepoint; on a data error bisect to the culprits."""
@@ -292,37 +387,60 @@ class PostgresSink:
                 except ValueRejected as exc:
                     rejected.append(Rejected(event=event, error=str(exc)))
             return records
-        delta = TableDelta(target.layout)
-        for event in events:
+        assert target.plan is not None
+        # Optimistic first (values checked column-wise at the end); if that cannot vouch for
+        # every value, again converting each value as it comes (rejecting exactly the culprits).
+        for eager in (False, True):
+            fold = RecordFold(target.plan, eager=eager)
+            add = fold.add
+            bad: list[Rejected] = []
+            ok: list[ChangeEvent] = []
             try:
-                delta.add(event)
-                good.append(event)
-            except ValueRejected as exc:
-                rejected.append(Rejected(event=event, error=str(exc)))
-        return delta
+                for event in events:
+                    try:
+                        add(event)
+                    except ValueRejected as exc:
+                        bad.append(Rejected(event=event, error=str(exc)))
+                    else:
+                        ok.append(event)
+                rows = fold.staged_rows() if fold.rows else None
+                statics = fold.staged_statics() if fold.statics else None
+            except NeedsEagerFold:
+                continue
+            rejected += bad
+            good += ok
+            return PreparedTable(fold, rows, statics)
+        raise AssertionError("an eager fold never asks for an eager fold")
 
     async def _run(self, conn: Any, target: TableTarget, prepared: Any) -> None:
-        if target.history is not None:
-            await target.history.staged_insert().run(conn, prepared)
-            return
-        delta: TableDelta = prepared
-        merges = target.merges
-        assert merges is not None
-        layout = target.layout
-        if delta.partition_deletions:
-            await merges.partition_deletions.run(conn, [(*pk, ts) for pk, ts in delta.partition_deletions.items()])
-        if delta.range_deletions and merges.range_deletions is not None:
-            await merges.range_deletions.run(
-                conn,
-                [
-                    (*pk, *r.start, r.start_len, r.start_incl, *r.end, r.end_len, r.end_incl, r.bounds, ts)
-                    for (pk, _), (r, ts) in delta.range_deletions.items()
-                ],
-            )
-        if delta.rows:
-            await merges.rows.run(conn, [row_record(k, d, layout.regular) for k, d in delta.rows.items()])
-        if delta.statics and merges.statics is not None:
-            await merges.statics.run(conn, [row_record(k, d, layout.static) for k, d in delta.statics.items()])
+        """One table's prepared batch, self-contained (creates and empties its staging tables):
+        the path of the bisection under savepoints."""
+        for merge, records in self._steps(target, prepared):
+            await merge.run(conn, records)
+
+
+class PreparedTable:
+    """One table's batch, folded: the fold (deletions) and the staged row/static records."""
+
+    __slots__ = ("fold", "rows", "statics")
+
+    def __init__(self, fold: RecordFold, rows: StagingRecords | None, statics: StagingRecords | None) -> None:
+        self.fold = fold
+        self.rows = rows
+        self.statics = statics
+
+
+def _pad(staged: StagingRecords) -> list[tuple[Any, ...]]:
+    """Records with only the present fields, back to full width (absent fields NULL)."""
+    index = [i for i, p in enumerate(staged.present) if p]
+    width = len(staged.present)
+    out = []
+    for rec in staged.records:
+        full: list[Any] = [None] * width
+        for i, v in zip(index, rec, strict=True):
+            full[i] = v
+        out.append(tuple(full))
+    return out
 
 
 def create_sink(config: PostgresSinkConfig, context: ComponentContext) -> PostgresSink:

@@ -20,7 +20,9 @@ import functools
 import ipaddress
 import json
 import math
+import operator
 import uuid
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -31,6 +33,7 @@ from cdc_core.cqltypes import CqlType, Duration
 __all__ = [
     "PgType",
     "ValueRejected",
+    "bulk_check",
     "dumps",
     "element_text",
     "from_db",
@@ -281,6 +284,99 @@ _UUID = CqlType("uuid")
 
 def _to_db_flipped(t: CqlType, value: Any) -> Any:
     return to_db(value, t)
+
+
+# --- column-wise checks (the fast path) -------------------------------------------------------
+#
+# For the types whose converter returns a valid value unchanged, a whole column of values is
+# checked at once with C-level builtins (type sets, min/max, one join). A column failing the check
+# is not an error by itself: the caller redoes the batch value by value (``converter``) to find
+# and reject exactly the events at fault.
+
+BulkCheck = Callable[[Sequence[Any]], bool]
+
+
+def _non_null(values: Sequence[Any]) -> Sequence[Any]:
+    return [v for v in values if v is not None] if None in values else values
+
+
+def _bulk_text(values: Sequence[Any]) -> bool:
+    values = _non_null(values)
+    if not set(map(type, values)) <= {str}:
+        return False
+    joined = "".join(values)
+    if "\x00" in joined:
+        return False
+    if not joined.isascii():
+        try:
+            joined.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
+def _bulk_int(name: str) -> BulkCheck:
+    bits = _INT_RANGES[name]
+    lo, hi = -(2**bits), 2**bits
+
+    def check(values: Sequence[Any]) -> bool:
+        values = _non_null(values)
+        return not values or (set(map(type, values)) <= {int} and min(values) >= lo and max(values) < hi)
+
+    return check
+
+
+def _bulk_exact_type(*types: type) -> BulkCheck:
+    allowed = set(types)
+
+    def check(values: Sequence[Any]) -> bool:
+        return set(map(type, _non_null(values))) <= allowed
+
+    return check
+
+
+_tzinfo = operator.attrgetter("tzinfo")
+_exponent = operator.attrgetter("exponent")
+
+
+def _bulk_timestamp(values: Sequence[Any]) -> bool:
+    values = _non_null(values)
+    return set(map(type, values)) <= {dt.datetime} and None not in set(map(_tzinfo, values))
+
+
+def _bulk_decimal(values: Sequence[Any]) -> bool:
+    values = _non_null(values)
+    if not values:
+        return True
+    if not set(map(type, values)) <= {Decimal} or not all(map(Decimal.is_finite, values)):
+        return False
+    adjusted = list(map(Decimal.adjusted, values))
+    if not (min(adjusted) > -16000 and max(adjusted) < 131000):
+        return False
+    return bool(min(map(_exponent, map(Decimal.as_tuple, values))) > -16383)
+
+
+@functools.lru_cache(maxsize=1024)
+def bulk_check(t: CqlType) -> BulkCheck | None:
+    """A column-wise check for type ``t`` if its converter is the identity on valid values:
+    ``bulk_check(t)(values)`` is True only if ``converter(t)(v) is v`` for every non-null ``v``
+    (False means: convert value by value to find out)."""
+    name = t.name
+    if name in _TEXT_TYPES:
+        return _bulk_text
+    if name in _INT_RANGES:
+        return _bulk_int(name)
+    if name in ("float", "double"):
+        return _bulk_exact_type(float)
+    if name == "boolean":
+        return _bulk_exact_type(bool)
+    if name == "timestamp":
+        return _bulk_timestamp
+    if name == "decimal":
+        return _bulk_decimal
+    if name in ("uuid", "timeuuid"):
+        return _bulk_exact_type(uuid.UUID)
+    return None
 
 
 # --- the JSON form (jsonb columns and collection elements) --------------------------------------
