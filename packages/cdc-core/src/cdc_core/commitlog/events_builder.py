@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cdc_core.commitlog.fastobj import new_event, new_position
 from cdc_core.commitlog.mutation import (
     EXCL_END_BOUND,
     EXCL_END_INCL_START_BOUNDARY,
@@ -41,27 +42,34 @@ def build_events(updates: list[DecodedUpdate], node: str, segment_id: int, offse
         pk = update.key
         if update.partition_deletion is not None:
             events.append(
-                ChangeEvent(
-                    position=Position(node, segment_id, offset, index),
-                    schema=schema,
-                    kind=_PARTITION_DELETE,
-                    key=pk,
-                    partition_deletion=update.partition_deletion,
+                new_event(
+                    new_position(node, segment_id, offset, index),
+                    schema,
+                    _PARTITION_DELETE,
+                    pk,
+                    False,
+                    None,
+                    None,
+                    update.partition_deletion,
+                    None,
+                    {},
                 )
             )
             index += 1
         static_row = update.static_row
         if static_row is not None and (static_row.cells or static_row.liveness is not None or static_row.deletion is not None):
             events.append(
-                ChangeEvent(
-                    position=Position(node, segment_id, offset, index),
-                    schema=schema,
-                    kind=_ROW,
-                    key=pk,
-                    static=True,
-                    liveness=static_row.liveness,
-                    row_deletion=static_row.deletion,
-                    cells=static_row.cells,
+                new_event(
+                    new_position(node, segment_id, offset, index),
+                    schema,
+                    _ROW,
+                    pk,
+                    True,
+                    static_row.liveness,
+                    static_row.deletion,
+                    None,
+                    None,
+                    static_row.cells,
                 )
             )
             index += 1
@@ -111,14 +119,17 @@ def build_events(updates: list[DecodedUpdate], node: str, segment_id: int, offse
             for name, value in zip(clustering_names, row.clustering, strict=True):
                 key[name] = value
             events.append(
-                ChangeEvent(
-                    position=Position(node, segment_id, offset, index),
-                    schema=schema,
-                    kind=_ROW,
-                    key=key,
-                    liveness=row.liveness,
-                    row_deletion=row.deletion,
-                    cells=row.cells,
+                new_event(
+                    new_position(node, segment_id, offset, index),
+                    schema,
+                    _ROW,
+                    key,
+                    False,
+                    row.liveness,
+                    row.deletion,
+                    None,
+                    None,
+                    row.cells,
                 )
             )
             index += 1

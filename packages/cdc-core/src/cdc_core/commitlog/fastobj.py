@@ -24,12 +24,13 @@ import attrs
 from cdc_core.events import Cell, ChangeEvent, ElementChange, Liveness
 from cdc_core.positions import Position
 
-__all__ = ["new_cell", "new_element", "new_event", "new_liveness", "new_position", "new_uuid", "slot_constructor"]
+__all__ = ["CELL_FIELDS", "new_cell", "new_element", "new_event", "new_liveness", "new_position", "new_uuid", "slot_constructor"]
 
 
-def slot_constructor(cls: type, names: tuple[str, ...]) -> Callable[..., Any]:
-    """A function ``f(*values)`` returning a ``cls`` whose fields ``names`` (all of them, in this
-    order) hold ``values``; equivalent to ``cls(**dict(zip(names, values)))``."""
+def slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
+    """The slot descriptors' ``__set__`` of the fields ``names`` (all of them) of ``cls``, after
+    checking that filling them on ``object.__new__(cls)`` is the same as calling ``cls(...)``
+    (for code that inlines the construction, like the compiled row decoders)."""
     if not attrs.has(cls) or "__slots__" not in cls.__dict__:
         raise TypeError(f"{cls.__name__} is not a slotted attrs class")
     fields = attrs.fields(cls)
@@ -41,11 +42,17 @@ def slot_constructor(cls: type, names: tuple[str, ...]) -> Callable[..., Any]:
     for hook in ("__attrs_pre_init__", "__attrs_post_init__", "__attrs_init__"):
         if hasattr(cls, hook):
             raise TypeError(f"{cls.__name__} defines {hook}: build it with its __init__")
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
+def slot_constructor(cls: type, names: tuple[str, ...]) -> Callable[..., Any]:
+    """A function ``f(*values)`` returning a ``cls`` whose fields ``names`` (all of them, in this
+    order) hold ``values``; equivalent to ``cls(**dict(zip(names, values)))``."""
+    setters = slot_setters(cls, names)
     namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
     lines = [f"def build({', '.join(f'a{i}' for i in range(len(names)))}):", "    o = _new(_cls)"]
-    for i, name in enumerate(names):
-        descriptor = cls.__dict__[name]
-        namespace[f"_set{i}"] = descriptor.__set__
+    for i, setter in enumerate(setters):
+        namespace[f"_set{i}"] = setter
         lines.append(f"    _set{i}(o, a{i})")
     lines.append("    return o")
     exec(compile("\n".join(lines), f"<slot_constructor {cls.__name__}>", "exec"), namespace)  # the text is built from fixed pieces
@@ -53,10 +60,9 @@ def slot_constructor(cls: type, names: tuple[str, ...]) -> Callable[..., Any]:
     return build
 
 
+CELL_FIELDS = ("timestamp", "value", "tombstone", "ttl", "local_deletion_time")
 #: ``new_cell(timestamp, value, tombstone, ttl, local_deletion_time)``
-new_cell: Callable[[int, Any, bool, int | None, int | None], Cell] = slot_constructor(
-    Cell, ("timestamp", "value", "tombstone", "ttl", "local_deletion_time")
-)
+new_cell: Callable[[int, Any, bool, int | None, int | None], Cell] = slot_constructor(Cell, CELL_FIELDS)
 #: ``new_liveness(timestamp, ttl, local_deletion_time)``
 new_liveness: Callable[[int, int | None, int | None], Liveness] = slot_constructor(Liveness, ("timestamp", "ttl", "local_deletion_time"))
 #: ``new_element(path, cell)``

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cdc_core.commitlog.fastobj import new_cell, new_element, new_liveness, new_uuid
+from cdc_core.commitlog.fastobj import CELL_FIELDS, new_cell, new_element, new_liveness, new_uuid, slot_setters
 from cdc_core.commitlog.primitives import MASK32, MASK64, DecodeError, read_uvint
 from cdc_core.commitlog.values import Decoder, element_decoder, fixed_length, path_decoder, udt_field_decoders, value_decoder
 from cdc_core.cqltypes import parse_type
@@ -185,7 +185,7 @@ _STRUCT_FORMATS = {
 
 def _ms_to_timestamp(ms: int) -> Any:
     try:
-        return _EPOCH + _timedelta(milliseconds=ms)
+        return _EPOCH + _timedelta(0, ms // 1000, (ms % 1000) * 1000)
     except OverflowError:
         return ms  # same rule as values._timestamp
 
@@ -204,7 +204,8 @@ def compile_fast_cells(columns: tuple[ColumnDecoder, ...]) -> FastCells | None:
     if not columns or any(c.complex or not c.emit or c.dropped_time is not None for c in columns):
         return None
     ns: dict[str, Any] = {
-        "_cell": new_cell,
+        "_new": object.__new__,
+        "_Cell": Cell,
         "_ms": _ms_to_timestamp,
         "_uuid": new_uuid,
         "_uvint": read_uvint,
@@ -247,10 +248,16 @@ def compile_fast_cells(columns: tuple[ColumnDecoder, ...]) -> FastCells | None:
         body += ["e = pos + n", "if e > size: return None", f"r{i} = buf[pos:e]", "pos = e"]
         values.append(f"r{i}.decode('utf-8')" if col.type_name in ("text", "varchar") else f"_d{i}(r{i})")
     flush_run()
-    cells = ", ".join(f"_n{i}: _cell(ts, {v}, False, None, None)" for i, v in enumerate(values))
+    # the Cells, built inline as fastobj.new_cell(ts, value, False, None, None) does
+    for k, setter in enumerate(slot_setters(Cell, CELL_FIELDS)):
+        ns[f"_c{k}"] = setter
     lines = ["def fast(buf, pos, ts):", "    size = len(buf)", "    try:"]
     lines += [f"        {line}" for line in body]
-    lines += ["    except (IndexError, _StructError):", "        return None", f"    return {{{cells}}}, pos"]
+    lines += ["    except (IndexError, _StructError):", "        return None"]
+    for i, v in enumerate(values):
+        lines.append(f"    o{i} = _new(_Cell); _c0(o{i}, ts); _c1(o{i}, {v}); _c2(o{i}, False); _c3(o{i}, None); _c4(o{i}, None)")
+    cells = ", ".join(f"_n{i}: o{i}" for i in range(len(values)))
+    lines.append(f"    return {{{cells}}}, pos")
     exec(compile("\n".join(lines), "<compiled row decoder>", "exec"), ns)  # the text is built from fixed pieces
     fast: FastCells = ns["fast"]
     return fast
@@ -482,7 +489,11 @@ def _partition_update(buf: bytes, pos: int, resolve: Resolver, unsigned_ldt: boo
         raise DecodeError("truncated table id")
     table = resolve(buf[pos : pos + 16])
     pos += 16
-    klen, pos = read_uvint(buf, pos)
+    klen = buf[pos] if pos < len(buf) else 0x80
+    if klen < 0x80:
+        pos += 1
+    else:
+        klen, pos = read_uvint(buf, pos)
     key_bytes = buf[pos : pos + klen]
     pos += klen
     if pos >= len(buf):
@@ -498,7 +509,11 @@ def _partition_update(buf: bytes, pos: int, resolve: Resolver, unsigned_ldt: boo
         min_ts -= 1 << 64
     u, pos = read_uvint(buf, pos)
     min_ldt = (u + DELETION_TIME_EPOCH) & MASK32
-    u, pos = read_uvint(buf, pos)
+    u = buf[pos] if pos < len(buf) else 0x80
+    if u < 0x80:
+        pos += 1
+    else:
+        u, pos = read_uvint(buf, pos)
     times = _Times(min_ts, min_ldt, u & MASK32, unsigned_ldt)
     statics = None
     if flags & HAS_STATIC_ROW:

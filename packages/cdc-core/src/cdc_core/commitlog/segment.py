@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from cdc_core.commitlog.fastobj import slot_constructor
 from cdc_core.errors import CorruptCommitLogError
 
 __all__ = [
@@ -351,6 +352,9 @@ class EntryError:
     rest_of_section: bool  # True: the length could not be trusted, the rest of the section is lost
 
 
+new_entry: Callable[[int, int, bytes], MutationEntry] = slot_constructor(MutationEntry, ("end", "start", "data"))
+
+
 def iter_entries(section: Section, skip_until: int = -1) -> Iterator[MutationEntry | EntryError]:
     """Entries of a section (§4). Entries ending at or before ``skip_until`` are not CRC-checked or
     copied (resume); their end is still reported as a position only through later entries."""
@@ -390,5 +394,5 @@ def iter_entries(section: Section, skip_until: int = -1) -> Iterator[MutationEnt
             yield EntryError(base + pos, "mutation CRC mismatch", False)
             pos = end
             continue
-        yield MutationEntry(end=base + end, start=base + pos, data=body)
+        yield new_entry(base + end, base + pos, body)
         pos = end

@@ -130,7 +130,7 @@ def _timestamp(b: bytes) -> dt.datetime | int | None:
         raise DecodeError(f"timestamp value of {len(b)} bytes")
     ms = int(_I64.unpack_from(b)[0])
     try:
-        return _EPOCH + dt.timedelta(milliseconds=ms)
+        return _EPOCH + dt.timedelta(0, ms // 1000, (ms % 1000) * 1000)  # = milliseconds=ms, faster
     except OverflowError:
         return ms  # outside datetime's years 1..9999: kept as epoch milliseconds (documented)
 
