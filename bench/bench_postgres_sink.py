@@ -8,10 +8,14 @@ timestamp, decimal) it measures rows/s, per batch size, for:
 * sink insert: INSERT-shaped events (row marker + every column) into new rows;
 * sink update: partial updates (2 of the 9 columns) of existing rows;
 * sink delete: row deletions of existing rows;
-* naive: ``executemany(INSERT … ON CONFLICT DO UPDATE)`` of plain rows (no LWW bookkeeping);
-* raw COPY: ``copy_records_to_table`` into an UNLOGGED table (the floor no sink can beat).
+* naive: ``executemany`` into a plain table (no LWW bookkeeping): ``INSERT … ON CONFLICT DO
+  UPDATE`` of whole rows (insert), of the same 2 columns (update), ``DELETE … WHERE id = $1``;
+* raw COPY: ``copy_records_to_table`` of whole rows into an UNLOGGED table (the floor).
 
-Each figure is the median of ``--repeat`` runs; every run works in a fresh schema.
+Swept over batch sizes and 1 vs 2 connections (baselines: batches spread over the connections;
+sink: that many batches in flight, each one transaction, as the engine runs them). Each figure is
+the median of ``--repeat`` runs, every run in a fresh schema; ratios are computed within each
+repetition (same machine load) and their median reported, with the load average.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
+import os
 import platform
 import statistics
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -105,20 +112,31 @@ async def _timed(fn: Callable[[], Awaitable[None]], rows: int) -> float:
     return rows / (time.perf_counter() - start)
 
 
-async def run_sink(dsn: str, rows: int, batch_size: int) -> dict[str, float]:
+async def _spread(items: list[Any], workers: int, apply: Callable[[Any], Awaitable[None]]) -> None:
+    """Apply ``items`` in order, ``workers`` at a time (each worker takes the next item)."""
+    it = iter(items)
+
+    async def worker() -> None:
+        for item in it:
+            await apply(item)
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+
+
+async def run_sink(dsn: str, rows: int, batch_size: int, workers: int) -> dict[str, float]:
+    """The sink, ``workers`` batches in flight (each its own transaction, as the engine does)."""
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    sink = PostgresSink("bench", PostgresSinkConfig(dsn=Secret(dsn), schema=schema, pool_max_size=2))
+    sink = PostgresSink("bench", PostgresSinkConfig(dsn=Secret(dsn), schema=schema, pool_min_size=workers, pool_max_size=workers))
     await sink.start()
     results: dict[str, float] = {}
     try:
+        # Warm-up (not timed): the table's DDL and each connection's staging tables.
+        warm = _events("insert", workers, 1)
+        await _spread(_batches([dataclass_replace(e, key={"id": -1 - j}) for j, e in enumerate(warm)], 1), workers, sink.write)
         for kind, ts in (("insert", 10), ("update", 20), ("delete", 30)):
             batches = _batches(_events(kind, rows, ts), batch_size)
-
-            async def apply(batches: list[Batch] = batches) -> None:
-                for b in batches:
-                    await sink.write(b)
-
-            results[kind] = await _timed(apply, rows)
+            gc.collect()
+            results[kind] = await _timed(lambda batches=batches: _spread(batches, workers, sink.write), rows)
     finally:
         await sink.close()
         conn = await asyncpg.connect(dsn)
@@ -127,14 +145,24 @@ async def run_sink(dsn: str, rows: int, batch_size: int) -> dict[str, float]:
     return results
 
 
-async def run_baselines(dsn: str, rows: int, batch_size: int) -> dict[str, float]:
-    conn = await asyncpg.connect(dsn)
+def dataclass_replace(event: ChangeEvent, **changes: Any) -> ChangeEvent:
+    import attrs
+
+    return attrs.evolve(event, **changes)
+
+
+async def run_baselines(dsn: str, rows: int, batch_size: int, workers: int) -> dict[str, float]:
+    """Plain tables, no bookkeeping: executemany upserts/deletes, and raw COPY (the floor)."""
+    conns = [await asyncpg.connect(dsn) for _ in range(workers)]
+    conn = conns[0]
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     cols = ", ".join(
         f"{n} {t}"
         for n, t in zip(COLUMNS, ("integer", "bigint", "text", "text", "text", "float8", "boolean", "timestamptz", "numeric"), strict=True)
     )
     records = [(i, *_values(i).values()) for i in range(rows)]
+    updates = [(i, i + 1, f"upd-{i}") for i in range(rows)]
+    deletes = [(i,) for i in range(rows)]
     names = ["id", *COLUMNS]
     results: dict[str, float] = {}
     try:
@@ -145,50 +173,91 @@ async def run_baselines(dsn: str, rows: int, batch_size: int) -> dict[str, float
             f'INSERT INTO "{schema}".naive ({", ".join(names)}) VALUES ({", ".join(f"${i + 1}" for i in range(len(names)))}) '
             f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in COLUMNS)}"
         )
+        update = (
+            f'INSERT INTO "{schema}".naive (id, c_int, c_text1) VALUES ($1, $2, $3) '
+            "ON CONFLICT (id) DO UPDATE SET c_int = excluded.c_int, c_text1 = excluded.c_text1"
+        )
+        delete = f'DELETE FROM "{schema}".naive WHERE id = $1'
+        pool: asyncio.Queue[Any] = asyncio.Queue()
+        for c in conns:
+            pool.put_nowait(c)
 
-        async def naive() -> None:
-            for i in range(0, rows, batch_size):
-                async with conn.transaction():
-                    await conn.executemany(upsert, records[i : i + batch_size])
+        def chunks(recs: list[Any]) -> list[list[Any]]:
+            return [recs[i : i + batch_size] for i in range(0, rows, batch_size)]
 
-        async def raw() -> None:
-            for i in range(0, rows, batch_size):
-                async with conn.transaction():
-                    await conn.copy_records_to_table("raw", schema_name=schema, records=records[i : i + batch_size], columns=names)
+        async def many(sql: str, chunk: list[Any]) -> None:
+            c = await pool.get()
+            try:
+                async with c.transaction():
+                    await c.executemany(sql, chunk)
+            finally:
+                pool.put_nowait(c)
 
-        results["naive executemany upsert"] = await _timed(naive, rows)
-        results["raw COPY (unlogged)"] = await _timed(raw, rows)
+        async def copy(chunk: list[Any]) -> None:
+            c = await pool.get()
+            try:
+                async with c.transaction():
+                    await c.copy_records_to_table("raw", schema_name=schema, records=chunk, columns=names)
+            finally:
+                pool.put_nowait(c)
+
+        for label, sql, recs in (("naive insert", upsert, records), ("naive update", update, updates), ("naive delete", delete, deletes)):
+            results[label] = await _timed(lambda sql=sql, recs=recs: _spread(chunks(recs), workers, lambda ch: many(sql, ch)), rows)
+        results["raw COPY"] = await _timed(lambda: _spread(chunks(records), workers, copy), rows)
     finally:
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
+        for c in conns:
+            await c.close()
     return results
+
+
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} CPUs"
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", required=True)
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-sizes", default="1000,5000,20000")
+    parser.add_argument("--workers", default="1,2", help="connections (baselines) / batches in flight (sink)")
     args = parser.parse_args()
     conn = await asyncpg.connect(args.dsn)
     version = await conn.fetchval("SHOW server_version")
     settings = {k: await conn.fetchval(f"SHOW {k}") for k in ("synchronous_commit", "fsync", "shared_buffers")}
     await conn.close()
-    print(f"# {dt.date.today()} {platform.node()} {platform.processor() or platform.machine()}, PostgreSQL {version} {settings}")
-    print(f"# rows per run: {args.rows}, median of {args.repeat} runs, rows/s")
-    print("| batch size | sink insert | sink partial update | sink row delete | naive executemany upsert | raw COPY (unlogged) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(f"# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z {platform.node()} {_machine()}, PostgreSQL {version} {settings}")
+    print(f"# rows per run: {args.rows}, median of {args.repeat} runs, rows/s; load average at start {os.getloadavg()}")
+    print("# x/COPY: ratio to raw COPY (same batch size, connections and run); x/naive: to the naive baseline of the same operation")
+    kinds = ("insert", "update", "delete")
+    head = " | ".join(f"sink {k} | {k} x/COPY | {k} x/naive" for k in kinds)
+    print(f"| batch | conns | {head} | naive insert | naive update | naive delete | raw COPY | load |")
+    print("|---:|---:|" + "---:|" * (len(kinds) * 3 + 5))
     for size in (int(s) for s in args.batch_sizes.split(",")):
-        runs: dict[str, list[float]] = {}
-        for _ in range(args.repeat):
-            for k, v in (await run_sink(args.dsn, args.rows, size)).items():
-                runs.setdefault(k, []).append(v)
-            for k, v in (await run_baselines(args.dsn, args.rows, size)).items():
-                runs.setdefault(k, []).append(v)
-        med = {k: statistics.median(v) for k, v in runs.items()}
-        cells = [med["insert"], med["update"], med["delete"], med["naive executemany upsert"], med["raw COPY (unlogged)"]]
-        print(f"| {size} | " + " | ".join(f"{c:,.0f}" for c in cells) + " |")
+        for workers in (int(w) for w in args.workers.split(",")):
+            runs: dict[str, list[float]] = {}
+            ratios: dict[str, list[float]] = {}
+            for _ in range(args.repeat):
+                sink = await run_sink(args.dsn, args.rows, size, workers)
+                base = await run_baselines(args.dsn, args.rows, size, workers)
+                for k, v in (*sink.items(), *base.items()):
+                    runs.setdefault(k, []).append(v)
+                for k in kinds:  # ratios within one repetition (same load), then their median
+                    ratios.setdefault(f"{k}/copy", []).append(sink[k] / base["raw COPY"])
+                    ratios.setdefault(f"{k}/naive", []).append(sink[k] / base[f"naive {k}"])
+            med = {k: statistics.median(v) for k, v in (*runs.items(), *ratios.items())}
+            cells = []
+            for k in kinds:
+                cells += [f"{med[k]:,.0f}", f"{med[f'{k}/copy']:.2f}", f"{med[f'{k}/naive']:.2f}"]
+            cells += [f"{med[k]:,.0f}" for k in ("naive insert", "naive update", "naive delete", "raw COPY")]
+            print(f"| {size} | {workers} | " + " | ".join(cells) + f" | {os.getloadavg()[0]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

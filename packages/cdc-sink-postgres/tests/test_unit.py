@@ -253,3 +253,82 @@ def test_entry_point_is_declared() -> None:
 
     eps = {ep.name: ep.value for ep in entry_points(group="cdc")}
     assert eps.get("postgres") == "cdc_sink_postgres.plugin"
+
+
+# --- the fast fold (RecordFold, column-wise checks, shaped records) matches the reference fold ---
+
+_FOLD_SCHEMA = schema("fold", {"pk": "int", "a": "text", "b": "int", "c": "decimal", "d": "timestamp", "st": "int"}, st="static")
+_GOOD = {
+    "a": st.sampled_from(["x", "é", ""]),
+    "b": st.integers(-(2**31), 2**31 - 1),
+    "c": st.sampled_from([Decimal("1.50"), Decimal("-3"), Decimal("1e-3")]),
+    "d": st.just(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),
+    "st": st.integers(0, 9),
+}
+_BAD = {"a": "nul\x00", "b": 2**40, "c": Decimal("NaN"), "d": dt.datetime(2026, 1, 1), "st": "not an int"}
+
+
+@st.composite
+def _fold_events(draw: st.DrawFn) -> list[Any]:
+    events = []
+    for _ in range(draw(st.integers(1, 12))):
+        cells: dict[str, Any] = {}
+        for name in draw(st.sets(st.sampled_from(sorted(_GOOD)))):
+            ts = draw(st.integers(1, 4))
+            choice = draw(st.sampled_from(["good", "good", "tombstone", "ttl", "bad"]))
+            if choice == "tombstone":
+                cells[name] = Cell(timestamp=ts, tombstone=True, local_deletion_time=1)
+            elif choice == "ttl":
+                cells[name] = Cell(timestamp=ts, value=draw(_GOOD[name]), ttl=10, local_deletion_time=100 + ts)
+            else:
+                cells[name] = Cell(timestamp=ts, value=_BAD[name] if choice == "bad" else draw(_GOOD[name]))
+        e = upsert(_FOLD_SCHEMA, {"pk": draw(st.integers(0, 3))}, draw(st.integers(1, 4)), insert=draw(st.booleans()), **cells)
+        if draw(st.booleans()) and "st" in cells:
+            e = attrs_evolve(e, static=True)
+        events.append(e)
+    return events
+
+
+def attrs_evolve(obj: Any, **changes: Any) -> Any:
+    import attrs
+
+    return attrs.evolve(obj, **changes)
+
+
+@given(_fold_events())
+def test_fast_fold_matches_the_reference_fold(events: list[Any]) -> None:
+    from cdc_sink_postgres.premerge import FoldPlan, NeedsEagerFold, RecordFold
+
+    layout = TableLayout.from_schema(_FOLD_SCHEMA, pg_schema="public", base="ks_fold")
+    ref = TableDelta(layout)
+    ref_rejected = set()
+    for i, e in enumerate(events):
+        try:
+            ref.add(e)
+        except ValueRejected:
+            ref_rejected.add(i)
+    expected_rows = {k: row_record(k, d, layout.regular) for k, d in ref.rows.items()}
+    expected_statics = {k: row_record(k, d, layout.static) for k, d in ref.statics.items()}
+    plan = FoldPlan(layout)
+    for eager in (False, True):
+        fold = RecordFold(plan, eager=eager)
+        rejected = set()
+        try:
+            for i, e in enumerate(events):
+                try:
+                    fold.add(e)
+                except ValueRejected:
+                    rejected.add(i)
+            staged = [fold.staged_rows() if fold.rows else None, fold.staged_statics() if fold.statics else None]
+        except NeedsEagerFold:
+            assert not eager
+            continue
+        assert rejected == ref_rejected
+        for got, expected in zip(staged, (expected_rows, expected_statics), strict=True):
+            if got is None:
+                assert not expected
+                continue
+            # Shaped records: only present fields; absent ones are NULL in every expected record.
+            full = [[v for v, p in zip(rec, got.present, strict=True) if p] for rec in expected.values()]
+            assert [list(r) for r in got.records] == full
+            assert all(rec[i] is None for rec in expected.values() for i, p in enumerate(got.present) if not p)

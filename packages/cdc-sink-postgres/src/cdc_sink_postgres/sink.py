@@ -11,6 +11,7 @@ table's events under savepoints; only the culprit events are rejected, the rest 
 
 from __future__ import annotations
 
+import gc
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -246,11 +247,19 @@ class PostgresSink:
             # so concurrent batches overlap it with each other's database time.
             rejected: list[Rejected] = []
             work: list[tuple[TableTarget, list[ChangeEvent], Any]] = []
-            for target, events in groups:
-                good: list[ChangeEvent] = []
-                prepared = self._prepare(target, events, rejected, good)
-                if good:
-                    work.append((target, good, prepared))
+            # The fold allocates many short-lived objects and no cycles: the cyclic GC (which
+            # would walk the whole heap of pending events again and again) waits until it ends.
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                for target, events in groups:
+                    good: list[ChangeEvent] = []
+                    prepared = self._prepare(target, events, rejected, good)
+                    if good:
+                        work.append((target, good, prepared))
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
             async with self._acquire() as conn:
                 try:
                     async with conn.transaction():
