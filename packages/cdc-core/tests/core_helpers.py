@@ -1,0 +1,101 @@
+"""Test-side plugins and event files for the engine tests."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from cdc_core import hookimpl
+from cdc_core.builtins.memory import MemoryDestination, MemorySink
+from cdc_core.errors import PermanentError, TransientError
+from cdc_core.events import Cell, ChangeEvent, ChangeKind, Liveness
+from cdc_core.factories import SinkFactory
+from cdc_core.plugins import PluginInfo
+from cdc_core.positions import Position
+from cdc_core.schema import ColumnKind, ColumnSchema, TableSchema
+from cdc_core.serialization import event_to_json
+from cdc_core.sinks import Batch, Rejected, WriteResult
+
+SCHEMA = TableSchema(
+    keyspace="shop",
+    table="orders",
+    id=uuid.UUID("00000000-0000-0000-0000-000000000001"),
+    columns=(
+        ColumnSchema(name="id", type="int", kind=ColumnKind.PARTITION_KEY),
+        ColumnSchema(name="note", type="text", kind=ColumnKind.REGULAR, position=-1),
+    ),
+)
+
+
+def make_events(n: int, node: str = "n1") -> list[ChangeEvent]:
+    return [
+        ChangeEvent(
+            position=Position(node=node, segment_id=1, offset=100 + i * 10),
+            schema=SCHEMA,
+            kind=ChangeKind.ROW,
+            key={"id": i},
+            liveness=Liveness(timestamp=1000 + i),
+            cells={"note": Cell(timestamp=1000 + i, value=f"note {i}")},
+        )
+        for i in range(n)
+    ]
+
+
+def write_events(path: Path, events: Sequence[ChangeEvent]) -> Path:
+    path.write_bytes(b"".join(event_to_json(e) + b"\n" for e in events))
+    return path
+
+
+@attrs.frozen(kw_only=True)
+class TestSinkConfig:
+    delay: float = 0.0
+    fail_times: int = 0
+    reject_ids: tuple[int, ...] = ()
+    permanent: bool = False
+
+
+class ControlledSink(MemorySink):
+    """A memory sink that can be slow, fail transiently N times, or reject chosen rows."""
+
+    def __init__(self, name: str, config: TestSinkConfig) -> None:
+        super().__init__(name, DESTINATIONS.setdefault(name, MemoryDestination()), write_delay=config.delay)
+        self.config = config
+        self.failures_left = config.fail_times
+        self.max_batch = 0
+
+    async def write(self, batch: Batch) -> WriteResult:
+        self.max_batch = max(self.max_batch, len(batch.events))
+        if self.config.permanent and batch.events:
+            raise PermanentError("the destination refuses this table")
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            await asyncio.sleep(0)
+            raise TransientError("connection reset (simulated)")
+        rejected = [Rejected(event=e, error="value out of range") for e in batch.events if e.key.get("id") in self.config.reject_ids]
+        kept = [e for e in batch.events if e.key.get("id") not in self.config.reject_ids]
+        await super().write(attrs.evolve(batch, events=kept))
+        return WriteResult(rejected=rejected)
+
+
+DESTINATIONS: dict[str, MemoryDestination] = {}
+SINKS: dict[str, ControlledSink] = {}
+
+
+def _create(config: TestSinkConfig, ctx: Any) -> ControlledSink:
+    sink = ControlledSink(ctx.instance_name, config)
+    SINKS[ctx.instance_name] = sink
+    return sink
+
+
+class TestPlugin:
+    @hookimpl
+    def cdc_register_sinks(self) -> list[SinkFactory[Any]]:
+        return [SinkFactory(name="controlled", config_type=TestSinkConfig, create=_create, description="test sink")]
+
+
+TEST_PLUGIN = (TestPlugin(), PluginInfo(name="test-plugin", distribution="tests", version="0"))
