@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from cdc_core.__about__ import __version__
+from cdc_core.config import load_config
 from cdc_core.errors import CdcError, ConfigError, PluginError
 from cdc_core.observability import configure_logging
 from cdc_core.pipeline import Pipeline
@@ -36,9 +37,10 @@ def _err(text: str) -> None:
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
-    pipeline = Pipeline.from_config(args.config)
-    log_cfg = pipeline.config.logging
+    # Logging first: components bind their loggers while they are built.
+    log_cfg = load_config(args.config).pipeline.logging
     configure_logging(args.log_level or log_cfg.level, log_cfg.format)
+    pipeline = Pipeline.from_config(args.config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, pipeline.stop)
@@ -286,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = args.handler
+    # Until a command configures its own: warnings and errors only, on stderr (stdout is data).
+    configure_logging("warning", "console")
     try:
         if asyncio.iscoroutinefunction(handler):
             with contextlib.suppress(KeyboardInterrupt):

@@ -1,0 +1,71 @@
+# cdc — the two commands a newcomer needs:
+#   make quickstart   replay recorded Cassandra segments through masking into an embedded
+#                     ClickHouse and a JSON-lines file (no servers)
+#   make test         install and start every server, then lint, type-check and run all tests
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := packages/cdc-core packages/cdc-masking packages/cdc-sink-postgres packages/cdc-sink-timescale packages/cdc-sink-clickhouse
+EXAMPLE_PLUGIN := tests/thirdparty/cdc-sink-example
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv quickstart lint typecheck services-up services-down test test-unit bench clean
+
+help:
+	@echo "make quickstart  - run the main job on an embedded default (no servers)"
+	@echo "make test        - start the real servers and run lint, types and every test"
+	@echo "make test-unit   - only the tests that need no server"
+	@echo "make bench       - run the benchmarks (writes docs/benchmarks.md sections by hand)"
+
+$(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) $(EXAMPLE_PLUGIN)/pyproject.toml requirements-dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(foreach p,$(PACKAGES),-e $(p)) -e '$(word 5,$(PACKAGES))[embedded]' -e $(EXAMPLE_PLUGIN) -r requirements-dev.txt
+	@touch $@
+
+venv: $(STAMP)
+
+.quickstart/hmac.key:
+	@mkdir -p .quickstart
+	@$(PYTHON) -c "import secrets; print(secrets.token_hex(32))" > $@
+	@chmod 600 $@
+
+quickstart: $(STAMP) .quickstart/hmac.key
+	rm -rf .quickstart/clickhouse .quickstart/offsets.sqlite .quickstart/events.jsonl .quickstart/dlq
+	$(BIN)/cdc plugins
+	$(BIN)/cdc validate examples/quickstart/pipeline.yaml
+	$(BIN)/cdc run examples/quickstart/pipeline.yaml
+	@echo; echo "events written as JSON lines: $$(wc -l < .quickstart/events.jsonl) (.quickstart/events.jsonl)"
+	$(BIN)/python examples/quickstart/show.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check packages tests bench examples conftest.py
+
+typecheck: $(STAMP)
+	$(BIN)/mypy $(foreach p,$(PACKAGES),$(p)/src) $(EXAMPLE_PLUGIN)/src
+	@for p in $(PACKAGES); do echo "mypy $$p/tests"; $(BIN)/mypy --config-file pyproject.toml $$p/tests; done
+	$(BIN)/mypy tests conftest.py
+
+services-up:
+	bash scripts/services.sh up
+
+services-down:
+	bash scripts/services.sh down
+
+# Every test, against the real servers; a missing server fails the run (CDC_REQUIRE_SERVICES).
+test: $(STAMP) lint typecheck services-up
+	eval "$$(bash scripts/services.sh env)" && CDC_REQUIRE_SERVICES=1 $(BIN)/pytest -p no:cacheprovider -q
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -p no:cacheprovider -q -m "not integration"
+
+bench: $(STAMP) services-up
+	eval "$$(bash scripts/services.sh env)" && for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+clean:
+	rm -rf $(VENV) .quickstart .mypy_cache .ruff_cache
