@@ -75,6 +75,7 @@ INCL_END_BOUND = 6
 EXCL_START_BOUND = 7
 
 _U16 = struct.Struct(">H")
+_PLAIN_ROW = HAS_TIMESTAMP | HAS_ALL_COLUMNS
 
 
 class UnknownTableError(LookupError):
@@ -534,6 +535,9 @@ def _partition_update(buf: bytes, pos: int, resolve: Resolver, unsigned_ldt: boo
         _, pos = read_uvint(buf, pos)
     unfiltered: list[DecodedRow | DecodedMarker] = []
     size = len(buf)
+    fast_cells = regulars.fast_all
+    fast_clustering = table.fast_clustering
+    no_clustering = not table.clustering
     while True:
         if pos >= size:
             raise DecodeError("partition update without its end-of-partition byte")
@@ -541,6 +545,24 @@ def _partition_update(buf: bytes, pos: int, resolve: Resolver, unsigned_ldt: boo
         pos += 1
         if rflags == END_OF_PARTITION:
             break
+        if rflags == _PLAIN_ROW and fast_cells is not None and (fast_clustering is not None or no_clustering):
+            # the common INSERT row (row timestamp, all columns, plain cells): the same as _row
+            # gives, without its general branches; falls through to _row when a part differs
+            clustering: tuple[Any, ...] = ()
+            p = pos
+            if fast_clustering is not None:
+                got_clustering = fast_clustering(buf, pos)
+                if got_clustering is None:
+                    p = size  # not plain: the general code below
+                else:
+                    clustering, p = got_clustering
+            if p < size and buf[p] < 0x80:
+                row_ts = times.ts(buf[p])
+                got = fast_cells(buf, p + 1, row_ts)
+                if got is not None:
+                    unfiltered.append(DecodedRow(clustering, False, new_liveness(row_ts, None, None), None, got[0]))
+                    pos = got[1]
+                    continue
         if rflags & IS_MARKER:
             marker, pos = _marker(buf, pos, table, times)
             unfiltered.append(marker)

@@ -172,6 +172,7 @@ class CommitLogReader:
         self.node = node or config.node or ""
         self._catalog: SchemaCatalog | None = None
         self._decoders: dict[bytes, TableDecoder | None] = {}
+        self._keyspace_selected: dict[str, bool] = {}  # config.selects_keyspace, memoized (the config is frozen)
         self._refreshed_for: set[Any] = set()
         self._last_refresh = 0.0
         self._ends: dict[int, int] = {}
@@ -243,11 +244,16 @@ class CommitLogReader:
         """Whether a mutation whose first update is on ``raw_id`` may hold selected data (None: unknown id)."""
         dec = self._decoders.get(raw_id)
         if dec is not None:
-            return self.config.selects_keyspace(dec.schema.keyspace)
-        name = self._catalog_now().name_of(uuid.UUID(bytes=bytes(raw_id)))
-        if name is None:
-            return None
-        return self.config.selects_keyspace(name[0])
+            keyspace = dec.schema.keyspace
+        else:
+            name = self._catalog_now().name_of(uuid.UUID(bytes=bytes(raw_id)))
+            if name is None:
+                return None
+            keyspace = name[0]
+        wanted = self._keyspace_selected.get(keyspace)
+        if wanted is None:
+            wanted = self._keyspace_selected[keyspace] = self.config.selects_keyspace(keyspace)
+        return wanted
 
     async def _refresh(self, reason: Any) -> bool:
         """Refresh the schema once per reason (and not more often than the configured interval)."""
