@@ -29,7 +29,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, Liveness
 from cdc_core.positions import Position

@@ -61,7 +61,7 @@ class TimescaleEdition:
 
 async def _probe(conn: _Connection, statement: str) -> tuple[bool, str]:
     """Run one statement in a savepoint; (True, "") if it works, (False, why) if the license forbids it."""
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     try:
         async with conn.transaction():  # nested: a savepoint, rolled back on error

@@ -51,7 +51,7 @@ class TimescaleHarness:
         )
 
     async def read_state(self, schema: TableSchema, now: int) -> TableState:
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
 
         spec = self.config().spec_for(schema)
         layout = self.layout(schema)
