@@ -25,11 +25,12 @@ import sys
 import time
 import uuid
 
+from prometheus_client import CollectorRegistry
+
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, Liveness
 from cdc_core.positions import Position
 from cdc_core.schema import ColumnKind, ColumnSchema, TableSchema
 from cdc_masking import MaskingTransform, structure_config
-from prometheus_client import CollectorRegistry
 
 SCHEMA = TableSchema(
     keyspace="shop",

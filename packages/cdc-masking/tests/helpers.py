@@ -6,11 +6,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Liveness
 from cdc_core.positions import Position
 from cdc_core.schema import ColumnKind, ColumnSchema, TableSchema
-from prometheus_client import CollectorRegistry
-
 from cdc_masking import MaskingConfig, MaskingTransform, structure_config
 
 KEYS: dict[str, str] = {

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from cdc_core.serialization import event_to_json
 from prometheus_client import CollectorRegistry
 
+from cdc_core.serialization import event_to_json
 from cdc_masking import MaskingTransform, structure_config
 from cdc_masking.testing import CANARIES, assert_no_canaries, canary_masking_config, find_canaries, make_canary_events
 

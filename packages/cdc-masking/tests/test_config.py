@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cdc_core.errors import ConfigError
 from helpers import KEYS, config, transform
 from prometheus_client import CollectorRegistry
 
+from cdc_core.errors import ConfigError
 from cdc_masking import MaskingConfig, MaskingRule, MaskingTransform, load_rules_file, structure_config
 
 

@@ -7,15 +7,15 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-import cdc_core
 import pluggy
 import pytest
+from helpers import PK, REG, config, row, table
+
+import cdc_core
 from cdc_core import hookspecs as core_hookspecs
 from cdc_core.errors import PluginError
 from cdc_core.factories import ComponentContext
 from cdc_core.plugins import PluginInfo
-from helpers import PK, REG, config, row, table
-
 from cdc_masking import Masker, MaskingConfig, MaskingTransform, StrategyContext, plugin
 
 

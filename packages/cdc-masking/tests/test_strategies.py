@@ -11,13 +11,13 @@ import uuid
 from typing import Any
 
 import pytest
-from cdc_core.cqltypes import parse_type
-from cdc_core.errors import ConfigError
-from cdc_core.secrets import Secret
 from helpers import KEYS
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from cdc_core.cqltypes import parse_type
+from cdc_core.errors import ConfigError
+from cdc_core.secrets import Secret
 from cdc_masking import BUILTIN_STRATEGIES, Masker, StrategyContext, identify_token, make_token
 
 SECRETS = {k: Secret(v) for k, v in KEYS.items()}

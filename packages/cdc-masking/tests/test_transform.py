@@ -7,6 +7,12 @@ import uuid
 from typing import Any
 
 import pytest
+from frozendict import frozendict
+from helpers import CK, PK, REG, STATIC, TS, config, row, table, transform
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
 from cdc_core.errors import ConfigError
 from cdc_core.events import (
     Cell,
@@ -21,12 +27,6 @@ from cdc_core.events import (
 from cdc_core.positions import Position
 from cdc_core.serialization import event_from_json, event_to_json
 from cdc_core.transforms import Transform
-from frozendict import frozendict
-from helpers import CK, PK, REG, STATIC, TS, config, row, table, transform
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
-
 from cdc_masking import MaskingTransform, identify_token
 
 ADDRESS = "udt<ks.address>{street:text,zip:int,geo:frozen<udt<ks.geo>{lat:double,label:text}>}"

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import cattrs
 import yaml
+
 from cdc_core.errors import ConfigError
 from cdc_core.secrets import Secret
 

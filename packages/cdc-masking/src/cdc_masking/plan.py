@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+from frozendict import frozendict
+
 from cdc_core.cqltypes import CqlType
 from cdc_core.errors import ConfigError
 from cdc_core.events import Cell, ChangeEvent, ComplexChange, ElementChange, RangeBound, RangeDeletion
 from cdc_core.schema import ColumnKind, TableSchema
-from frozendict import frozendict
-
 from cdc_masking.config import MaskingRule
 from cdc_masking.strategies import Masker, memoise
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import cdc_core
 import pluggy
+
+import cdc_core
 from cdc_core.errors import PluginError
 from cdc_core.factories import ComponentContext, TransformFactory
-
 from cdc_masking import hookspecs
 from cdc_masking.config import MaskingConfig
 from cdc_masking.strategies import BUILTIN_STRATEGIES, MaskingStrategy

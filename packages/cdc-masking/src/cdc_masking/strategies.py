@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
+
 from cdc_core.cqltypes import CqlType
 from cdc_core.errors import ConfigError
 from cdc_core.secrets import Secret

@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from frozendict import frozendict
+
 from cdc_core.events import (
     Cell,
     ChangeEvent,
@@ -34,7 +36,6 @@ from cdc_core.events import (
 )
 from cdc_core.positions import Position
 from cdc_core.schema import ColumnKind, ColumnSchema, TableSchema
-from frozendict import frozendict
 
 __all__ = [
     "CANARIES",

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
 from cdc_core.errors import ConfigError
 from cdc_core.events import ChangeEvent
 from cdc_core.schema import TableSchema
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
-
 from cdc_masking.config import MaskingConfig, MaskingRule, resolve_rules
 from cdc_masking.plan import CompiledRule, TablePlan, addressable_names, build_plan, compile_pattern
 from cdc_masking.strategies import BUILTIN_STRATEGIES, MaskingStrategy, StrategyContext, identify_token, make_token

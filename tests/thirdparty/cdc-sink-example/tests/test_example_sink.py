@@ -8,13 +8,13 @@ from pathlib import Path
 
 import attrs
 import pytest
-from cdc_sink_example import ExampleSink
 
 from cdc_core.plugins import PluginRegistry
 from cdc_core.schema import TableSchema
 from cdc_core.sinks import Sink
 from cdc_core.testing.contract import SinkContract, SinkHarness
 from cdc_core.testing.model import TableState
+from cdc_sink_example import ExampleSink
 
 
 @attrs.define
