@@ -120,6 +120,7 @@ def _no_fast_paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     with monkeypatch.context() as m:
         m.setattr(mutation, "compile_fast_cells", lambda columns: None)
         m.setattr(mutation, "compile_fast_clustering", lambda specs, names: None)
+        m.setattr(mutation, "FAST_COMPLEX", False)
         yield
 
 

@@ -76,6 +76,10 @@ EXCL_START_BOUND = 7
 
 _U16 = struct.Struct(">H")
 _PLAIN_ROW = HAS_TIMESTAMP | HAS_ALL_COLUMNS
+_ROW_TS_EMPTY = CELL_USE_ROW_TIMESTAMP | CELL_HAS_EMPTY_VALUE
+_PLAIN_ELEMENT_FLAGS = (CELL_USE_ROW_TIMESTAMP, _ROW_TS_EMPTY)
+#: the inline path for plain collection elements (tests turn it off to compare with the general code)
+FAST_COMPLEX = True
 
 
 class UnknownTableError(LookupError):
@@ -742,7 +746,32 @@ def _row(
             if count > size:
                 raise DecodeError(f"cell count {count} of column {col.name} larger than the mutation")
             elements = []
+            plain_ok = FAST_COMPLEX and col.emit and col.dropped_time is None and not col.udt_names
+            path_decode = col.path_decode
+            elem_decode = col.elem_decode
             for _ in range(count):
+                if plain_ok and pos + 2 < size:
+                    # a plain element (row timestamp, no TTL, not deleted; a value, or none for a
+                    # set): what _complex_cell gives for it, without its general branches
+                    cf = buf[pos]
+                    n = buf[pos + 1]
+                    if cf in _PLAIN_ELEMENT_FLAGS and n < 0x80:
+                        ps = pos + 2
+                        pe = ps + n
+                        if cf == _ROW_TS_EMPTY:
+                            end = pe
+                            raw = b""
+                        elif pe < size and buf[pe] < 0x80:
+                            end = pe + 1 + buf[pe]
+                            raw = buf[pe + 1 : end]
+                        else:
+                            end = size + 1
+                        if end <= size:
+                            path = path_decode(buf[ps:pe])
+                            value = None if elem_decode is None else elem_decode(raw)
+                            elements.append(new_element(path, new_cell(row_ts, value, False, None, None)))
+                            pos = end
+                            continue
                 element, pos = _complex_cell(buf, pos, col, times, row_ts, row_ttl, row_ldt)
                 if element is not None:
                     elements.append(element)
