@@ -184,6 +184,14 @@ def _locate(message: str, lines: Mapping[str, int], source_name: str, options_ma
     path = re.sub(r"\['([^']*)'\]", r".\1", path).lstrip(".")
     for internal, public in options_map.items():
         path = path.replace(internal, public)
+    extra = re.fullmatch(r"extra fields found \((.+)\)", text)
+    if extra:
+        # Name the unknown key itself, at its own line.
+        names = [n.strip() for n in extra.group(1).split(",")]
+        key_path = ".".join(p for p in (path, names[0]) if p)
+        line = _line_of(key_path, lines)
+        loc = f" ({source_name}:{line})" if line else ""
+        return f"{key_path}: unknown key{'s ' + ', '.join(names) if len(names) > 1 else ''}{loc}"
     line = _line_of(path, lines)
     loc = f" ({source_name}:{line})" if line else ""
     return f"{path}: {text}{loc}"
@@ -224,11 +232,11 @@ def _line_map(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
             _line_map(item, path, out)
 
 
-def _substitute(value: Any, path: str, base_dir: Path) -> Any:
+def _substitute(value: Any, path: str, base_dir: Path, environ: Mapping[str, str]) -> Any:
     if isinstance(value, Mapping):
-        return {k: _substitute(v, f"{path}.{k}" if path else str(k), base_dir) for k, v in value.items()}
+        return {k: _substitute(v, f"{path}.{k}" if path else str(k), base_dir, environ) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, f"{path}[{i}]", base_dir) for i, v in enumerate(value)]
+        return [_substitute(v, f"{path}[{i}]", base_dir, environ) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
 
@@ -243,8 +251,8 @@ def _substitute(value: Any, path: str, base_dir: Path) -> Any:
             except OSError as exc:
                 raise ConfigError(f"{path}: cannot read secret file {file_path}: {exc.strerror}") from None
         name, sep, default = body.partition(":-")
-        if name in os.environ:
-            return os.environ[name]
+        if name in environ:
+            return environ[name]
         if sep:
             return default
         raise ConfigError(f"{path}: environment variable {name} is not set")
@@ -299,7 +307,7 @@ def load_config(source: str | Path | Mapping[str, Any], *, environ: Mapping[str,
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source_name}: the configuration must be a mapping at the top level")
-    data = _substitute(raw, "", base_dir)
+    data = _substitute(raw, "", base_dir, environ)
     _apply_env_overrides(data, environ)
     prepared = _prepare(data)
     try:

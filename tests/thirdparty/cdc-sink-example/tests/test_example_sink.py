@@ -55,3 +55,10 @@ def test_the_entry_point_makes_the_sink_available() -> None:
     assert "example" in sinks
     assert sinks["example"].plugin.distribution == "cdc-sink-example"
     assert sinks["example"].plugin.version == "0.1.0"
+
+
+def test_the_documentation_shows_this_exact_sink() -> None:
+    root = Path(__file__).parents[4]
+    source = (root / "tests/thirdparty/cdc-sink-example/src/cdc_sink_example/__init__.py").read_text()
+    assert f"```python\n{source}```" in (root / "docs/writing-a-sink.md").read_text()
+    assert len(source.splitlines()) < 100
