@@ -56,7 +56,9 @@ def test_nan_round_trips() -> None:
     assert out != out  # NaN
 
 
-@pytest.mark.parametrize("type_string", ["map<text, int>", "frozen<list<set<uuid>>>", "udt<ks.t>{a:int,b:frozen<list<text>>}", "vector<float, 8>"])
+@pytest.mark.parametrize(
+    "type_string", ["map<text, int>", "frozen<list<set<uuid>>>", "udt<ks.t>{a:int,b:frozen<list<text>>}", "vector<float, 8>"]
+)
 def test_type_strings_print_back_parseably(type_string: str) -> None:
     typ = parse_type(type_string)
     assert parse_type(str(typ)) == typ
