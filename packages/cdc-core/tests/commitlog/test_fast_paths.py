@@ -18,11 +18,20 @@ from hypothesis import strategies as st
 
 from cdc_core.commitlog import mutation
 from cdc_core.commitlog.events_builder import build_events
-from cdc_core.commitlog.fastobj import new_cell, new_event, new_liveness, new_position, new_uuid, slot_constructor
+from cdc_core.commitlog.fastobj import (
+    new_cell,
+    new_complex,
+    new_deletion,
+    new_event,
+    new_liveness,
+    new_position,
+    new_uuid,
+    slot_constructor,
+)
 from cdc_core.commitlog.mutation import TableDecoder, decode_mutation, first_table_id
 from cdc_core.commitlog.reader import _DECODE_ERRORS
 from cdc_core.commitlog.schema_source import load_schema_snapshot
-from cdc_core.events import Cell, ChangeEvent, ChangeKind, Liveness
+from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deletion, Liveness
 from cdc_core.positions import Position
 from commitlog.helpers import FIXTURES, TS_EPOCH, uvint
 
@@ -239,6 +248,8 @@ def test_slot_constructors_equal_attrs_init() -> None:
     assert new_cell(1, "v", False, None, None) == Cell(timestamp=1, value="v")
     assert new_cell(1, None, True, 5, 6) == Cell(timestamp=1, tombstone=True, ttl=5, local_deletion_time=6)
     assert new_liveness(3, None, None) == Liveness(timestamp=3)
+    assert new_deletion(5, 6) == Deletion(timestamp=5, local_deletion_time=6)
+    assert new_complex(None, ()) == ComplexChange()
     assert new_position("n", 1, 2, 3) == Position("n", 1, 2, 3)
     assert hash(new_cell(1, "v", False, None, None)) == hash(Cell(timestamp=1, value="v"))
     assert repr(new_liveness(3, 4, 5)) == repr(Liveness(timestamp=3, ttl=4, local_deletion_time=5))

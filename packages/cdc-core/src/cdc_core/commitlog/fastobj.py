@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from cdc_core.events import Cell, ChangeEvent, ElementChange, Liveness
+from cdc_core.events import Cell, ChangeEvent, ComplexChange, Deletion, ElementChange, Liveness
 from cdc_core.positions import Position
 
 __all__ = ["CELL_FIELDS", "new_cell", "new_element", "new_event", "new_liveness", "new_position", "new_uuid", "slot_constructor"]
@@ -65,6 +65,12 @@ CELL_FIELDS = ("timestamp", "value", "tombstone", "ttl", "local_deletion_time")
 new_cell: Callable[[int, Any, bool, int | None, int | None], Cell] = slot_constructor(Cell, CELL_FIELDS)
 #: ``new_liveness(timestamp, ttl, local_deletion_time)``
 new_liveness: Callable[[int, int | None, int | None], Liveness] = slot_constructor(Liveness, ("timestamp", "ttl", "local_deletion_time"))
+#: ``new_deletion(timestamp, local_deletion_time)``
+new_deletion: Callable[[int, int], Deletion] = slot_constructor(Deletion, ("timestamp", "local_deletion_time"))
+#: ``new_complex(deletion, elements)``
+new_complex: Callable[[Deletion | None, tuple[ElementChange, ...]], ComplexChange] = slot_constructor(
+    ComplexChange, ("deletion", "elements")
+)
 #: ``new_element(path, cell)``
 new_element: Callable[[Any, Cell], ElementChange] = slot_constructor(ElementChange, ("path", "cell"))
 #: ``new_position(node, segment_id, offset, index)``

@@ -18,7 +18,16 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cdc_core.commitlog.fastobj import CELL_FIELDS, new_cell, new_element, new_liveness, new_uuid, slot_setters
+from cdc_core.commitlog.fastobj import (
+    CELL_FIELDS,
+    new_cell,
+    new_complex,
+    new_deletion,
+    new_element,
+    new_liveness,
+    new_uuid,
+    slot_setters,
+)
 from cdc_core.commitlog.primitives import MASK32, MASK64, DecodeError, read_uvint
 from cdc_core.commitlog.values import Decoder, element_decoder, fixed_length, path_decoder, udt_field_decoders, value_decoder
 from cdc_core.cqltypes import parse_type
@@ -77,8 +86,7 @@ EXCL_START_BOUND = 7
 _U16 = struct.Struct(">H")
 _PLAIN_ROW = HAS_TIMESTAMP | HAS_ALL_COLUMNS
 _ROW_TS_EMPTY = CELL_USE_ROW_TIMESTAMP | CELL_HAS_EMPTY_VALUE
-_PLAIN_ELEMENT_FLAGS = (CELL_USE_ROW_TIMESTAMP, _ROW_TS_EMPTY)
-#: the inline path for plain collection elements (tests turn it off to compare with the general code)
+#: the compiled decoders of plain collection elements (tests turn them off to compare with the general code)
 FAST_COMPLEX = True
 
 
@@ -108,6 +116,7 @@ class ColumnDecoder:
         "dropped_time",
         "elem_decode",
         "emit",
+        "fast_elements",
         "fixed",
         "is_set",
         "name",
@@ -133,6 +142,11 @@ class ColumnDecoder:
         self.elem_decode: Decoder | None = None
         if self.complex and not self.udt_names:
             self.elem_decode = element_decoder(typ)
+        self.fast_elements: FastElements | None = None
+        if self.complex and not self.udt_names and emit and dropped_time is None:
+            path_type = "timeuuid" if typ.name == "list" else typ.params[0].name
+            value_type = None if typ.name == "set" else typ.params[-1].name
+            self.fast_elements = compile_fast_elements(path_type, self.path_decode, value_type, self.elem_decode)
 
 
 def _no_decoder(b: bytes) -> Any:
@@ -265,6 +279,92 @@ def compile_fast_cells(columns: tuple[ColumnDecoder, ...]) -> FastCells | None:
     lines.append(f"    return {{{cells}}}, pos")
     exec(compile("\n".join(lines), "<compiled row decoder>", "exec"), ns)  # the text is built from fixed pieces
     fast: FastCells = ns["fast"]
+    return fast
+
+
+#: ``f(buf, pos, count, row_ts, out) -> (new_pos, done)``: appends up to ``count`` plain elements
+FastElements = Callable[[bytes, int, int, int, "list[ElementChange]"], tuple[int, int]]
+
+# how the compiled element decoder reads a path or value of a type: (template, needs exact size)
+_INLINE_DECODE = {
+    "text": ("{raw}.decode('utf-8')", None),
+    "varchar": ("{raw}.decode('utf-8')", None),
+    "int": ("_i32({raw})[0]", 4),
+    "bigint": ("_i64({raw})[0]", 8),
+    "double": ("_f64({raw})[0]", 8),
+    "uuid": ("_uuid({raw})", 16),
+    "timeuuid": ("_uuid({raw})", 16),
+}
+
+
+def compile_fast_elements(path_type: str, path_decode: Decoder, value_type: str | None, value_decode: Decoder | None) -> FastElements:
+    """A decoder of the plain elements of one non-frozen list/set/map column: flags exactly
+    ``USE_ROW_TIMESTAMP`` (with ``HAS_EMPTY_VALUE`` for sets), one-byte path and value lengths.
+    It stops at the first other element and says how many it decoded; the caller decodes the rest
+    with the general code. Values are decoded as the column's decoders do (inline for common types,
+    through the decoder itself when the size is not the type's exact size)."""
+    ns: dict[str, Any] = {
+        "_new": object.__new__,
+        "_Cell": Cell,
+        "_Elem": ElementChange,
+        "_pd": path_decode,
+        "_vd": value_decode,
+        "_i32": struct.Struct(">i").unpack,
+        "_i64": struct.Struct(">q").unpack,
+        "_f64": struct.Struct(">d").unpack,
+        "_uuid": new_uuid,
+    }
+    for k, setter in enumerate(slot_setters(Cell, CELL_FIELDS)):
+        ns[f"_c{k}"] = setter
+    for k, setter in enumerate(slot_setters(ElementChange, ("path", "cell"))):
+        ns[f"_e{k}"] = setter
+
+    def inline(type_name: str | None, raw: str, size: str, fallback: str) -> list[str]:
+        template, exact = _INLINE_DECODE.get(type_name or "", (None, None))
+        if template is None:
+            return [f"{fallback}({raw})"]
+        if exact is None:
+            return [template.format(raw=raw)]
+        return [f"{template.format(raw=raw)} if {size} == {exact} else {fallback}({raw})"]
+
+    path_expr = inline(path_type, "buf[ps:pe]", "n", "_pd")[0]
+    value_expr = "None" if value_type is None or value_decode is None else inline(value_type, "buf[vs:end]", "m", "_vd")[0]
+    lines = [
+        "def fast(buf, pos, count, ts, out):",
+        "    size = len(buf)",
+        "    done = 0",
+        "    while done < count and pos + 2 < size:",
+        "        cf = buf[pos]",
+        "        n = buf[pos + 1]",
+        "        if n >= 128: break",
+        "        ps = pos + 2",
+        "        pe = ps + n",
+        f"        if cf == {CELL_USE_ROW_TIMESTAMP}:",
+        "            if pe >= size: break",
+        "            m = buf[pe]",
+        "            if m >= 128: break",
+        "            vs = pe + 1",
+        "            end = vs + m",
+        "            if end > size: break",
+        f"            value = {value_expr}",
+        f"        elif cf == {_ROW_TS_EMPTY}:",
+        "            end = pe",
+        "            if end > size: break",
+        "            m = 0",
+        "            vs = end",
+        f"            value = {value_expr}",
+        "        else:",
+        "            break",
+        f"        path = {path_expr}",
+        "        c = _new(_Cell); _c0(c, ts); _c1(c, value); _c2(c, False); _c3(c, None); _c4(c, None)",
+        "        e = _new(_Elem); _e0(e, path); _e1(e, c)",
+        "        out.append(e)",
+        "        pos = end",
+        "        done += 1",
+        "    return pos, done",
+    ]
+    exec(compile("\n".join(lines), "<compiled element decoder>", "exec"), ns)  # the text is built from fixed pieces
+    fast: FastElements = ns["fast"]
     return fast
 
 
@@ -469,7 +569,7 @@ class _Times:
         if ts == LONG_MIN:
             return None, pos
         ldt = self.ldt(ldt_delta)
-        return Deletion(timestamp=ts, local_deletion_time=INT_MAX if ldt is None else ldt), pos
+        return new_deletion(ts, INT_MAX if ldt is None else ldt), pos
 
 
 def decode_mutation(data: bytes, resolve: Resolver, messaging_version: int) -> list[DecodedUpdate]:
@@ -745,33 +845,11 @@ def _row(
             count, pos = read_uvint(buf, pos)
             if count > size:
                 raise DecodeError(f"cell count {count} of column {col.name} larger than the mutation")
-            elements = []
-            plain_ok = FAST_COMPLEX and col.emit and col.dropped_time is None and not col.udt_names
-            path_decode = col.path_decode
-            elem_decode = col.elem_decode
-            for _ in range(count):
-                if plain_ok and pos + 2 < size:
-                    # a plain element (row timestamp, no TTL, not deleted; a value, or none for a
-                    # set): what _complex_cell gives for it, without its general branches
-                    cf = buf[pos]
-                    n = buf[pos + 1]
-                    if cf in _PLAIN_ELEMENT_FLAGS and n < 0x80:
-                        ps = pos + 2
-                        pe = ps + n
-                        if cf == _ROW_TS_EMPTY:
-                            end = pe
-                            raw = b""
-                        elif pe < size and buf[pe] < 0x80:
-                            end = pe + 1 + buf[pe]
-                            raw = buf[pe + 1 : end]
-                        else:
-                            end = size + 1
-                        if end <= size:
-                            path = path_decode(buf[ps:pe])
-                            value = None if elem_decode is None else elem_decode(raw)
-                            elements.append(new_element(path, new_cell(row_ts, value, False, None, None)))
-                            pos = end
-                            continue
+            elements: list[ElementChange] = []
+            done = 0
+            if FAST_COMPLEX and col.fast_elements is not None:
+                pos, done = col.fast_elements(buf, pos, count, row_ts, elements)
+            for _ in range(count - done):
                 element, pos = _complex_cell(buf, pos, col, times, row_ts, row_ttl, row_ldt)
                 if element is not None:
                     elements.append(element)
@@ -781,7 +859,7 @@ def _row(
                 cdel = None
             if cdel is None and not elements:
                 continue
-            cells[col.name] = ComplexChange(deletion=cdel, elements=tuple(elements))
+            cells[col.name] = new_complex(cdel, tuple(elements))
     return DecodedRow(clustering, static, liveness, deletion, cells), pos
 
 
