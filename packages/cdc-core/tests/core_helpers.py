@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,9 @@ from cdc_core import hookimpl
 from cdc_core.builtins.memory import MemoryDestination, MemorySink
 from cdc_core.errors import PermanentError, TransientError
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, Liveness
-from cdc_core.factories import SinkFactory
+from cdc_core.builtins.jsonl import JsonlReader, JsonlReaderConfig
+from cdc_core.factories import ReaderFactory, SinkFactory, TransformFactory
+from cdc_core.readers import ReaderItem
 from cdc_core.plugins import PluginInfo
 from cdc_core.positions import Position
 from cdc_core.schema import ColumnKind, ColumnSchema, TableSchema
@@ -92,10 +94,58 @@ def _create(config: TestSinkConfig, ctx: Any) -> ControlledSink:
     return sink
 
 
+class CountingReader(JsonlReader):
+    """The jsonl reader, counting how often it is read and how many items it yields."""
+
+    reads = 0
+    items = 0
+
+    async def read(self, start: Mapping[str, Position], *, follow: bool) -> AsyncIterator[ReaderItem]:
+        CountingReader.reads += 1
+        async for item in super().read(start, follow=follow):
+            CountingReader.items += 1
+            yield item
+
+
+@attrs.frozen(kw_only=True)
+class CountingTransformConfig:
+    pass
+
+
+class CountingTransform:
+    """Counts the events it sees (to prove transforms run once, not once per sink)."""
+
+    name = "counting"
+    seen = 0
+
+    async def start(self) -> None:
+        return None
+
+    def apply(self, events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
+        CountingTransform.seen += len(events)
+        return list(events)
+
+    def audit(self) -> list[dict[str, object]]:
+        return []
+
+    async def close(self) -> None:
+        return None
+
+
 class TestPlugin:
     @hookimpl
     def cdc_register_sinks(self) -> list[SinkFactory[Any]]:
         return [SinkFactory(name="controlled", config_type=TestSinkConfig, create=_create, description="test sink")]
+
+    @hookimpl
+    def cdc_register_readers(self) -> list[ReaderFactory[Any]]:
+        return [
+            ReaderFactory(name="counting", config_type=JsonlReaderConfig, create=lambda c, ctx: CountingReader("counting", c, ctx.base_dir))
+        ]
+
+    @hookimpl
+    def cdc_register_transforms(self) -> list[TransformFactory[Any]]:
+        return [TransformFactory(name="counting", config_type=CountingTransformConfig, create=lambda c, ctx: CountingTransform())]
 
 
 TEST_PLUGIN = (TestPlugin(), PluginInfo(name="test-plugin", distribution="tests", version="0"))

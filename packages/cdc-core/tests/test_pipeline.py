@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from core_helpers import DESTINATIONS, SINKS, TEST_PLUGIN, make_events, write_events
+from core_helpers import DESTINATIONS, SINKS, TEST_PLUGIN, CountingReader, CountingTransform, make_events, write_events
 
 from cdc_core.pipeline import Pipeline
 from cdc_core.plugins import PluginRegistry
@@ -181,3 +181,65 @@ async def test_stop_finishes_in_flight_batches_and_commits(tmp_path: Path) -> No
     assert DESTINATIONS["s"].offsets == lane.committed  # what was applied is exactly what is committed
     applied_ids = {e.key["id"] for e in DESTINATIONS["s"].all_events()}
     assert applied_ids == set(range(lane.applied_events))
+
+
+def _counting_config(tmp_path: Path, sinks: dict[str, Any], **fanout: Any) -> dict[str, Any]:
+    cfg = _config(tmp_path, sinks)
+    cfg["source"]["type"] = "counting"
+    cfg["transforms"] = [{"type": "counting"}]
+    cfg["fanout"] = fanout
+    return cfg
+
+
+async def test_the_source_is_read_and_transformed_once_for_all_sinks(tmp_path: Path) -> None:
+    CountingReader.reads = CountingReader.items = CountingTransform.seen = 0
+    write_events(tmp_path / "events.jsonl", make_events(300))
+    sinks = {name: {"type": "controlled"} for name in ("a", "b", "c")}
+    p = Pipeline.from_config(_counting_config(tmp_path, sinks), registry=PluginRegistry(autoload=False, plugins=[TEST_PLUGIN]))
+    summary = await p.run()
+    await p.close()
+    assert all(lane.applied_events == 300 for lane in summary.lanes.values())
+    assert CountingReader.reads == 1
+    assert CountingReader.items == 300
+    assert CountingTransform.seen == 300
+
+
+async def test_a_lane_that_falls_behind_reads_on_its_own(tmp_path: Path) -> None:
+    CountingReader.reads = CountingReader.items = 0
+    write_events(tmp_path / "events.jsonl", make_events(600))
+    batch = {"max_events": 10, "max_wait": 0.01, "max_in_flight": 1}
+    sinks = {"fast": {"type": "controlled", "batch": batch}, "slow": {"type": "controlled", "delay": 0.02, "batch": batch}}
+    cfg = _counting_config(tmp_path, sinks, buffer_chunks=2, chunk_size=20, chunk_wait=0.01)
+    p = Pipeline.from_config(cfg, registry=PluginRegistry(autoload=False, plugins=[TEST_PLUGIN]))
+    summary = await asyncio.wait_for(p.run(), 60)
+    await p.close()
+    assert p._hub is not None
+    assert p._hub.detached == {"slow"}
+    assert CountingReader.reads == 2  # the shared read, and the slow lane's own
+    for name in ("fast", "slow"):
+        assert summary.lanes[name].applied_events == 600
+        assert sorted(e.key["id"] for e in DESTINATIONS[name].all_events()) == list(range(600))
+
+
+async def test_a_stalled_lane_does_not_grow_the_shared_buffer(tmp_path: Path) -> None:
+    write_events(tmp_path / "events.jsonl", make_events(3000))
+    batch = {"max_events": 50, "max_in_flight": 2, "max_wait": 0.01}
+    sinks = {"ok": {"type": "controlled", "batch": batch}, "stalled": {"type": "controlled", "delay": 3600, "batch": batch}}
+    cfg = _counting_config(tmp_path, sinks, buffer_chunks=4, chunk_size=50)
+    cfg["follow"] = True
+    p = Pipeline.from_config(cfg, registry=PluginRegistry(autoload=False, plugins=[TEST_PLUGIN]))
+    task = asyncio.create_task(p.run())
+    try:
+        for _ in range(1000):
+            if p.lanes["ok"].status.applied_events >= 3000:
+                break
+            await asyncio.sleep(0.01)
+        assert p.lanes["ok"].status.applied_events == 3000
+        assert p._hub is not None
+        assert len(p._hub._chunks) <= 4
+        assert p.lanes["stalled"].queued_events <= (2 + 2) * 50
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await p.close()

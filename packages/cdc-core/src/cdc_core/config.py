@@ -27,6 +27,7 @@ __all__ = [
     "BatchConfig",
     "ComponentConfig",
     "DlqConfig",
+    "FanoutConfig",
     "LoadedConfig",
     "LoggingConfig",
     "MetricsConfig",
@@ -88,6 +89,18 @@ class SinkConfig:
 
 
 @attrs.frozen(kw_only=True)
+class FanoutConfig:
+    """Decode once for the lanes that keep up: one shared read of the source, transformed once,
+    buffered as at most ``buffer_chunks`` chunks of up to ``chunk_size`` items. A lane that falls
+    further behind reads the files on its own. ``shared: false`` gives every lane its own read."""
+
+    shared: bool = True
+    buffer_chunks: int = attrs.field(default=16, validator=attrs.validators.ge(2))
+    chunk_size: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
+    chunk_wait: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
+
+
+@attrs.frozen(kw_only=True)
 class DlqConfig:
     directory: str = "dlq"
 
@@ -113,6 +126,7 @@ class PipelineConfig:
     sinks: Mapping[str, SinkConfig]
     offsets: ComponentConfig = attrs.field(factory=lambda: ComponentConfig(type="sqlite"))
     dlq: DlqConfig = attrs.field(factory=DlqConfig)
+    fanout: FanoutConfig = attrs.field(factory=FanoutConfig)
     metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     follow: bool = True

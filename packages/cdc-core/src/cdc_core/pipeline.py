@@ -29,6 +29,7 @@ from cdc_core.dlq import DeadLetterQueue
 from cdc_core.errors import ConfigError, PermanentError
 from cdc_core.events import ChangeEvent
 from cdc_core.factories import ComponentContext
+from cdc_core.fanout import Detached, SharedSource, chunked
 from cdc_core.observability import Metrics, tracer
 from cdc_core.offsets import OffsetStore
 from cdc_core.plugins import PluginRegistry
@@ -115,6 +116,7 @@ class Pipeline:
         self._stopping = asyncio.Event()
         self._started = False
         self._metrics_server: Any = None
+        self._hub: SharedSource | None = None
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -237,6 +239,20 @@ class Pipeline:
             )
         self.registry.hook.cdc_pipeline_started(pipeline_name=self.config.name, sinks=list(self.lanes))
         reason = "completed"
+        fan = self.config.fanout
+        hub_task: asyncio.Task[None] | None = None
+        self._hub = None
+        if fan.shared and len(self.lanes) > 1:
+            self._hub = SharedSource(
+                lambda start: self.reader.read(start, follow=follow),
+                self._transform_chunk,
+                self.lanes,
+                SharedSource.common_start(lane.status.committed for lane in self.lanes.values()),
+                capacity=fan.buffer_chunks,
+                chunk_size=fan.chunk_size,
+                chunk_wait=fan.chunk_wait,
+            )
+            hub_task = asyncio.create_task(self._hub.run(), name="shared-source")
         tasks = {asyncio.create_task(self._lane_loop(lane, follow, count, until), name=f"lane-{lane.name}") for lane in self.lanes.values()}
         try:
             await asyncio.gather(*tasks)
@@ -247,6 +263,9 @@ class Pipeline:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         finally:
+            if hub_task is not None:
+                hub_task.cancel()
+                await asyncio.gather(hub_task, return_exceptions=True)
             if self._stopping.is_set():
                 reason = "stopped"
             if any(lane.status.state == "failed" for lane in self.lanes.values()):
@@ -260,6 +279,13 @@ class Pipeline:
     # --- one lane -------------------------------------------------------------------------------
 
     async def _lane_loop(self, lane: _Lane, follow: bool, count: int | None, until: dict[str, Position] | None) -> None:
+        try:
+            await self._lane_attempts(lane, follow, count, until)
+        finally:
+            if self._hub is not None:
+                await self._hub.leave(lane.name)
+
+    async def _lane_attempts(self, lane: _Lane, follow: bool, count: int | None, until: dict[str, Position] | None) -> None:
         while True:
             lane.status.state = "running"
             try:
@@ -277,6 +303,8 @@ class Pipeline:
                     await asyncio.wait_for(self._stopping.wait(), lane.config.restart_delay)
                 if self._stopping.is_set():
                     return
+                if self._hub is not None:
+                    await self._hub.leave(lane.name)  # a restarted lane reads on its own
                 continue
             lane.status.state = "stopped" if self._stopping.is_set() else "done"
             return
@@ -297,20 +325,38 @@ class Pipeline:
         draining = False  # stop requested: finish what was read, read nothing more
 
         async def produce() -> None:
-            stream = self.reader.read(dict(lane.status.committed), follow=follow)
+            resume = dict(lane.status.committed)
+            hub = self._hub if self._hub is not None and self._hub.attached(lane.name) else None
             try:
-                async for item in stream:
+                if hub is not None:
+                    try:
+                        while not done.is_set():
+                            chunk = await hub.next(lane.name)
+                            if chunk is None:
+                                break
+                            for item in chunk:
+                                last = resume.get(item.position.node)
+                                if last is None or item.position > last:
+                                    await items.put(item)
+                                    resume[item.position.node] = item.position
+                    except Detached:
+                        hub = None
+                        log.info("sink lane fell behind the shared read: reading the files on its own", sink=lane.name)
+                    else:
+                        await items.put(_END)
+                        return
+                fan = self.config.fanout
+                async for chunk in chunked(self.reader.read(resume, follow=follow), fan.chunk_size, fan.chunk_wait):
+                    for item in self._transform_chunk(chunk):
+                        last = resume.get(item.position.node)
+                        if last is None or item.position > last:
+                            await items.put(item)
+                            resume[item.position.node] = item.position
                     if done.is_set():
                         break
-                    await items.put(item)
             except asyncio.CancelledError:
                 if not draining:
                     raise
-            finally:
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    with contextlib.suppress(Exception):
-                        await aclose()
             await items.put(_END)
 
         async def batch_up() -> None:
@@ -377,25 +423,38 @@ class Pipeline:
                 if isinstance(r, Exception):
                     raise r
 
+    def _transform_chunk(self, chunk: Sequence[ReaderItem]) -> list[ReaderItem]:
+        """Run the transforms over a chunk read from the source (once, whatever the lane count).
+
+        Events a transform drops still advance the positions: a Progress item per node closes
+        the chunk at its last read position.
+        """
+        raw = [i for i in chunk if not isinstance(i, Progress)]
+        with tracer.start_as_current_span("cdc.read_event", attributes={"cdc.events": len(raw)}):
+            pass
+        if not self.transforms or not raw:
+            return list(chunk)
+        events: list[ChangeEvent] = raw
+        with tracer.start_as_current_span("cdc.mask_event", attributes={"cdc.events": len(raw)}):
+            for t in self.transforms:
+                events = t.apply(events)
+                for record in t.audit():
+                    log.info("transform audit", transform=t.name, **record)
+        last: dict[str, Position] = {}
+        for item in chunk:
+            last[item.position.node] = item.position
+        return [*events, *(Progress(position=p) for p in last.values())]
+
     def _make_batch(self, lane: _Lane, items: Sequence[ReaderItem]) -> Batch | None:
         positions: dict[str, Position] = {}
         first: dict[str, Position] = {}
-        raw: list[ChangeEvent] = []
+        events: list[ChangeEvent] = []
         for item in items:
             pos = item.position
             first.setdefault(pos.node, pos)
             positions[pos.node] = pos
             if not isinstance(item, Progress):
-                raw.append(item)
-        with tracer.start_as_current_span("cdc.read_event", attributes={"cdc.sink": lane.name, "cdc.events": len(raw)}):
-            pass
-        events = raw
-        if self.transforms and raw:
-            with tracer.start_as_current_span("cdc.mask_event", attributes={"cdc.events": len(raw)}):
-                for t in self.transforms:
-                    events = t.apply(events)
-                    for record in t.audit():
-                        log.info("transform audit", transform=t.name, sink=lane.name, **record)
+                events.append(item)
         if not positions:
             return None
         return Batch(batch_id=_batch_id(lane.name, positions, first, len(events)), events=events, positions=positions)
