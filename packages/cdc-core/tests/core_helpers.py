@@ -11,14 +11,14 @@ from typing import Any
 import attrs
 
 from cdc_core import hookimpl
+from cdc_core.builtins.jsonl import JsonlReader, JsonlReaderConfig
 from cdc_core.builtins.memory import MemoryDestination, MemorySink
 from cdc_core.errors import PermanentError, TransientError
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, Liveness
-from cdc_core.builtins.jsonl import JsonlReader, JsonlReaderConfig
 from cdc_core.factories import ReaderFactory, SinkFactory, TransformFactory
-from cdc_core.readers import ReaderItem
 from cdc_core.plugins import PluginInfo
 from cdc_core.positions import Position
+from cdc_core.readers import ReaderItem
 from cdc_core.schema import ColumnKind, ColumnSchema, TableSchema
 from cdc_core.serialization import event_to_json
 from cdc_core.sinks import Batch, Rejected, WriteResult
