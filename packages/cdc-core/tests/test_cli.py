@@ -133,3 +133,24 @@ def test_sigterm_stops_cleanly_and_commits(tmp_path: Path, capsys: pytest.Captur
     capsys.readouterr()
     assert main(["offsets", "show", str(cfg)]) == 0
     assert "out: n1 n1@1:490:0" in capsys.readouterr().out  # everything applied is committed
+
+
+def test_validate_checks_masking_rules_against_the_schema_snapshot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sample = sample_cdc_dir()
+    (tmp_path / "key").write_text("k" * 40)
+    cfg = tmp_path / "masked.yaml"
+    cfg.write_text(
+        f"source: {{type: cassandra, cdc_raw_dir: {sample}, schema_snapshot: {sample / 'schema.json'}, keyspaces: [cdcfix]}}\n"
+        "transforms:\n"
+        "  - type: masking\n"
+        "    policy_version: t1\n"
+        "    keys: {hmac: '${file:key}'}\n"
+        "    rules:\n"
+        "      - {keyspace: cdcfix, table: all_types, column: t, classification: pii}\n"
+        "      - {keyspace: cdcfix, table: all_types, column: no_such_column, classification: pii}\n"
+        "sinks: {out: {type: jsonl}}\n"
+    )
+    assert main(["validate", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "no_such_column" in out
+    assert "checked against 6 table schemas" in out

@@ -67,16 +67,46 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schemas_for_validation(pipeline: Pipeline, schema_file: str | None) -> list[Any]:
+    """Table schemas to check rules against: ``--schema`` or the source's snapshot (no connection)."""
+    from cdc_core.commitlog.reader import CommitLogReader
+    from cdc_core.commitlog.schema_source import load_schema_snapshot
+
+    reader = pipeline.reader
+    path = Path(schema_file) if schema_file else None
+    if path is None and isinstance(reader, CommitLogReader) and reader.config.schema_snapshot is not None:
+        path = reader.config.schema_snapshot
+    if path is None:
+        return []
+    catalog = load_schema_snapshot(path)
+    tables = list(catalog.tables.values())
+    if isinstance(reader, CommitLogReader):
+        tables = [t for t in tables if reader.config.selects(t.keyspace, t.table)]
+    return tables
+
+
+def _validators(obj: object) -> list[Any]:
+    validate = getattr(obj, "validate", None)  # optional: validate(schemas) -> warnings
+    return [validate] if callable(validate) else []
+
+
 async def _cmd_validate(args: argparse.Namespace) -> int:
     pipeline = Pipeline.from_config(args.config)
     warnings: list[str] = []
     for t in pipeline.transforms:
-        validate = getattr(t, "validate_config", None)
-        if callable(validate):
-            warnings.extend(validate())
+        validate_config = getattr(t, "validate_config", None)
+        if callable(validate_config):
+            warnings.extend(validate_config())
+    schemas = _schemas_for_validation(pipeline, args.schema)
+    if schemas:
+        components: list[object] = [*pipeline.transforms, *(lane.sink for lane in pipeline.lanes.values())]
+        for component in components:
+            for validate in _validators(component):
+                warnings.extend(validate(schemas))
     for w in warnings:
         _out(f"warning: {w}")
-    _out(f"{args.config}: valid (source {pipeline.config.source.type}, sinks {', '.join(pipeline.lanes)})")
+    checked = f", checked against {len(schemas)} table schemas" if schemas else ""
+    _out(f"{args.config}: valid (source {pipeline.config.source.type}, sinks {', '.join(pipeline.lanes)}{checked})")
     return 0
 
 
@@ -240,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a configuration: keys, types, plugins, secrets (connects to nothing)")
     p.add_argument("config")
+    p.add_argument("--schema", metavar="SNAPSHOT", help="also check rules against this schema snapshot (cdc schema dump)")
     p.set_defaults(handler=_cmd_validate)
 
     p = sub.add_parser("plugins", help="list the installed readers, transforms, sinks and offset stores")

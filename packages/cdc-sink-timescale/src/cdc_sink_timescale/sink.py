@@ -3,6 +3,7 @@ idempotent merges, DLQ bisecting) with hypertables, per-table modes and edition 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -44,6 +45,10 @@ class TimescaleSink(PostgresSink):
 
     def __repr__(self) -> str:
         return f"TimescaleSink(name={self.name!r}, schema={self.timescale.schema!r})"
+
+    def validate(self, schemas: Iterable[TableSchema]) -> list[str]:
+        """For ``cdc validate``: refuses (ConfigError) tables that cannot work, warns otherwise."""
+        return self.timescale.validate(schemas)
 
     # --- extension points of PostgresSink -------------------------------------------------------
 
