@@ -13,7 +13,7 @@ PACKAGES := packages/cdc-core packages/cdc-masking packages/cdc-sink-postgres pa
 EXAMPLE_PLUGIN := tests/thirdparty/cdc-sink-example
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv quickstart lint typecheck services-up services-down test test-unit bench clean
+.PHONY: help venv quickstart lint typecheck isolation services-up services-down test test-unit bench clean
 
 help:
 	@echo "make quickstart  - run the main job on an embedded default (no servers)"
@@ -51,6 +51,10 @@ typecheck: $(STAMP)
 	@for p in $(PACKAGES); do echo "mypy $$p/tests"; $(BIN)/mypy --config-file pyproject.toml $$p/tests; done
 	$(BIN)/mypy tests conftest.py
 
+# Each distribution alone in a fresh virtualenv: no hidden dependency on a sibling.
+isolation:
+	bash scripts/check_isolation.sh
+
 services-up:
 	bash scripts/services.sh up
 
@@ -58,7 +62,7 @@ services-down:
 	bash scripts/services.sh down
 
 # Every test, against the real servers; a missing server fails the run (CDC_REQUIRE_SERVICES).
-test: $(STAMP) lint typecheck services-up
+test: $(STAMP) lint typecheck isolation services-up
 	eval "$$(bash scripts/services.sh env)" && CDC_REQUIRE_SERVICES=1 $(BIN)/pytest -p no:cacheprovider -q
 
 test-unit: $(STAMP)

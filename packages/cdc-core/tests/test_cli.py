@@ -7,15 +7,24 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import orjson
 import pytest
+import structlog
 from core_helpers import make_events, write_events
 
 from cdc_core.cli import main
 from cdc_core.commitlog import sample_cdc_dir
 from cdc_core.dlq import DeadLetterQueue
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()  # the CLI configures logging for the process; undo it
 
 
 def _pipeline_file(tmp_path: Path, *, follow: bool = False, extra: str = "") -> Path:
@@ -37,7 +46,7 @@ logging: {{level: info, format: json}}
 def test_plugins_lists_builtins_and_installed_packages(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    for kind, name, dist in [
+    expected = [
         ("reader", "cassandra", "cdc-core"),
         ("reader", "jsonl", "cdc-core"),
         ("transform", "masking", "cdc-masking"),
@@ -45,7 +54,12 @@ def test_plugins_lists_builtins_and_installed_packages(capsys: pytest.CaptureFix
         ("sink", "timescale", "cdc-sink-timescale"),
         ("sink", "clickhouse", "cdc-sink-clickhouse"),
         ("offset-store", "sqlite", "cdc-core"),
-    ]:
+    ]
+    for kind, name, dist in expected:
+        try:
+            distribution(dist)
+        except PackageNotFoundError:
+            continue  # cdc-core tested on its own (scripts/check_isolation.sh): siblings absent
         assert any(line.split()[:3] == [kind, name, dist] for line in out.splitlines()), f"{kind} {name} missing:\n{out}"
 
 
@@ -136,6 +150,7 @@ def test_sigterm_stops_cleanly_and_commits(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_validate_checks_masking_rules_against_the_schema_snapshot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("cdc_masking", reason="needs the cdc-masking distribution (absent when cdc-core is tested on its own)")
     sample = sample_cdc_dir()
     (tmp_path / "key").write_text("k" * 40)
     cfg = tmp_path / "masked.yaml"

@@ -34,6 +34,16 @@ class Metrics:
         self.retries = Counter("cdc_retries", "Retried writes", ["destination"], registry=r)
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written (it may be replaced after set-up)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Set up structlog for the CLI (JSON lines to stderr by default). Never called by the library."""
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=getattr(logging, level.upper()))
@@ -49,6 +59,6 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
