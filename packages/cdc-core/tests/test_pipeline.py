@@ -243,3 +243,32 @@ async def test_a_stalled_lane_does_not_grow_the_shared_buffer(tmp_path: Path) ->
         with pytest.raises(asyncio.CancelledError):
             await task
         await p.close()
+
+
+async def test_metrics_are_served_with_the_documented_names(tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_events(tmp_path / "events.jsonl", make_events(30))
+    cfg = _config(tmp_path, {"pg": {"type": "controlled"}}, follow=True)
+    cfg["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": port}
+    cfg["source"]["follow"] = True  # keep the pipeline (and its metrics server) up
+    p = Pipeline.from_config(cfg, registry=PluginRegistry(autoload=False, plugins=[TEST_PLUGIN]))
+    task = asyncio.create_task(p.run())
+    try:
+        for _ in range(500):
+            if p.lanes["pg"].status.applied_events >= 30:
+                break
+            await asyncio.sleep(0.01)
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+    finally:
+        p.stop()
+        await asyncio.wait_for(task, 10)
+        await p.close()
+    assert 'cdc_events_processed_total{destination="pg",table="shop.orders"} 30.0' in body
+    for name in ("cdc_replication_lag_seconds", "cdc_events_per_second", "cdc_backlog_depth", "cdc_batches_committed_total"):
+        assert f'{name}{{destination="pg"}}' in body
+    assert "# TYPE cdc_errors_total counter" in body

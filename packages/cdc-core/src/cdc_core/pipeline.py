@@ -273,6 +273,7 @@ class Pipeline:
             self.registry.hook.cdc_pipeline_stopped(pipeline_name=self.config.name, reason=reason)
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
+                self._metrics_server.server_close()
                 self._metrics_server = None
         return RunSummary(lanes={name: lane.status for name, lane in self.lanes.items()})
 
