@@ -36,7 +36,7 @@ async def pg_dsn(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     base = os.environ.get("CDC_TEST_POSTGRES_DSN")
     if not base:
         pytest.skip('CDC_TEST_POSTGRES_DSN is not set (eval "$(scripts/services.sh env)")')
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     name = f"cdc_pg_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(base)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import attrs
 import pytest
 import structlog
@@ -151,8 +151,8 @@ async def test_every_cql_type_round_trips(harness: PostgresHarness) -> None:
     # The stored types are the documented ones.
     conn = await asyncpg.connect(harness.dsn)
     try:
-        types = dict(
-            await conn.fetch(
+        types: dict[str, str] = dict(
+            await conn.fetch(  # type: ignore[arg-type]  # Records are (name, type) pairs
                 "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
                 harness.schema,
                 "ks_alltypes",

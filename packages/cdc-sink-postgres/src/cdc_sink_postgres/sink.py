@@ -80,7 +80,7 @@ class PostgresSink:
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
 
         cfg = self.config
         try:
@@ -91,7 +91,7 @@ class PostgresSink:
                 timeout=cfg.connect_timeout,
                 command_timeout=cfg.command_timeout,
                 statement_cache_size=cfg.statement_cache_size,
-                ssl=build_ssl(cfg.ssl, self.base_dir),
+                ssl=build_ssl(cfg.ssl, self.base_dir),  # type: ignore[arg-type]  # a validated sslmode string
                 server_settings={"application_name": cfg.application_name},
             )
             async with self._pool.acquire() as conn, conn.transaction():

@@ -71,7 +71,7 @@ class PostgresHarness:
         return sink
 
     async def read_state(self, schema: TableSchema, now: int) -> TableState:
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
 
         cfg = self.config()
         layout = TableLayout.from_schema(
