@@ -270,7 +270,10 @@ def _tables_tsv(data: Path, table: str) -> None:
     """<data>/tables.tsv for bench/java: every recorded id of ``table`` with its CREATE TABLE."""
     snapshot = json.loads((data / "schema.json").read_text())
     ddl = TABLES[table][0]
-    lines = [f"{t['id']}\t{t['keyspace']}\t{ddl.replace('{ks}', t['keyspace'])}" for t in snapshot["tables"] if t["table"] == table]
+    # a resumed `generate` recorded the table under several ids (one per keyspace re-creation): each
+    # gets a keyspace of its own here (mutations name tables by id only; the names do not matter)
+    ids = [t["id"] for t in snapshot["tables"] if t["table"] == table]
+    lines = [f"{tid}\tcdcbench_{i}\t{ddl.replace('{ks}', f'cdcbench_{i}')}" for i, tid in enumerate(ids)]
     (data / "tables.tsv").write_text("\n".join(lines) + "\n")
 
 
@@ -347,7 +350,7 @@ async def _latency(writes: int, interval: float, poll: float) -> dict[str, Any]:
                     return
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(5)  # let the reader pass over what cdc_raw already holds
+    await asyncio.sleep(8)  # let the reader pass over what cdc_raw already holds
     sent: dict[int, float] = {}
     acked: dict[int, float] = {}
     for i in range(writes):
