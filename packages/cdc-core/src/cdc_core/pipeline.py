@@ -462,9 +462,24 @@ class Pipeline:
 
     async def _apply(self, lane: _Lane, batch: Batch) -> None:
         blog = log.bind(sink=lane.name, batch_id=batch.batch_id)
-        rejected: list[Rejected] = []
         attempts = 1
-        tb: str | None = None
+        dead: dict[int, Rejected] = {}  # id(event) -> what is durably in the DLQ already
+
+        def dead_letter_now(refused: Sequence[Rejected], tb: str | None) -> None:
+            fresh = [r for r in refused if id(r.event) not in dead]
+            if not fresh:
+                return
+            self.dlq.write(lane.name, [(r.event, r.error_type, r.error, tb, attempts) for r in fresh])
+            dead.update((id(r.event), r) for r in fresh)
+            lane.status.dlq_events += len(fresh)
+            self.metrics.dlq_events.labels(lane.name).inc(len(fresh))
+            blog.warning("events sent to the dead-letter queue", count=len(fresh), error_type=fresh[0].error_type)
+
+        async def dead_letter(refused: Sequence[Rejected]) -> None:
+            # Called by sinks that commit offsets themselves, before they commit (see Batch).
+            await asyncio.to_thread(dead_letter_now, refused, None)
+
+        batch = attrs.evolve(batch, dead_letter=dead_letter)
         if batch.events:
 
             def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
@@ -479,24 +494,22 @@ class Pipeline:
                     f"cdc.write_{lane.config.type}", attributes={"cdc.sink": lane.name, "cdc.events": len(batch.events)}
                 ):
                     result, attempts = await with_retry(lambda: lane.sink.write(batch), lane.config.retry, on_retry=on_retry)
-                rejected = list(result.rejected)
+                dead_letter_now(result.rejected, None)
             except PermanentError as exc:
                 self.metrics.errors.labels(lane.name, "PermanentError").inc()
-                tb = traceback.format_exc()
-                rejected = [Rejected(event=e, error=str(exc), error_type=type(exc).__name__) for e in batch.events]
+                # The whole batch cannot apply: dead-letter it durably first, then move the
+                # offsets past it (sinks that keep offsets with their data: an empty write).
+                dead_letter_now(
+                    [Rejected(event=e, error=str(exc), error_type=type(exc).__name__) for e in batch.events], traceback.format_exc()
+                )
                 if lane.sink.stores_offsets:
-                    # The batch cannot apply: still move the sink's offsets past it (an empty write).
                     empty = attrs.evolve(batch, events=())
                     await with_retry(lambda: lane.sink.write(empty), lane.config.retry)
         elif lane.sink.stores_offsets:
             # Nothing to write but positions moved (skipped tables, filtered events): sinks that
             # keep offsets with their data commit them through an empty write.
             await with_retry(lambda: lane.sink.write(batch), lane.config.retry)
-        if rejected:
-            self.dlq.write(lane.name, [(r.event, r.error_type, r.error, tb, attempts) for r in rejected])
-            lane.status.dlq_events += len(rejected)
-            self.metrics.dlq_events.labels(lane.name).inc(len(rejected))
-            blog.warning("events sent to the dead-letter queue", count=len(rejected), error_type=rejected[0].error_type)
+        rejected = list(dead.values())
         if not lane.sink.stores_offsets:
             await self.offsets.commit(lane.name, batch.positions)
         lane.status.committed.update(batch.positions)

@@ -8,7 +8,7 @@ again in any order, must not change the result (design-notes §1, §3).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -26,11 +26,17 @@ class Batch:
     ``positions`` may run ahead of the last event (events of skipped tables still advance it).
     ``batch_id`` is deterministic for the batch's content so a re-sent batch can be recognised
     (ClickHouse insert deduplication tokens); it also serves as the log correlation id.
+
+    ``dead_letter``: a sink that stores its own offsets and refuses single events must await
+    ``batch.dead_letter(rejected)`` *before* it commits the batch's positions, so a crash between
+    the two can never lose the refused events (they are in the DLQ, durably, first). It may be
+    called more than once; it is ``None`` when nobody listens (tests, ``cdc dlq replay``).
     """
 
     batch_id: str
     events: Sequence[ChangeEvent]
     positions: Mapping[str, Position]
+    dead_letter: Callable[[Sequence[Rejected]], Awaitable[None]] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -65,7 +71,8 @@ class Sink(Protocol):
     async def write(self, batch: Batch) -> WriteResult:
         """Apply the batch (idempotently). Raise TransientError to be retried, PermanentError
         for a batch that can never apply (each event then goes to the DLQ), or return the events
-        refused one by one in ``WriteResult.rejected`` while the rest is applied."""
+        refused one by one in ``WriteResult.rejected`` while the rest is applied — passing them
+        to ``batch.dead_letter`` first when the sink commits offsets itself."""
 
     async def close(self) -> None:
         """Release connections. Not guaranteed to be called: correctness never depends on it."""
