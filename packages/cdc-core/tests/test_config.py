@@ -116,3 +116,31 @@ def test_missing_required_sections(tmp_path: Path) -> None:
         _build(_write(tmp_path, "source:\n  type: jsonl\n  path: events.jsonl\n"))
     with pytest.raises(ConfigError, match=r"source\.type: required"):
         _build(_write(tmp_path, "source:\n  path: x\nsinks:\n  a: {type: jsonl}\n"))
+
+
+def test_substituted_secrets_never_appear_in_the_config_repr(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD.replace("path: out.jsonl", "path: ${SECRET_PATH}"))
+    p = _build(path, {"SECRET_PATH": "hunter2-secret-value"})
+    assert "hunter2" not in repr(p.config)
+    assert "hunter2" not in repr(p.loaded)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("false", False), ("no", False), ("true", True), ("YES", True)])
+def test_booleans_from_env_substitution_mean_what_they_say(tmp_path: Path, text: str, expected: bool) -> None:
+    path = _write(tmp_path, "follow: ${FOLLOW}\n" + GOOD)
+    assert _build(path, {"FOLLOW": text}).config.follow is expected
+
+
+def test_a_non_boolean_is_refused_with_its_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^follow: .*bool"):
+        _build(_write(tmp_path, "follow: maybe\n" + GOOD))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [("stop_timeout: -5\n", r"^stop_timeout: must be > 0"), ("fanout: {buffer_chunks: 1}\n", r"^fanout\.buffer_chunks: must be >= 2")],
+)
+def test_validator_errors_name_the_key_not_the_value(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        _build(_write(tmp_path, extra + GOOD))
+    assert "-5" not in str(err.value)

@@ -272,3 +272,21 @@ async def test_metrics_are_served_with_the_documented_names(tmp_path: Path) -> N
     for name in ("cdc_replication_lag_seconds", "cdc_events_per_second", "cdc_backlog_depth", "cdc_batches_committed_total"):
         assert f'{name}{{destination="pg"}}' in body
     assert "# TYPE cdc_errors_total counter" in body
+
+
+@pytest.mark.parametrize("sinks", [1, 2])
+async def test_a_read_error_fails_the_lane_after_writing_what_came_before(tmp_path: Path, sinks: int) -> None:
+    path = write_events(tmp_path / "events.jsonl", make_events(5))
+    with path.open("ab") as fh:
+        fh.write(b'{"v": 1, "broken": true}\n')
+    names = [f"s{i}" for i in range(sinks)]
+    p = _pipeline(tmp_path, {n: {"type": "controlled"} for n in names})
+    summary = await asyncio.wait_for(p.run(), 10)  # never hangs
+    await p.close()
+    for n in names:
+        lane = summary.lanes[n]
+        assert lane.state == "failed"
+        assert lane.last_error is not None
+        assert "EventDecodeError" in lane.last_error
+        assert lane.applied_events == 5  # everything before the bad line is applied and committed
+        assert lane.committed == {"n1": make_events(5)[-1].position}

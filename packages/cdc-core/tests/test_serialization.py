@@ -8,6 +8,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from core_helpers import make_events
 from frozendict import frozendict
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -82,3 +83,12 @@ def test_bad_type_strings_are_refused(bad: str) -> None:
 def test_invalid_documents_name_the_problem(document: bytes, message: str) -> None:
     with pytest.raises(EventDecodeError, match=message):
         event_from_json(document)
+
+
+def test_decode_errors_do_not_quote_values() -> None:
+    good = event_to_json(make_events(8)[7])
+    bad = good.replace(b'"key":{"id":7}', b'"key":{"id":"123-45-6789"}')
+    assert bad != good
+    with pytest.raises(EventDecodeError) as err:
+        event_from_json(bad)
+    assert "123-45-6789" not in str(err.value)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import signal
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from cdc_core.observability import configure_logging
 from cdc_core.pipeline import Pipeline
 from cdc_core.plugins import PluginRegistry
 from cdc_core.positions import Position, PositionParseError
+from cdc_core.retry import with_retry
 from cdc_core.serialization import event_to_json
 
 log = structlog.get_logger(__name__)
@@ -181,6 +184,7 @@ async def _cmd_dlq(args: argparse.Namespace) -> int:
     try:
         await pipeline.start()
         total = 0
+        refused = 0
         for f in dlq.files(args.sink):
             sink_name = f.parent.name
             if sink_name not in pipeline.lanes:
@@ -190,16 +194,17 @@ async def _cmd_dlq(args: argparse.Namespace) -> int:
             events = [dlq.event_of(r) for r in dlq.records(f)]
             from cdc_core.sinks import Batch
 
-            batch = Batch(batch_id=f"dlq-replay-{f.stem}", events=events, positions={})
-            result = await lane.sink.write(batch)
+            batch = Batch(batch_id=f"dlq-replay-{f.stem}-{uuid.uuid4().hex[:12]}", events=events, positions={})
+            result, _ = await with_retry(functools.partial(lane.sink.write, batch), lane.config.retry)
             if result.rejected:
                 _err(f"{f}: {len(result.rejected)} of {len(events)} events refused again; the file stays")
+                refused += 1
                 continue
             dlq.mark_replayed(f)
             total += len(events)
             _out(f"{f}: {len(events)} events replayed into {sink_name}")
         _out(f"replayed {total} events")
-        return 0
+        return 1 if refused else 0
     finally:
         await pipeline.close()
 

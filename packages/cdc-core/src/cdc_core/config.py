@@ -71,7 +71,7 @@ class ComponentConfig:
     are that component's own options."""
 
     type: str
-    options: Mapping[str, Any] = attrs.field(factory=dict)
+    options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)  # may hold substituted secrets
 
 
 @attrs.frozen(kw_only=True)
@@ -85,7 +85,7 @@ class SinkConfig:
     retry: RetryConfig = attrs.field(factory=RetryConfig)
     on_failure: str = attrs.field(default="restart", validator=attrs.validators.in_(["restart", "stop"]))
     restart_delay: float = 5.0
-    options: Mapping[str, Any] = attrs.field(factory=dict)
+    options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)  # may hold substituted secrets
 
 
 @attrs.frozen(kw_only=True)
@@ -149,6 +149,23 @@ converter = make_converter(forbid_extra_keys=True)
 converter.register_structure_hook(Secret, lambda v, _: Secret(str(v)) if not isinstance(v, Secret) else v)
 converter.register_unstructure_hook(Secret, lambda s: "***")
 
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _strict_bool(value: Any, _: Any) -> bool:
+    # YAML gives real booleans; ${VAR} substitution gives strings: "false" must mean False.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError("expected a boolean (true/false)")
+
+
+converter.register_structure_hook(bool, _strict_bool)
+
 _COMPONENT_KEYS = {"type"}
 _SINK_KEYS = {"type", "enabled", "batch", "retry", "on_failure", "restart_delay"}
 
@@ -183,9 +200,31 @@ def _prepare(raw: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+_ATTR_MARK = "\x00attr="
+_QUOTED_NAME = re.compile(r"^'(?P<name>\w+)' (?P<reason>.*)$")
+
+
+def _format_exception(exc: BaseException, type_: Any) -> str:
+    """cattrs' messages, plus the attribute name of attrs validator errors, without the value."""
+    if isinstance(exc, ValueError) and exc.args:
+        name: str | None = None
+        reason = str(exc.args[0])
+        if len(exc.args) > 1 and isinstance(exc.args[1], attrs.Attribute):
+            name = exc.args[1].name
+        match = _QUOTED_NAME.match(reason)
+        if match:
+            name = name or match["name"]
+            reason = match["reason"]
+        if name:
+            reason = re.sub(r"\s*\(got .*\)$", "", reason)
+            reason = re.sub(r"(must be [<>=]+ [^:]+): .*$", r"\1", reason)
+            return f"{_ATTR_MARK}{name}\x00{reason}"
+    return cattrs.v.format_exception(exc, type_)
+
+
 def _cattrs_errors(exc: BaseException, root: str) -> list[str]:
     if isinstance(exc, cattrs.BaseValidationError):
-        return cattrs.transform_error(exc, path=root)
+        return cattrs.transform_error(exc, path=root, format_exception=_format_exception)
     return [f"{root}: {exc}"]
 
 
@@ -198,6 +237,9 @@ def _locate(message: str, lines: Mapping[str, int], source_name: str, options_ma
     path = re.sub(r"\['([^']*)'\]", r".\1", path).lstrip(".")
     for internal, public in options_map.items():
         path = path.replace(internal, public)
+    if text.startswith(_ATTR_MARK):
+        name, _, text = text[len(_ATTR_MARK) :].partition("\x00")
+        path = f"{path}.{name}" if path else name
     extra = re.fullmatch(r"extra fields found \((.+)\)", text)
     if extra:
         # Name the unknown key itself, at its own line.

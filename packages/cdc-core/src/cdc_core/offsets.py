@@ -76,12 +76,19 @@ class SqliteOffsetStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute(_SCHEMA)
+        self._db: sqlite3.Connection | None = None  # opened on first use: `cdc validate` creates nothing
         self._lock = asyncio.Lock()
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(_SCHEMA)
+            self._db = db
+        return self._db
 
     def _load(self, consumer: str) -> dict[str, Position]:
         rows = self._conn.execute("SELECT node, segment_id, offset, idx FROM cdc_offsets WHERE consumer = ?", (consumer,)).fetchall()
@@ -124,4 +131,6 @@ class SqliteOffsetStore:
         return [r[0] for r in rows]
 
     async def close(self) -> None:
-        self._conn.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -46,6 +46,13 @@ log = structlog.get_logger(__name__)
 _END = object()
 
 
+@attrs.frozen
+class _Failure:
+    """Travels down a lane's queues in place of the end marker when reading failed."""
+
+    error: Exception
+
+
 @attrs.define(kw_only=True)
 class LaneStatus:
     """What one sink's lane has done (``cdc status``, run summaries, tests)."""
@@ -117,6 +124,7 @@ class Pipeline:
         self._started = False
         self._metrics_server: Any = None
         self._hub: SharedSource | None = None
+        self._warned_disabled = False
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -303,6 +311,7 @@ class Pipeline:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), lane.config.restart_delay)
                 if self._stopping.is_set():
+                    lane.status.state = "stopped"  # stopped while waiting to restart: a clean stop
                     return
                 if self._hub is not None:
                     await self._hub.leave(lane.name)  # a restarted lane reads on its own
@@ -358,13 +367,20 @@ class Pipeline:
             except asyncio.CancelledError:
                 if not draining:
                     raise
+            except Exception as exc:
+                # A read or transform error: what was read before it is still written, then the
+                # lane fails with it (and restarts from its committed position).
+                await items.put(_Failure(exc))
+                return
             await items.put(_END)
 
         async def batch_up() -> None:
             ended = False
+            end_marker: object = _END
             while not ended:
                 first = await items.get()
-                if first is _END:
+                if first is _END or isinstance(first, _Failure):
+                    end_marker = first
                     break
                 pending: list[ReaderItem] = [first]
                 deadline = time.monotonic() + bc.max_wait
@@ -376,7 +392,8 @@ class Pipeline:
                         item = await asyncio.wait_for(items.get(), timeout)
                     except TimeoutError:
                         break
-                    if item is _END:
+                    if item is _END or isinstance(item, _Failure):
+                        end_marker = item
                         ended = True
                         break
                     pending.append(item)
@@ -385,13 +402,15 @@ class Pipeline:
                     lane.queued_events += len(batch.events)
                     self.metrics.backlog_depth.labels(lane.name).set(lane.queued_events + items.qsize())
                     await batches.put(batch)
-            await batches.put(_END)  # only on a normal end: a cancelled lane needs no marker
+            await batches.put(end_marker)  # only on a normal end or a failure: a cancelled lane needs none
 
         async def write() -> None:
             while True:
                 batch = await batches.get()
                 if batch is _END:
                     return
+                if isinstance(batch, _Failure):
+                    raise batch.error
                 await self._apply(lane, batch)
                 lane.queued_events -= len(batch.events)
                 self.metrics.backlog_depth.labels(lane.name).set(lane.queued_events + items.qsize())
@@ -540,6 +559,13 @@ class Pipeline:
 
     async def _release(self) -> None:
         """Tell the reader what every lane has committed, so it may clean up behind them."""
+        disabled = [name for name, s in self.config.sinks.items() if not s.enabled]
+        if disabled:
+            # A disabled sink has a place in cdc_raw too: nothing is released until it is back.
+            if not self._warned_disabled:
+                log.warning("cdc_raw cleanup paused: some sinks are disabled", sinks=disabled)
+                self._warned_disabled = True
+            return
         common: dict[str, Position] | None = None
         for lane in self.lanes.values():
             c = lane.status.committed

@@ -197,8 +197,11 @@ def event_from_dict(obj: Mapping[str, Any]) -> ChangeEvent:
         )
     except EventDecodeError:
         raise
-    except (KeyError, TypeError, ValueError, IndexError, cattrs.BaseValidationError) as exc:
-        raise EventDecodeError(f"not a valid event: {type(exc).__name__}: {exc}") from exc
+    except KeyError as exc:
+        raise EventDecodeError(f"not a valid event: missing field {exc}") from None
+    except (TypeError, ValueError, IndexError, cattrs.BaseValidationError) as exc:
+        # The message of a value error may quote the value (unmasked PII): name only its kind.
+        raise EventDecodeError(f"not a valid event: a field has the wrong form ({type(exc).__name__})") from None
 
 
 def event_to_json(event: ChangeEvent) -> bytes:
