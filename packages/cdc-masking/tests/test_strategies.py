@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
-from helpers import KEYS
+from helpers import KEYS, PK, REG, row, table, transform
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +19,7 @@ from cdc_core.cqltypes import parse_type
 from cdc_core.errors import ConfigError
 from cdc_core.secrets import Secret
 from cdc_masking import BUILTIN_STRATEGIES, Masker, StrategyContext, identify_token, make_token
+from cdc_masking.strategies import memoise
 
 SECRETS = {k: Secret(v) for k, v in KEYS.items()}
 
@@ -231,3 +232,36 @@ def test_compile_errors_name_rule_and_problem(name: str, options: dict[str, Any]
 def test_tokenize_without_active_key() -> None:
     with pytest.raises(ConfigError, match="token_key"):
         compile_strategy("tokenize", token_key=None)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (decimal.Decimal("1.0"), decimal.Decimal("1.00")),
+        (0.0, -0.0),
+        (
+            dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC),
+            dt.datetime(2026, 1, 1, 13, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+        ),
+    ],
+)
+@pytest.mark.parametrize("name", ["hmac", "tokenize", "sha256", "email", "keep_last"])
+def test_memo_keeps_equal_but_different_values_apart(first: Any, second: Any, name: str) -> None:
+    # Regression: the memo was keyed on the value, so values that compare equal but mask differently
+    # (Decimal('1.0') == Decimal('1.00'), 0.0 == -0.0) shared an entry: the output depended on the order.
+    masker = compile_strategy(name)
+    assert first == second and masker.mask(first) != masker.mask(second)
+    for order in ((first, second), (second, first)):
+        memo = memoise(masker.mask, 16)
+        assert [memo(v) for v in order] == [masker.mask(v) for v in order]
+
+
+def test_memo_through_the_transform_is_order_independent() -> None:
+    schema = table([("id", "int", PK), ("amount", "decimal", REG), ("score", "double", REG)])
+
+    def masked(values: list[Any], column: str) -> list[Any]:
+        t = transform([{"table": "t", "column": column, "strategy": "hmac"}])
+        return [t.apply([row(schema, {"id": 1}, {column: v})])[0].cells[column].value for v in values]  # type: ignore[union-attr]
+
+    assert masked([decimal.Decimal("1.0"), decimal.Decimal("1.00")], "amount")[1] == masked([decimal.Decimal("1.00")], "amount")[0]
+    assert masked([0.0, -0.0], "score")[1] == masked([-0.0], "score")[0]

@@ -193,8 +193,11 @@ _MISS = object()
 def memoise(fn: Callable[[Any], Any], size: int) -> Callable[[Any], Any]:
     """A bounded memo of a pure masking function (cleared when full: no LRU bookkeeping).
 
-    Used per column (one CQL type), so values that compare equal across types (``1 == True``)
-    never share an entry.
+    Equal is not identical: ``Decimal('1.0') == Decimal('1.00')``, ``0.0 == -0.0`` and two aware
+    datetimes of one instant in different zones compare (and hash) equal but have different
+    canonical forms, so keying the memo on the value itself would make the output depend on which
+    of them came first. The memo is therefore keyed on the value only for ``str``, ``bytes`` and
+    ``int`` (where equality means the same canonical form) and on ``(type, repr(value))`` otherwise.
     """
     if size <= 0:
         return fn
@@ -202,15 +205,20 @@ def memoise(fn: Callable[[Any], Any], size: int) -> Callable[[Any], Any]:
     get = cache.get
 
     def mask(value: Any) -> Any:
-        try:
-            out = get(value, _MISS)
-        except TypeError:  # unhashable
-            return fn(value)
+        cls = type(value)
+        if cls is str or cls is int or cls is bytes:  # exact classes: bool and subclasses take the repr path
+            key = value
+        else:
+            try:
+                key = (cls, repr(value))
+            except Exception:  # a repr that fails: do not memoise this value
+                return fn(value)
+        out = get(key, _MISS)
         if out is _MISS:
             out = fn(value)
             if len(cache) >= size:
                 cache.clear()
-            cache[value] = out
+            cache[key] = out
         return out
 
     return mask
