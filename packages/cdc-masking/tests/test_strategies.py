@@ -265,3 +265,30 @@ def test_memo_through_the_transform_is_order_independent() -> None:
 
     assert masked([decimal.Decimal("1.0"), decimal.Decimal("1.00")], "amount")[1] == masked([decimal.Decimal("1.00")], "amount")[0]
     assert masked([0.0, -0.0], "score")[1] == masked([-0.0], "score")[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "injective"),
+    [
+        ("hmac", {}, True),
+        ("hmac", {"length": 8}, False),  # 32 bits: collisions after ~65 000 values
+        ("hmac", {"length": 16}, False),  # 64 bits
+        ("hmac", {"length": 24}, True),  # 96 bits
+        ("hmac", {"output": "base64url", "length": 12}, False),  # 72 bits
+        ("hmac", {"output": "base64url", "length": 16}, True),  # 96 bits
+        ("sha256", {"length": 8}, False),
+        ("sha256", {}, True),
+        ("email", {}, False),  # 16 hex chars of local part = 64 bits
+        ("email", {"length": 24}, True),
+        ("tokenize", {"length": 12}, True),
+    ],
+)
+def test_truncated_hashes_are_not_injective(name: str, options: dict[str, Any], injective: bool) -> None:
+    # Regression: `length: 8` (32 bits) claimed injective=True, so keys masked by it raised no warning.
+    assert compile_strategy(name, options).injective is injective
+
+
+def test_truncated_hmac_on_a_key_column_warns() -> None:
+    t = transform([{"column": "id", "strategy": "hmac", "options": {"length": 8}, "name": "short"}])
+    warnings = t.validate([table([("id", "text", PK), ("v", "text", REG)])])
+    assert len(warnings) == 1 and "'short' masks primary-key column ks.t.id" in warnings[0]

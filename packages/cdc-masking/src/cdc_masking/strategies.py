@@ -28,6 +28,7 @@ from cdc_core.secrets import Secret
 
 __all__ = [
     "BUILTIN_STRATEGIES",
+    "INJECTIVE_BITS",
     "MIN_KEY_BYTES",
     "TEXT",
     "Masker",
@@ -43,6 +44,13 @@ __all__ = [
 ]
 
 MIN_KEY_BYTES = 32
+INJECTIVE_BITS = 96
+"""A hash truncated below this many bits is not treated as injective (``Masker.injective`` False).
+
+By the birthday bound, n distinct values collide with probability about n² / 2^(bits+1): 32 bits
+collide after ~65 000 values, 64 bits after ~4·10⁹; at 96 bits a trillion (10¹²) distinct values
+collide with probability ~6·10⁻⁶. 96 bits is also ``tokenize``'s minimum length (12 bytes), and its
+default (15 bytes = 120 bits) stays injective."""
 TEXT = CqlType("text")
 _TEXT_NAMES = frozenset({"text", "varchar", "ascii"})
 
@@ -253,6 +261,13 @@ def _hmac_fn(key: bytes, domain: bytes = b"") -> Callable[[bytes], bytes]:
     return digest
 
 
+def _output_bits(output: str, length: int | None, full_bits: int = 256) -> int:
+    """Bits of hash an ``output`` encoding truncated to ``length`` characters carries."""
+    if length is None:
+        return full_bits
+    return min(full_bits, length * (4 if output == "hex" else 6))
+
+
 def _encoder(output: str, length: int | None) -> Callable[[bytes], str]:
     if output == "hex":
         if length is None:
@@ -272,7 +287,8 @@ class HmacStrategy:
     def compile(self, options: Mapping[str, Any], context: StrategyContext) -> Masker:
         opts = _Options(options, context, {"key", "output", "length", "prefix"})
         key = context.key(opts.str_("key", context.hmac_key), "HMAC")
-        encode = _encoder(opts.choice("output", "hex", ("hex", "base64url")), opts.int_("length", None, 8))
+        output, length = opts.choice("output", "hex", ("hex", "base64url")), opts.int_("length", None, 8)
+        encode = _encoder(output, length)
         prefix = opts.str_("prefix", "") or ""
         inner, outer = _hmac_state(key)
         inner_copy, outer_copy = inner.copy, outer.copy
@@ -284,7 +300,7 @@ class HmacStrategy:
             o.update(i.digest())
             return prefix + encode(o.digest())
 
-        return Masker(mask=mask, memoise=True)
+        return Masker(mask=mask, memoise=True, injective=_output_bits(output, length) >= INJECTIVE_BITS)
 
 
 _TOKEN = re.compile(r"^tok_([A-Za-z0-9][A-Za-z0-9-]{0,31})_([A-Za-z0-9_-]+)$")
@@ -340,7 +356,8 @@ class Sha256Strategy:
     def compile(self, options: Mapping[str, Any], context: StrategyContext) -> Masker:
         opts = _Options(options, context, {"salt", "output", "length"})
         salt = context.key(opts.str_("salt", context.salt_key), "salt")
-        encode = _encoder(opts.choice("output", "hex", ("hex", "base64url")), opts.int_("length", None, 8))
+        output, length = opts.choice("output", "hex", ("hex", "base64url")), opts.int_("length", None, 8)
+        encode = _encoder(output, length)
         base = hashlib.sha256(salt)
 
         def mask(value: Any) -> str:
@@ -348,7 +365,7 @@ class Sha256Strategy:
             h.update(canonical_bytes(value))
             return encode(h.digest())
 
-        return Masker(mask=mask, memoise=True)
+        return Masker(mask=mask, memoise=True, injective=_output_bits(output, length) >= INJECTIVE_BITS)
 
 
 class RedactStrategy:
@@ -434,7 +451,9 @@ class EmailStrategy:
             domain = hashed(domain.lower()) + ".invalid" if domain_mode == "hmac" else domain.lower()
             return f"{masked_local}@{domain}"
 
-        return Masker(mask=mask, injective=local_mode == "hmac", memoise=True)
+        assert length is not None
+        # the local part is hex, truncated to ``length`` characters (default 16 = 64 bits: not injective)
+        return Masker(mask=mask, injective=local_mode == "hmac" and length * 4 >= INJECTIVE_BITS, memoise=True)
 
 
 BUILTIN_STRATEGIES: dict[str, MaskingStrategy] = {
