@@ -106,6 +106,43 @@ async def test_empty_index_file_is_retried_not_misread(tmp_path: Path) -> None:
     assert len([i for i in await read_all(reader) if isinstance(i, ChangeEvent)]) == 3
 
 
+async def test_index_caught_empty_while_a_newer_segment_exists_loses_nothing(tmp_path: Path) -> None:
+    # At a segment switch Cassandra rewrites the old segment's idx (truncate, then "offset\nCOMPLETED")
+    # while the new segment already has one: a reader that looks in between must wait, not skip the rest.
+    cdc_raw = tmp_path / "cdc_raw"
+    cdc_raw.mkdir()
+    seg = build_segment(10, [_muts(0, 2), _muts(2, 2)], zero_tail=1 << 16)
+    (cdc_raw / "CommitLog-7-10.log").write_bytes(seg.data)
+    idx = cdc_raw / "CommitLog-7-10_cdc.idx"
+    idx.write_text(str(seg.section_ends[0]))
+    reader = _reader(cdc_raw)
+    await reader.start()
+    got: list[int] = []
+
+    async def consume() -> None:
+        async for item in reader.read({}, follow=True):
+            if isinstance(item, ChangeEvent):
+                got.append(item.key["pk"])
+
+    task = asyncio.create_task(consume())
+    for _ in range(100):
+        if len(got) == 2:
+            break
+        await asyncio.sleep(0.02)
+    seg2 = build_segment(11, [_muts(4, 1)])
+    (cdc_raw / "CommitLog-7-11.log").write_bytes(seg2.data)
+    (cdc_raw / "CommitLog-7-11_cdc.idx").write_text(str(seg2.section_ends[0]))
+    idx.write_text("")  # caught mid-rewrite
+    await asyncio.sleep(0.3)
+    idx.write_text(f"{seg.section_ends[1]}\nCOMPLETED")
+    for _ in range(100):
+        if len(got) == 5:
+            break
+        await asyncio.sleep(0.02)
+    task.cancel()
+    assert got == [0, 1, 2, 3, 4]
+
+
 async def test_encrypted_segments_are_refused_clearly(tmp_path: Path) -> None:
     cdc_raw = tmp_path / "cdc_raw"
     cdc_raw.mkdir()

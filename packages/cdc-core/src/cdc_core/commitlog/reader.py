@@ -156,6 +156,10 @@ class CommitLogReaderConfig:
         return True
 
 
+_EMPTY_INDEX_RETRIES = 20
+"""Reads of an existing but empty idx (50 ms apart) before ``follow=False`` gives up on its segment."""
+
+
 class _Skip(Exception):
     """An entry that yields nothing (unselected or unknown table)."""
 
@@ -336,6 +340,7 @@ class CommitLogReader:
         last: Position | None = after  # newest position yielded (or the start)
         pending: Position | None = None  # newest position passed without an event
         skipped_since_progress = 0
+        empty_reads: dict[int, int] = {}  # segment id -> consecutive reads of an existing but empty idx
         while True:
             self._check_space()
             segs = [s for s in self._segments() if s.segment_id not in done and (after is None or s.segment_id >= after.segment_id)]
@@ -350,6 +355,17 @@ class CommitLogReader:
                 continue
             seg = segs[0]
             idx = self._index(seg)
+            if idx is None and any(p.exists() for p in seg.index_paths):
+                # The idx exists but reads empty: Cassandra truncates it before writing it again
+                # (at every sync, and with COMPLETED when it switches to a newer segment). That is
+                # not a segment without CDC data: read it again shortly instead of passing it over
+                # (which lost the rest of the segment). Bounded when not following.
+                empty_reads[seg.segment_id] = empty_reads.get(seg.segment_id, 0) + 1
+                if follow or empty_reads[seg.segment_id] <= _EMPTY_INDEX_RETRIES:
+                    await asyncio.sleep(min(self.config.poll_interval, 0.05))
+                    continue
+            else:
+                empty_reads.pop(seg.segment_id, None)
             if idx is None:
                 if not follow or any(self._index(s) is not None for s in segs[1:]):
                     done.add(seg.segment_id)  # no CDC data in it (or not yet and never will be)
