@@ -212,6 +212,27 @@ class SinkContract:
         finally:
             await restarted.close()
 
+    @pytest.mark.parametrize("newest_first", [False, True])
+    async def test_ties_follow_cassandra(self, harness: SinkHarness, newest_first: bool) -> None:
+        """Equal timestamps: a tombstone beats a value, an expiring cell or marker beats a plain
+        one, and a deletion shadows what carries its own timestamp — in either arrival order."""
+        schema = _deletes_schema()
+        events = _ties_scenario(schema)
+        sink = await harness.make_sink()
+        try:
+            await _apply(sink, batches_of(list(reversed(events)) if newest_first else events, [1]))
+            await self._check(harness, schema, events)
+            state = normalise_state(await harness.read_state(schema, NOW))
+            assert state.rows[(1, 1)]["v"] is None  # the tombstone won the tie
+            assert state.rows[(1, 1)]["w"] == 7
+            assert (2, 1) not in state.rows  # row deletion at the write's timestamp
+            assert (3, 1) not in state.rows  # partition deletion at the write's timestamp
+            assert (4, 2) not in state.rows  # range deletion at the write's timestamp
+            assert (4, 5) in state.rows
+            assert (5, 1) not in state.rows  # the expired marker beat the plain one of the same timestamp
+        finally:
+            await sink.close()
+
     @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
     @given(data=st.data())
     async def test_converges_under_shuffling_and_duplicates(self, harness: SinkHarness, data: st.DataObject) -> None:
@@ -292,4 +313,65 @@ def _scenario(schema: TableSchema) -> list[ChangeEvent]:
         ChangeEvent(
             position=pos(12), schema=schema, kind=ChangeKind.ROW, key={"pk": 3, "ck": 1}, cells={"v": Cell(timestamp=210, value="back")}
         ),
+    ]
+
+
+def _ties_scenario(schema: TableSchema) -> list[ChangeEvent]:
+    """Writes and deletions sharing timestamps (each with its Cassandra outcome asserted)."""
+    ldt = NOW - 1000
+
+    def pos(i: int, node: str = "n1") -> Position:
+        return Position(node=node, segment_id=9, offset=i * 100, index=0)
+
+    def row(i: int, pk: int, ck: int, ts: int, *, ttl: int | None = None, exp: int | None = None, **cells: Cell) -> ChangeEvent:
+        return ChangeEvent(
+            position=pos(i),
+            schema=schema,
+            kind=ChangeKind.ROW,
+            key={"pk": pk, "ck": ck},
+            liveness=Liveness(timestamp=ts, ttl=ttl, local_deletion_time=exp),
+            cells=cells,
+        )
+
+    return [
+        row(1, 1, 1, 100, v=Cell(timestamp=100, value="x"), w=Cell(timestamp=100, value=7)),
+        ChangeEvent(
+            position=pos(2, "n2"),
+            schema=schema,
+            kind=ChangeKind.ROW,
+            key={"pk": 1, "ck": 1},
+            cells={"v": Cell(timestamp=100, tombstone=True, local_deletion_time=ldt)},
+        ),
+        row(3, 2, 1, 200, v=Cell(timestamp=200, value="gone")),
+        ChangeEvent(
+            position=pos(4, "n2"),
+            schema=schema,
+            kind=ChangeKind.ROW,
+            key={"pk": 2, "ck": 1},
+            row_deletion=Deletion(timestamp=200, local_deletion_time=ldt),
+        ),
+        row(5, 3, 1, 300, v=Cell(timestamp=300, value="gone")),
+        ChangeEvent(
+            position=pos(6, "n2"),
+            schema=schema,
+            kind=ChangeKind.PARTITION_DELETE,
+            key={"pk": 3},
+            partition_deletion=Deletion(timestamp=300, local_deletion_time=ldt),
+        ),
+        row(7, 4, 2, 400, v=Cell(timestamp=400, value="gone")),
+        row(8, 4, 5, 400, v=Cell(timestamp=400, value="stays")),
+        ChangeEvent(
+            position=pos(9, "n2"),
+            schema=schema,
+            kind=ChangeKind.RANGE_DELETE,
+            key={"pk": 4},
+            range_deletion=RangeDeletion(
+                start=RangeBound(values=(1,), inclusive=True),
+                end=RangeBound(values=(3,), inclusive=False),
+                deletion=Deletion(timestamp=400, local_deletion_time=ldt),
+            ),
+        ),
+        # Two INSERTs (markers only) with one timestamp: the expiring one, already expired, wins.
+        row(10, 5, 1, 500),
+        row(11, 5, 1, 500, ttl=60, exp=NOW - 10),
     ]

@@ -25,14 +25,33 @@ import attrs
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deletion, Liveness, RangeDeletion
 from cdc_core.schema import ColumnKind, TableSchema
 
-__all__ = ["TableState", "cell_wins", "latest_state"]
+__all__ = ["TableState", "cell_wins", "latest_state", "liveness_wins"]
+
+
+def _tie_rank(cell: Cell) -> tuple[int, int]:
+    # Cassandra's Cells.resolveRegular on equal timestamps: a tombstone beats an expiring cell,
+    # which beats a plain live one (CASSANDRA-14592); then the later local deletion time wins.
+    kind = 2 if cell.tombstone else (1 if cell.ttl is not None else 0)
+    return kind, ((cell.local_deletion_time or 0) if kind else 0)
 
 
 def cell_wins(new: Cell, old: Cell | None) -> bool:
-    """True when ``new`` replaces ``old`` under last-write-wins (tombstone wins ties)."""
+    """True when ``new`` replaces ``old``: the higher write timestamp wins; on a tie, a tombstone,
+    then an expiring cell, then the later expiry (two plain live values: outside the contract)."""
     if old is None or new.timestamp > old.timestamp:
         return True
-    return new.timestamp == old.timestamp and new.tombstone and not old.tombstone
+    return new.timestamp == old.timestamp and _tie_rank(new) > _tie_rank(old)
+
+
+def liveness_wins(new: Liveness, old: Liveness | None) -> bool:
+    """Cassandra's LivenessInfo.supersedes: higher timestamp; on a tie an expiring marker beats a
+    plain one, and between two expiring ones the later expiry wins."""
+    if old is None or new.timestamp != old.timestamp:
+        return old is None or new.timestamp > old.timestamp
+    new_expiring, old_expiring = new.ttl is not None, old.ttl is not None
+    if new_expiring != old_expiring:
+        return new_expiring
+    return (new.local_deletion_time or 0) > (old.local_deletion_time or 0)
 
 
 @attrs.frozen(kw_only=True)
@@ -72,7 +91,7 @@ def _max(a: int | None, d: Deletion | None) -> int | None:
 
 
 def _merge_row(row: _Row, event: ChangeEvent) -> None:
-    if event.liveness is not None and (row.liveness is None or event.liveness.timestamp > row.liveness.timestamp):
+    if event.liveness is not None and liveness_wins(event.liveness, row.liveness):
         row.liveness = event.liveness
     row.deletion = _max(row.deletion, event.row_deletion)
     for name, change in event.cells.items():
@@ -90,25 +109,33 @@ def _merge_complex(state: _Complex, change: ComplexChange) -> None:
             state.elements[element.path] = element.cell
 
 
-def _compare_key(values: tuple[Any, ...], bound: tuple[Any, ...], descending: tuple[bool, ...]) -> int:
+def clustering_sort_key(value: Any, type_name: str) -> Any:
+    """How Cassandra orders a clustering value: timeuuids by their time first (TimeUUIDType),
+    other supported key types by their natural Python order."""
+    if type_name == "timeuuid":
+        return (value.time, value.bytes)
+    return value
+
+
+def _compare_key(values: tuple[Any, ...], bound: tuple[Any, ...], descending: tuple[bool, ...], types: tuple[str, ...]) -> int:
     """Compare a clustering tuple with a bound prefix, honouring DESC columns (-1, 0 or 1)."""
-    for v, b, desc in zip(values, bound, descending, strict=False):
+    for v, b, desc, t in zip(values, bound, descending, types, strict=False):
         if v == b:
             continue
-        less = v < b
+        less = clustering_sort_key(v, t) < clustering_sort_key(b, t)
         if desc:
             less = not less
         return -1 if less else 1
     return 0
 
 
-def _in_range(clustering: tuple[Any, ...], rd: RangeDeletion, descending: tuple[bool, ...]) -> bool:
+def _in_range(clustering: tuple[Any, ...], rd: RangeDeletion, descending: tuple[bool, ...], types: tuple[str, ...]) -> bool:
     if rd.start is not None:
-        c = _compare_key(clustering, rd.start.values, descending)
+        c = _compare_key(clustering, rd.start.values, descending, types)
         if c < 0 or (c == 0 and not rd.start.inclusive):
             return False
     if rd.end is not None:
-        c = _compare_key(clustering, rd.end.values, descending)
+        c = _compare_key(clustering, rd.end.values, descending, types)
         if c > 0 or (c == 0 and not rd.end.inclusive):
             return False
     return True
@@ -187,6 +214,7 @@ def latest_state(events: Iterable[ChangeEvent], *, now: int | None = None) -> Ta
     if schema is None:
         return TableState(rows=rows, statics=statics)
     descending = tuple(c.clustering_order.value == "desc" for c in schema.clustering)
+    types = tuple(c.cql_type.name for c in schema.clustering)
     for pk, part in partitions.items():
         static_values, static_live = _render(schema, part.static, part.deletion, now, ColumnKind.STATIC)
         if static_live:
@@ -194,7 +222,7 @@ def latest_state(events: Iterable[ChangeEvent], *, now: int | None = None) -> Ta
         for ck, row in part.rows.items():
             shadow = part.deletion
             for rd in part.ranges:
-                if _in_range(ck, rd, descending):
+                if _in_range(ck, rd, descending, types):
                     shadow = rd.deletion.timestamp if shadow is None else max(shadow, rd.deletion.timestamp)
             values, any_live = _render(schema, row, shadow, now, ColumnKind.REGULAR)
             marker = row.liveness

@@ -1,8 +1,10 @@
 """Hypothesis strategies: random table schemas, values and event histories.
 
-Histories give every event its own timestamp (multiples of 10, so an overwrite's clear at ts-1
-never meets another write), which keeps them inside the model's contract: no two different live
-values share a timestamp. Duplicates are exact copies, as replicas and replays produce.
+Writes get their own timestamps (multiples of 10, so an overwrite's clear at ts-1 never meets
+another write), which keeps histories inside the model's contract: no two different live values
+share a timestamp. Deletions and "set to null" updates may reuse a write's timestamp, to test the
+tie rules (a tombstone wins; a deletion shadows what has its own timestamp). Events come from two
+nodes, each in its own position order. Duplicates are exact copies, as replicas and replays make.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ __all__ = [
 NOW = 1_800_000_000
 """The ``now`` (seconds) the generated TTLs are relative to: pass it to ``latest_state``."""
 
-KEY_TYPES = ("int", "bigint", "text", "uuid")
+KEY_TYPES = ("int", "bigint", "text", "uuid", "timeuuid")
 VALUE_TYPES = (
     "int",
     "bigint",
@@ -84,6 +86,9 @@ def values_of(type_string: str) -> st.SearchStrategy[Any]:
         return st.decimals(allow_nan=False, allow_infinity=False, places=4, min_value=Decimal("-1e12"), max_value=Decimal("1e12"))
     if t == "uuid":
         return st.uuids()
+    if t == "timeuuid":
+        # Times and clock bits drawn apart so their order and the byte order differ.
+        return st.builds(_timeuuid, st.integers(0, 2**60 - 1), st.integers(0, 2**14 - 1))
     if t == "timestamp":
         return st.integers(-(10**11), 10**13).map(lambda ms: _EPOCH + dt.timedelta(milliseconds=ms))
     if t == "date":
@@ -209,9 +214,12 @@ def event_histories(draw: st.DrawFn, schema: TableSchema, *, max_events: int = 1
     regulars = [c for c in schema.value_columns if c.kind is ColumnKind.REGULAR]
     list_paths: list[uuid.UUID] = []
     events: list[ChangeEvent] = []
+    nodes = (node, f"{node}-replica")
     for i, raw_ts in enumerate(stamps):
         ts = raw_ts * 10
-        pos = Position(node=node, segment_id=1, offset=(i + 1) * 100, index=0)
+        # Deletions may take the timestamp of some write: ties test "tombstone/deletion wins".
+        tie_ts = draw(st.sampled_from(stamps)) * 10
+        pos = Position(node=draw(st.sampled_from(nodes)), segment_id=1, offset=(i + 1) * 100, index=0)
         pk = draw(st.sampled_from(pk_pool))
         key = dict(zip((c.name for c in schema.partition_key), pk, strict=True))
         choice = draw(st.integers(0, 9))
@@ -222,7 +230,7 @@ def event_histories(draw: st.DrawFn, schema: TableSchema, *, max_events: int = 1
                     schema=schema,
                     kind=ChangeKind.PARTITION_DELETE,
                     key=key,
-                    partition_deletion=Deletion(timestamp=ts, local_deletion_time=NOW - 1000),
+                    partition_deletion=Deletion(timestamp=tie_ts, local_deletion_time=NOW - 1000),
                 )
             )
             continue
@@ -241,7 +249,7 @@ def event_histories(draw: st.DrawFn, schema: TableSchema, *, max_events: int = 1
                     range_deletion=RangeDeletion(
                         start=start if draw(st.integers(0, 4)) else None,
                         end=end if draw(st.integers(0, 4)) else None,
-                        deletion=Deletion(timestamp=ts, local_deletion_time=NOW - 1000),
+                        deletion=Deletion(timestamp=tie_ts, local_deletion_time=NOW - 1000),
                     ),
                 )
             )
@@ -259,9 +267,19 @@ def event_histories(draw: st.DrawFn, schema: TableSchema, *, max_events: int = 1
                     schema=schema,
                     kind=ChangeKind.ROW,
                     key=key,
-                    row_deletion=Deletion(timestamp=ts, local_deletion_time=NOW - 1000),
+                    row_deletion=Deletion(timestamp=tie_ts, local_deletion_time=NOW - 1000),
                 )
             )
+            continue
+        simple = [c for c in regulars if not c.cql_type.is_multicell]
+        if choice == 4 and simple:
+            # UPDATE … SET c = null at a write's timestamp: tombstones only, so ties stay in contract.
+            nulled = draw(st.lists(st.sampled_from(simple), min_size=1, max_size=len(simple), unique_by=lambda c: c.name))
+            tombstones: dict[str, Cell | ComplexChange] = {
+                c.name: Cell(timestamp=tie_ts, tombstone=True, local_deletion_time=draw(st.sampled_from([NOW - 1000, NOW - 500])))
+                for c in nulled
+            }
+            events.append(ChangeEvent(position=pos, schema=schema, kind=ChangeKind.ROW, key=key, cells=tombstones))
             continue
         insert = draw(st.booleans())
         written = draw(st.lists(st.sampled_from(regulars), min_size=0 if insert else 1, max_size=len(regulars), unique_by=lambda c: c.name))
