@@ -13,7 +13,7 @@ from helpers import PK, REG, config, row, table
 
 import cdc_core
 from cdc_core import hookspecs as core_hookspecs
-from cdc_core.errors import PluginError
+from cdc_core.errors import ConfigError, PluginError
 from cdc_core.factories import ComponentContext
 from cdc_core.plugins import PluginInfo
 from cdc_masking import Masker, MaskingConfig, MaskingTransform, StrategyContext, plugin
@@ -84,8 +84,8 @@ def test_factory_creates_transform(tmp_path: Path) -> None:
 
 
 def test_custom_strategy_through_hook() -> None:
-    make_pm(GoodPlugin())
-    strategies = plugin.registered_strategies()
+    pm = make_pm(GoodPlugin())
+    strategies = plugin.registered_strategies(pm)
     assert set(strategies) == {"reverse"}
     t = MaskingTransform(config([{"column": "ssn", "strategy": "reverse"}]), strategies=strategies)
     schema = table([("id", "int", PK), ("ssn", "text", REG)])
@@ -104,3 +104,45 @@ def test_plugin_cannot_replace_builtin() -> None:
     pm = make_pm(BuiltinClash())
     with pytest.raises(PluginError, match="'BuiltinClash' registers masking strategy 'hmac', which is built in"):
         plugin.registered_strategies(pm)
+
+
+def masking_factory(pm: pluggy.PluginManager) -> Any:
+    (factory,) = [f for group in pm.hook.cdc_register_transforms() for f in group if f.name == "masking"]
+    return factory
+
+
+def test_each_registry_sees_its_own_strategies(tmp_path: Path) -> None:
+    # Regression: the plugin kept the last plugin manager in a module global, so the registry created
+    # last decided which custom strategies every pipeline of the process could use.
+    from cdc_core.plugins import PluginRegistry
+
+    good = PluginRegistry(
+        autoload=False,
+        plugins=[
+            (plugin, PluginInfo(name="masking", distribution="cdc-masking", version="1")),
+            (GoodPlugin(), PluginInfo(name="good", distribution="good-dist", version="1")),
+        ],
+    )
+    plain = PluginRegistry(autoload=False, plugins=[(plugin, PluginInfo(name="masking", distribution="cdc-masking", version="1"))])
+    reverse = config([{"column": "ssn", "strategy": "reverse"}])
+    context = ComponentContext(instance_name="mask", base_dir=tmp_path)
+    schema = table([("id", "int", PK), ("ssn", "text", REG)])
+    # the registry WITH the plugin was created first: its pipeline still gets the strategy...
+    t = good.transforms()["masking"].factory.create(reverse, context)
+    assert t.apply([row(schema, {"id": 1}, {"ssn": "abc"})])[0].cells["ssn"].value == "cba!"  # type: ignore[union-attr]
+    # ...and the one without it does not, whichever registry was created last
+    with pytest.raises(ConfigError, match="unknown strategy 'reverse'"):
+        plain.transforms()["masking"].factory.create(reverse, context)
+    third = make_pm()  # a later plugin manager changes neither
+    assert plugin.registered_strategies(third) == {}
+    assert isinstance(good.transforms()["masking"].factory.create(reverse, context), MaskingTransform)
+    with pytest.raises(ConfigError, match="unknown strategy 'reverse'"):
+        masking_factory(plain.manager).create(reverse, context)
+
+
+def test_unbound_factory_has_builtins_only(tmp_path: Path) -> None:
+    (factory,) = plugin.cdc_register_transforms()
+    context = ComponentContext(instance_name="mask", base_dir=tmp_path)
+    assert isinstance(factory.create(config([{"column": "ssn"}]), context), MaskingTransform)
+    with pytest.raises(ConfigError, match="unknown strategy 'reverse'"):
+        factory.create(config([{"column": "ssn", "strategy": "reverse"}]), context)

@@ -17,25 +17,36 @@ from cdc_masking.transform import MaskingTransform
 
 __all__ = ["cdc_add_hookspecs", "cdc_register_transforms", "create_transform", "registered_strategies"]
 
-_plugin_manager: pluggy.PluginManager | None = None
-
 
 @cdc_core.hookimpl
 def cdc_add_hookspecs(plugin_manager: pluggy.PluginManager) -> None:
-    """Add ``cdc_masking_register_strategies`` (idempotent: the core replays this historic hook per plugin)."""
-    global _plugin_manager
+    """Add ``cdc_masking_register_strategies`` and bind this plugin's transform factory to ``plugin_manager``.
+
+    Idempotent: the core replays this historic hook per registered plugin. The hook
+    ``cdc_register_transforms`` takes no arguments, so the factory cannot learn which plugin manager
+    (which pipeline's registry) asked for it; this module is one object registered in every
+    registry of the process. So the hook implementation *of this registry* is bound here to a
+    function that closes over ``plugin_manager``: each registry's ``masking`` transforms see the
+    strategies of that registry's plugins, never those of a registry created later.
+    """
     caller = getattr(plugin_manager.hook, "cdc_masking_register_strategies", None)
     if caller is None or caller.spec is None:
         plugin_manager.add_hookspecs(hookspecs)
-    _plugin_manager = plugin_manager
+    transforms = getattr(plugin_manager.hook, "cdc_register_transforms", None)
+    if transforms is None:
+        return
+    for impl in transforms.get_hookimpls():
+        if impl.function is cdc_register_transforms:  # this module's, not yet bound
+
+            def bound(pm: pluggy.PluginManager = plugin_manager) -> Sequence[TransformFactory[Any]]:
+                return _factories(pm)
+
+            setattr(impl, "function", bound)  # noqa: B010 (HookImpl.function is typed Final; rebinding is deliberate)
 
 
-def registered_strategies(plugin_manager: pluggy.PluginManager | None = None) -> dict[str, MaskingStrategy]:
-    """The strategies other plugins registered, by name; a name claimed twice is a PluginError naming both."""
-    pm = plugin_manager or _plugin_manager
-    if pm is None:
-        return {}
-    caller = getattr(pm.hook, "cdc_masking_register_strategies", None)
+def registered_strategies(plugin_manager: pluggy.PluginManager) -> dict[str, MaskingStrategy]:
+    """The strategies the plugins of ``plugin_manager`` registered, by name; a name claimed twice is a PluginError naming both."""
+    caller = getattr(plugin_manager.hook, "cdc_masking_register_strategies", None)
     if caller is None:
         return {}
     found: dict[str, MaskingStrategy] = {}
@@ -56,17 +67,29 @@ def registered_strategies(plugin_manager: pluggy.PluginManager | None = None) ->
     return found
 
 
-def create_transform(config: MaskingConfig, context: ComponentContext) -> MaskingTransform:
-    return MaskingTransform(config, base_dir=context.base_dir, strategies=registered_strategies(), instance_name=context.instance_name)
+def create_transform(
+    config: MaskingConfig, context: ComponentContext, plugin_manager: pluggy.PluginManager | None = None
+) -> MaskingTransform:
+    """The transform, with the custom strategies of ``plugin_manager``'s plugins (None: built-ins only)."""
+    strategies = registered_strategies(plugin_manager) if plugin_manager is not None else {}
+    return MaskingTransform(config, base_dir=context.base_dir, strategies=strategies, instance_name=context.instance_name)
 
 
-@cdc_core.hookimpl
-def cdc_register_transforms() -> Sequence[TransformFactory[Any]]:
+def _factories(plugin_manager: pluggy.PluginManager | None) -> Sequence[TransformFactory[Any]]:
+    def create(config: MaskingConfig, context: ComponentContext) -> MaskingTransform:
+        return create_transform(config, context, plugin_manager)
+
     return [
         TransformFactory(
             name="masking",
             config_type=MaskingConfig,
-            create=create_transform,
+            create=create,
             description="Mask PII/PHI (HMAC, key-id tokens, redact, null, keep-last, email, truncate, salted SHA-256)",
         )
     ]
+
+
+@cdc_core.hookimpl
+def cdc_register_transforms() -> Sequence[TransformFactory[Any]]:
+    """Unbound (called outside a plugin manager that ran ``cdc_add_hookspecs``): built-in strategies only."""
+    return _factories(None)
