@@ -28,7 +28,6 @@ class Metrics:
         self.events_per_second = Gauge("cdc_events_per_second", "Recent apply rate", ["destination"], registry=r)
         self.errors = Counter("cdc_errors", "Errors by kind", ["destination", "error_type"], registry=r)
         self.backlog_depth = Gauge("cdc_backlog_depth", "Events read but not yet applied", ["destination"], registry=r)
-        self.backlog_bytes = Gauge("cdc_backlog_bytes", "Bytes of cdc_raw not yet applied", ["destination"], registry=r)
         self.dlq_events = Counter("cdc_dlq_events", "Events sent to the dead-letter queue", ["destination"], registry=r)
         self.batches = Counter("cdc_batches_committed", "Batches applied and committed", ["destination"], registry=r)
         self.retries = Counter("cdc_retries", "Retried writes", ["destination"], registry=r)
