@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from cdc_core.serialization import event_to_json
 from cdc_masking import MaskingTransform, structure_config
-from cdc_masking.testing import CANARIES, assert_no_canaries, canary_masking_config, find_canaries, make_canary_events
+from cdc_masking.testing import (
+    CANARIES,
+    assert_no_canaries,
+    canary_masking_config,
+    find_canaries,
+    make_canary_events,
+    make_canary_range_deletion,
+)
 
 
 def serialized(events: list) -> bytes:  # type: ignore[type-arg]
@@ -37,3 +45,15 @@ def test_canaries_survive_without_a_rule() -> None:
     transform = MaskingTransform(structure_config(config), registry=CollectorRegistry())
     found = find_canaries(serialized(transform.apply(make_canary_events())))
     assert set(found) == {"987-65-4329", "987654329"}  # the helper really detects a missing rule
+
+
+def test_dropped_range_deletion_leaks_nothing() -> None:
+    transform = MaskingTransform(structure_config(canary_masking_config()), registry=CollectorRegistry())
+    events = [*make_canary_events(), make_canary_range_deletion()]
+    with structlog.testing.capture_logs() as logs:
+        out = transform.apply(events)
+    assert len(out) == len(events) - 1  # the range over the masked clustering column is dropped
+    assert_no_canaries(serialized(out), where="serialized masked events")
+    assert_no_canaries(repr(logs), where="log records")
+    assert_no_canaries(repr(transform.audit()), where="audit records")
+    assert [e["event"] for e in logs if e["log_level"] == "warning"].count("masking.range_deletion_dropped") == 1

@@ -6,7 +6,9 @@ import datetime as dt
 import uuid
 from typing import Any
 
+import attrs
 import pytest
+import structlog
 from frozendict import frozendict
 from helpers import CK, PK, REG, STATIC, TS, config, row, table, transform
 from hypothesis import given, settings
@@ -21,11 +23,13 @@ from cdc_core.events import (
     ComplexChange,
     Deletion,
     ElementChange,
+    Liveness,
     RangeBound,
     RangeDeletion,
 )
 from cdc_core.positions import Position
 from cdc_core.serialization import event_from_json, event_to_json
+from cdc_core.testing.model import latest_state
 from cdc_core.transforms import Transform
 from cdc_masking import MaskingTransform, identify_token
 
@@ -105,39 +109,119 @@ def test_deletion_events_keys_and_range_bounds_masked() -> None:
     row_del = ChangeEvent(
         position=position, schema=schema, kind=ChangeKind.ROW, key={"email": "a@b.c", "day": dt.date(2020, 1, 1), "seq": 3}, row_deletion=d
     )
-    rng = ChangeEvent(
-        position=position,
-        schema=schema,
-        kind=ChangeKind.RANGE_DELETE,
-        key={"email": "a@b.c"},
-        range_deletion=RangeDeletion(
-            start=RangeBound(values=(dt.date(2020, 1, 1), 7), inclusive=True),
-            end=RangeBound(values=(dt.date(2020, 2, 1),), inclusive=False),
-            deletion=d,
-        ),
-    )
-    unbounded = ChangeEvent(
-        position=position,
-        schema=schema,
-        kind=ChangeKind.RANGE_DELETE,
-        key={"email": "a@b.c"},
-        range_deletion=RangeDeletion(start=None, end=RangeBound(values=(dt.date(2020, 2, 1),), inclusive=True), deletion=d),
-    )
-    out = t.apply([partition, row_del, rng, unbounded])
+
+    def range_delete(start: RangeBound | None, end: RangeBound | None) -> ChangeEvent:
+        return ChangeEvent(
+            position=position,
+            schema=schema,
+            kind=ChangeKind.RANGE_DELETE,
+            key={"email": "a@b.c"},
+            range_deletion=RangeDeletion(start=start, end=end, deletion=d),
+        )
+
+    day = dt.date(2020, 1, 1)
+    # day = x AND seq >= 7 AND seq < 9: equal on the masked column, ordered only on the unmasked one
+    rng = range_delete(RangeBound(values=(day, 7), inclusive=True), RangeBound(values=(day, 9), inclusive=False))
+    point = range_delete(RangeBound(values=(day,), inclusive=True), RangeBound(values=(day,), inclusive=True))  # day = x
+    unbounded = range_delete(None, None)  # every row of the partition
+    # ordered on the masked column: masked bounds would select unrelated rows, so these are dropped
+    wide = range_delete(RangeBound(values=(day, 7), inclusive=True), RangeBound(values=(dt.date(2020, 2, 1),), inclusive=False))
+    half = range_delete(None, RangeBound(values=(dt.date(2020, 2, 1),), inclusive=True))
+    out = t.apply([partition, row_del, rng, wide, point, half, unbounded])
+    assert len(out) == 5
     masked_email = hmac_of(t, "a@b.c")
     assert all(e.key["email"] == masked_email for e in out)
     assert out[0].partition_deletion == d
-    assert out[1].key["day"] == hmac_of(t, dt.date(2020, 1, 1)) and out[1].key["seq"] == 3
+    assert out[1].key["day"] == hmac_of(t, day) and out[1].key["seq"] == 3
     rd = out[2].range_deletion
     assert rd is not None and rd.start is not None and rd.end is not None
-    assert rd.start.values == (hmac_of(t, dt.date(2020, 1, 1)), 7) and rd.start.inclusive
-    assert rd.end.values == (hmac_of(t, dt.date(2020, 2, 1)),) and not rd.end.inclusive
+    assert rd.start.values == (hmac_of(t, day), 7) and rd.start.inclusive
+    assert rd.end.values == (hmac_of(t, day), 9) and not rd.end.inclusive
     assert rd.deletion == d
-    # bounds and keys of one clustering value agree, so range deletions still cover the masked rows
+    # bounds and keys of one clustering value agree, so exact ranges still cover the masked rows
     assert out[1].key["day"] == rd.start.values[0]
-    assert out[3].range_deletion is not None and out[3].range_deletion.start is None
+    rd = out[3].range_deletion
+    assert rd is not None and rd.start is not None and rd.end is not None
+    assert rd.start.values == rd.end.values == (hmac_of(t, day),) and rd.start.inclusive and rd.end.inclusive
+    assert out[4].range_deletion is not None and out[4].range_deletion.start is None and out[4].range_deletion.end is None
     for e in out:
         roundtrip(e)
+
+
+def _range_table_events(schema: Any) -> list[ChangeEvent]:
+    return [row(schema, {"pk": 1, "ck": i}, {"v": f"r{i}"}, index=i) for i in range(10)]
+
+
+def _range(schema: Any, start: RangeBound | None, end: RangeBound | None, offset: int = 100) -> ChangeEvent:
+    return ChangeEvent(
+        position=Position(node="n1", segment_id=1, offset=offset),
+        schema=schema,
+        kind=ChangeKind.RANGE_DELETE,
+        key={"pk": 1},
+        range_deletion=RangeDeletion(start=start, end=end, deletion=Deletion(timestamp=TS + 1, local_deletion_time=0)),
+    )
+
+
+def test_range_deletion_over_masked_clustering_column_is_dropped_not_misapplied() -> None:
+    # Regression: [hmac(3), hmac(6)] was emitted as the masked range; hex strings do not sort like the
+    # numbers, so downstream it deleted arbitrary rows (or none) instead of rows 3..6.
+    registry = CollectorRegistry()
+    t = MaskingTransform(config([{"table": "t", "column": "ck", "strategy": "hmac", "name": "ck-rule"}]), registry=registry)
+    schema = table([("pk", "int", PK), ("ck", "int", CK), ("v", "text", REG)])
+    evs = _range_table_events(schema)
+    wide = _range(schema, RangeBound(values=(3,), inclusive=True), RangeBound(values=(6,), inclusive=True))
+    with structlog.testing.capture_logs() as logs:
+        out = t.apply([*evs, wide])
+    assert len(out) == len(evs) and all(e.kind is ChangeKind.ROW for e in out)
+    masked_rows = latest_state(out, now=0).rows
+    assert len(masked_rows) == 10  # no row deleted wrongly (rows 3..6 stay: the documented limitation)
+    dropped = [r for r in t.audit() if r.get("action") == "dropped_range_deletion"]
+    assert dropped == [
+        {
+            "keyspace": "ks",
+            "table": "t",
+            "columns": ["ck"],
+            "action": "dropped_range_deletion",
+            "reason": "clustering column masked without preserving order",
+            "policy_version": "test-1",
+            "count": 1,
+        }
+    ]
+    (warning,) = [e for e in logs if e["event"] == "masking.range_deletion_dropped"]
+    assert warning["log_level"] == "warning" and warning["table"] == "ks.t" and warning["columns"] == ["ck"]
+    assert set(warning) == {"event", "log_level", "transform", "table", "columns", "count", "reason"}  # names, never values
+    assert registry.get_sample_value("cdc_masking_dropped_range_deletions_total", {"table": "ks.t"}) == 1
+    t.apply([])  # the next batch's audit does not repeat it
+    assert not [r for r in t.audit() if r.get("action")]
+    assert any("clustering column ks.t.ck" in w and "does not preserve order" in w for w in t.validate([schema]))
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (RangeBound(values=(4,), inclusive=True), RangeBound(values=(4,), inclusive=True)),  # ck = 4
+        (None, None),  # the partition's rows
+    ],
+)
+def test_point_range_deletion_over_masked_clustering_column_is_exact(start: RangeBound | None, end: RangeBound | None) -> None:
+    t = transform([{"table": "t", "column": "ck", "strategy": "hmac"}])
+    schema = table([("pk", "int", PK), ("ck", "int", CK), ("v", "text", REG)])
+    evs = [*_range_table_events(schema), _range(schema, start, end)]
+    raw = latest_state(evs, now=0).rows
+    masked = latest_state(t.apply(evs), now=0).rows
+    assert sorted(r["v"] for r in masked.values()) == sorted(r["v"] for r in raw.values())
+    assert len(raw) < 10
+
+
+def test_range_on_unmasked_clustering_suffix_is_exact() -> None:
+    t = transform([{"table": "t", "column": "c1", "strategy": "hmac"}])
+    schema = table([("pk", "int", PK), ("c1", "text", CK), ("c2", "int", CK), ("v", "text", REG)])
+    evs = [row(schema, {"pk": 1, "c1": c1, "c2": i}, {"v": f"{c1}{i}"}, index=i) for c1 in ("a", "b") for i in range(6)]
+    evs.append(_range(schema, RangeBound(values=("a", 1), inclusive=False), RangeBound(values=("a", 4), inclusive=True)))
+    raw = latest_state(evs, now=0).rows
+    masked = latest_state(t.apply(evs), now=0).rows
+    assert sorted(r["v"] for r in masked.values()) == sorted(r["v"] for r in raw.values())
+    assert len(raw) == 9
 
 
 def test_non_frozen_set_elements_are_paths() -> None:
@@ -270,6 +354,41 @@ def test_null_strategy_columns() -> None:
     assert out.cells["aliases"] == ComplexChange(deletion=aliases.deletion, elements=())
     assert out.schema.by_name["ssn"].type == "bigint"  # null keeps the type
     roundtrip(out)
+
+
+def test_null_strategy_keeps_rows_created_by_update_visible() -> None:
+    # Regression: nulling the only cell an UPDATE wrote (no row marker) left a tombstone and no live
+    # cell, so the row vanished downstream although Cassandra shows it (with ssn = null).
+    t = transform([{"table": "t", "column": "ssn", "strategy": "null"}, {"table": "t", "column": "tags", "strategy": "null"}])
+    schema = table([("id", "int", PK), ("ssn", "text", REG), ("note", "text", REG), ("tags", "set<text>", REG)])
+
+    def update(key: int, cells: dict[str, Any], index: int) -> ChangeEvent:
+        return attrs.evolve(row(schema, {"id": key}, cells, index=index), liveness=None)
+
+    ttl_cell = Cell(timestamp=TS, value="x", ttl=60, local_deletion_time=1_000)
+    tags = ComplexChange(elements=(ElementChange(path="a", cell=Cell(timestamp=TS + 5)),))
+    events = [
+        update(1, {"ssn": "123-45-6789"}, 0),
+        update(2, {"ssn": ttl_cell}, 1),
+        update(3, {"tags": tags}, 2),
+        row(schema, {"id": 4}, {"ssn": "987-65-4329"}, index=3),  # an INSERT keeps its own marker
+        update(5, {"ssn": Cell(timestamp=TS, tombstone=True, local_deletion_time=1)}, 4),  # a real null: no marker
+    ]
+    raw = latest_state(events, now=0).rows
+    out = t.apply(events)
+    masked = latest_state(out, now=0).rows
+    assert set(masked) == set(raw) == {(1,), (2,), (3,), (4,)}
+    assert all(r["ssn"] is None and r["tags"] is None for r in masked.values())
+    assert out[0].liveness == Liveness(timestamp=TS)
+    assert out[1].liveness == Liveness(timestamp=TS, ttl=60, local_deletion_time=1_000)
+    assert out[2].liveness == Liveness(timestamp=TS + 5)
+    assert out[3].liveness == events[3].liveness and out[4].liveness is None
+    # the marker expires with the cell it stands for, and a later row deletion still removes the row
+    assert set(latest_state(out, now=1_000).rows) == set(latest_state(events, now=1_000).rows) == {(1,), (3,), (4,)}
+    delete = attrs.evolve(events[0], cells={}, row_deletion=Deletion(timestamp=TS + 10, local_deletion_time=1))
+    assert (1,) not in latest_state([*out, *t.apply([delete])], now=0).rows
+    for e in out:
+        roundtrip(e)
 
 
 def test_null_on_key_column_refused() -> None:

@@ -16,7 +16,7 @@ from frozendict import frozendict
 
 from cdc_core.cqltypes import CqlType
 from cdc_core.errors import ConfigError
-from cdc_core.events import Cell, ChangeEvent, ComplexChange, ElementChange, RangeBound, RangeDeletion
+from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, ElementChange, Liveness, RangeBound, RangeDeletion
 from cdc_core.schema import ColumnKind, TableSchema
 from cdc_masking.config import MaskingRule
 from cdc_masking.strategies import Masker, memoise
@@ -82,6 +82,7 @@ class _Node:
     rules: frozenset[int] = frozenset()
     nulls: bool = False
     injective: bool = True
+    order_preserving: bool = False  # a leaf whose masked values sort like the originals
     elem: _Node | None = None  # list / set / vector elements
     key: _Node | None = None  # map keys
     value: _Node | None = None  # map values
@@ -170,7 +171,13 @@ class _Builder:
                 fields=fields,
             )
         fn = memoise(m.mask, self.memo_size) if m.memoise and m.deterministic else m.mask
-        return _Node(fn=fn, typ=m.result_type(typ), rules=used, injective=m.injective and m.deterministic)
+        return _Node(
+            fn=fn,
+            typ=m.result_type(typ),
+            rules=used,
+            injective=m.injective and m.deterministic,
+            order_preserving=m.order_preserving and m.deterministic,
+        )
 
     def build(self, typ: CqlType, path: str, rule: CompiledRule | None) -> _Node:
         """The node for ``typ`` at ``path``: ``rule`` masks it whole; else field rules (``path.field``) apply below."""
@@ -249,6 +256,7 @@ class ColumnPlan:
     node: _Node
     multicell: bool
     rules: tuple[CompiledRule, ...]
+    can_null: bool = False  # some leaf of it is masked by a nulling strategy (null)
 
 
 class TablePlan:
@@ -267,11 +275,18 @@ class TablePlan:
             (by_name[c.name].index, by_name[c.name]) if c.name in by_name else None for c in source.clustering
         ]
         self._has_bounds = any(b is not None for b in self._bound_fns)
+        # clustering positions whose masked values do not sort like the originals: a range over them
+        # says nothing about the masked rows (hmac(3)..hmac(6) is an arbitrary slice of hex strings)
+        self._unordered = tuple(b is not None and not b[1].node.order_preserving for b in self._bound_fns)
+        self.unordered_columns = tuple(c.name for c, u in zip(source.clustering, self._unordered, strict=True) if u)
+        self.dropped_ranges = 0  # range deletions dropped since the last batch flush
+        self._nulling = [(c.name, c) for c in self.columns if c.can_null]
         keys = {c.name for c in source.primary_key}
         self._simple_cols = [(c.name, c.index, c.node.fn) for c in self.columns if c.name not in keys and not c.multicell]
         self._complex_cols = [(c.name, c) for c in self.columns if c.name not in keys and c.multicell]
 
-    def mask_event(self, event: ChangeEvent) -> ChangeEvent:
+    def mask_event(self, event: ChangeEvent) -> ChangeEvent | None:
+        """The masked event, or None for a range deletion that cannot be masked faithfully (counted in ``dropped_ranges``)."""
         counts = self.counts
         key = event.key
         if self._key_cols:
@@ -288,6 +303,9 @@ class TablePlan:
                 key = new_key
         range_deletion = event.range_deletion
         if range_deletion is not None and self._has_bounds:
+            if not self._exact_range(range_deletion):
+                self.dropped_ranges += 1
+                return None
             range_deletion = RangeDeletion(
                 start=self._mask_bound(range_deletion.start),
                 end=self._mask_bound(range_deletion.end),
@@ -332,6 +350,9 @@ class TablePlan:
                     new_cells[name] = masked_change
             if new_cells is not None:
                 cells = new_cells
+        liveness = event.liveness
+        if self._nulling and liveness is None and cells is not event.cells and not event.static and event.kind is ChangeKind.ROW:
+            liveness = self._nulled_liveness(event.cells, cells)
         if _DIRECT:
             return ChangeEvent(
                 position=event.position,
@@ -339,13 +360,76 @@ class TablePlan:
                 kind=event.kind,
                 key=key,
                 static=event.static,
-                liveness=event.liveness,
+                liveness=liveness,
                 row_deletion=event.row_deletion,
                 partition_deletion=event.partition_deletion,
                 range_deletion=range_deletion,
                 cells=cells,
             )
-        return attrs.evolve(event, schema=self.schema, key=key, cells=cells, range_deletion=range_deletion)
+        return attrs.evolve(event, schema=self.schema, key=key, cells=cells, range_deletion=range_deletion, liveness=liveness)
+
+    def _exact_range(self, rd: RangeDeletion) -> bool:
+        """Whether masking the bounds of ``rd`` selects exactly the masked rows ``rd`` selects.
+
+        Positions of the bounds' common prefix (equal in both bounds) are compared for equality only,
+        which deterministic injective masking preserves; every position after it is compared for
+        order, which only an order-preserving strategy preserves. So ``c1 = x`` (a point range, also
+        on a clustering prefix) or ``c1 = x AND c2 > y`` with ``c2`` unmasked is exact, ``c1 > x``
+        with ``c1`` masked is not. Both bounds unbounded (the whole partition's rows) is exact.
+        """
+        unordered = self._unordered
+        start, end = rd.start, rd.end
+        common = 0
+        if start is not None and end is not None:
+            for a, b in zip(start.values, end.values, strict=False):
+                if a != b or type(a) is not type(b):
+                    break
+                common += 1
+        for bound in (start, end):
+            if bound is not None:
+                for i in range(common, len(bound.values)):
+                    if i < len(unordered) and unordered[i]:
+                        return False
+        return True
+
+    def _nulled_liveness(self, before: Mapping[str, Cell | ComplexChange], after: Mapping[str, Cell | ComplexChange]) -> Liveness | None:
+        """A row marker standing in for the live cells a nulling strategy turned into tombstones.
+
+        In Cassandra a row written only by ``UPDATE`` (no row marker) is visible as long as one of
+        its cells is live; nulling its only written cell would make it vanish downstream. The
+        marker carries the cell's timestamp and TTL, so the row stays visible (with the column
+        null) exactly as long as the cell would have kept it, and a later row, range or partition
+        deletion still removes it. (A later ``DELETE ssn`` alone does not remove a marker as it
+        removes the cell: see docs/masking.md.)
+        """
+        lasting: Cell | None = None  # the newest non-expiring nulled cell
+        expiring: Cell | None = None  # the nulled expiring cell that lives longest
+        for name, _col in self._nulling:
+            old = before.get(name)
+            new = after.get(name)
+            if old is None or old is new:
+                continue
+            if isinstance(old, Cell):
+                gone = [old] if not old.tombstone and (not isinstance(new, Cell) or new.tombstone) else []
+            else:
+                new_elements = new.elements if isinstance(new, ComplexChange) else ()
+                if len(new_elements) == len(old.elements):
+                    gone = [o.cell for o, n in zip(old.elements, new_elements, strict=True) if not o.cell.tombstone and n.cell.tombstone]
+                else:
+                    gone = [o.cell for o in old.elements if not o.cell.tombstone]
+            for cell in gone:
+                if cell.ttl is None:
+                    if lasting is None or cell.timestamp > lasting.timestamp:
+                        lasting = cell
+                elif expiring is None or (cell.local_deletion_time or 0, cell.timestamp) > (
+                    expiring.local_deletion_time or 0,
+                    expiring.timestamp,
+                ):
+                    expiring = cell
+        chosen = lasting if lasting is not None else expiring
+        if chosen is None:
+            return None
+        return Liveness(timestamp=chosen.timestamp, ttl=chosen.ttl, local_deletion_time=chosen.local_deletion_time)
 
     def _mask_bound(self, bound: RangeBound | None) -> RangeBound | None:
         if bound is None:
@@ -401,6 +485,13 @@ class TablePlan:
         return ComplexChange(deletion=change.deletion, elements=tuple(elements))
 
 
+def _can_null(node: _Node) -> bool:
+    if node.nulls:
+        return True
+    children = [n for n in (node.elem, node.key, node.value) if n is not None] + list(node.fields.values())
+    return any(_can_null(n) for n in children)
+
+
 def build_plan(source: TableSchema, rules: Sequence[CompiledRule], memo_size: int) -> TablePlan:
     """Compile the rules that apply to ``source`` (``ConfigError`` if one cannot apply, e.g. null on a key)."""
     applicable = [r for r in rules if r.keyspace(source.keyspace) and r.table(source.table)]
@@ -430,7 +521,17 @@ def build_plan(source: TableSchema, rules: Sequence[CompiledRule], memo_size: in
                     f"masking rule {names} masks primary-key column {source.qualified_name}.{column.name} with a strategy that "
                     "maps different values to one output: distinct rows will collapse into one in the sinks (use hmac or tokenize)"
                 )
-        columns.append(ColumnPlan(name=column.name, index=len(columns), node=node, multicell=typ.is_multicell, rules=used))
+            if column.kind is ColumnKind.CLUSTERING and not node.order_preserving:
+                warnings.append(
+                    f"masking rule {names} masks clustering column {source.qualified_name}.{column.name} with a strategy that "
+                    "does not preserve order: range deletions over it (DELETE ... WHERE "
+                    f"{column.name} > ...) cannot be masked faithfully, so they are dropped (audited, counted in "
+                    "cdc_masking_dropped_range_deletions_total, logged); rows, row deletions and point ranges "
+                    f"({column.name} = ...) replicate exactly"
+                )
+        columns.append(
+            ColumnPlan(name=column.name, index=len(columns), node=node, multicell=typ.is_multicell, rules=used, can_null=_can_null(node))
+        )
         new_type = str(node.typ)
         new_columns.append(column if new_type == column.type else attrs.evolve(column, type=new_type))
     unchanged = all(a is b for a, b in zip(new_columns, source.columns, strict=True))

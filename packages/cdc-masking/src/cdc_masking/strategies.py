@@ -77,7 +77,9 @@ class Masker:
     type to the masked value's CQL type (the transform rewrites the event schema with it).
     ``deterministic`` and ``injective`` describe whether equal/different inputs keep
     equal/different outputs (key columns need both to converge and stay distinct); ``nulls`` marks
-    a strategy that removes the value altogether.
+    a strategy that removes the value altogether; ``order_preserving`` one whose outputs sort like
+    its inputs (none of the built-ins: without it a range deletion over a masked clustering column
+    cannot be expressed on the masked rows and is dropped).
     """
 
     mask: Callable[[Any], Any]
@@ -86,6 +88,7 @@ class Masker:
     injective: bool = True
     nulls: bool = False
     memoise: bool = False  # worth a per-column memo of recent values (expensive and deterministic)
+    order_preserving: bool = False  # a < b implies mask(a) < mask(b): range deletions on masked clustering columns stay exact
 
 
 @attrs.frozen(kw_only=True)

@@ -45,6 +45,7 @@ __all__ = [
     "canary_masking_config",
     "find_canaries",
     "make_canary_events",
+    "make_canary_range_deletion",
 ]
 
 # Distinctive values that occur nowhere by chance. Each has the textual forms a leak could take.
@@ -191,13 +192,30 @@ def make_canary_events() -> list[ChangeEvent]:
         schema=CANARY_SCHEMA,
         kind=ChangeKind.RANGE_DELETE,
         key={"email": CANARY_EMAIL},
+        # a point range (phone = …): the only kind a masked clustering column can carry faithfully;
+        # wider ranges over it are dropped (see make_canary_range_deletion)
         range_deletion=RangeDeletion(
-            start=RangeBound(values=(CANARY_PHONE,), inclusive=True),
-            end=RangeBound(values=(CANARY_PHONE_2,), inclusive=False),
+            start=RangeBound(values=(CANARY_PHONE_2,), inclusive=True),
+            end=RangeBound(values=(CANARY_PHONE_2,), inclusive=True),
             deletion=Deletion(timestamp=ts + 3, local_deletion_time=1_700_000_003),
         ),
     )
     return [full_row, row_delete, partition_delete, range_delete]
+
+
+def make_canary_range_deletion() -> ChangeEvent:
+    """A range deletion (``phone > … AND phone <= …``) over the masked clustering column: the transform drops it."""
+    return ChangeEvent(
+        position=_position(4),
+        schema=CANARY_SCHEMA,
+        kind=ChangeKind.RANGE_DELETE,
+        key={"email": CANARY_EMAIL},
+        range_deletion=RangeDeletion(
+            start=RangeBound(values=(CANARY_PHONE,), inclusive=False),
+            end=RangeBound(values=(CANARY_PHONE_2,), inclusive=True),
+            deletion=Deletion(timestamp=1_700_000_000_000_004, local_deletion_time=1_700_000_004),
+        ),
+    )
 
 
 def find_canaries(text: str | bytes, canaries: Iterable[str] = CANARIES) -> dict[str, int]:

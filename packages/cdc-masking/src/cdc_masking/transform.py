@@ -18,7 +18,7 @@ from cdc_masking.config import MaskingConfig, MaskingRule, resolve_rules
 from cdc_masking.plan import CompiledRule, TablePlan, addressable_names, build_plan, compile_pattern
 from cdc_masking.strategies import BUILTIN_STRATEGIES, MaskingStrategy, StrategyContext, identify_token, make_token
 
-__all__ = ["MaskingTransform", "looks_low_entropy", "masked_values_counter"]
+__all__ = ["MaskingTransform", "dropped_ranges_counter", "looks_low_entropy", "masked_values_counter"]
 
 log = structlog.get_logger(__name__)
 
@@ -28,24 +28,39 @@ _LOW_ENTROPY = re.compile(
 )
 _MAX_PLANS = 4096
 
-_counters: dict[int, tuple[CollectorRegistry, Counter]] = {}
+_counters: dict[tuple[int, str], tuple[CollectorRegistry, Counter]] = {}
+
+
+def _counter(registry: CollectorRegistry | None, name: str, documentation: str, labels: tuple[str, ...]) -> Counter:
+    reg = REGISTRY if registry is None else registry
+    entry = _counters.get((id(reg), name))
+    if entry is not None and entry[0] is reg:
+        return entry[1]
+    try:
+        counter = Counter(name, documentation, labels, registry=reg)
+    except ValueError:  # registered by an earlier import of this module (reloads in tests)
+        existing = getattr(reg, "_names_to_collectors", {}).get(f"{name}_total")
+        if not isinstance(existing, Counter):
+            raise
+        counter = existing
+    _counters[(id(reg), name)] = (reg, counter)
+    return counter
 
 
 def masked_values_counter(registry: CollectorRegistry | None = None) -> Counter:
     """``cdc_masked_values_total{table, column, strategy}`` on ``registry`` (default: the global one), created once."""
-    reg = REGISTRY if registry is None else registry
-    entry = _counters.get(id(reg))
-    if entry is not None and entry[0] is reg:
-        return entry[1]
-    try:
-        counter = Counter("cdc_masked_values", "Values masked by table, column, strategy", ("table", "column", "strategy"), registry=reg)
-    except ValueError:  # registered by an earlier import of this module (reloads in tests)
-        existing = getattr(reg, "_names_to_collectors", {}).get("cdc_masked_values_total")
-        if not isinstance(existing, Counter):
-            raise
-        counter = existing
-    _counters[id(reg)] = (reg, counter)
-    return counter
+    return _counter(registry, "cdc_masked_values", "Values masked by table, column, strategy", ("table", "column", "strategy"))
+
+
+def dropped_ranges_counter(registry: CollectorRegistry | None = None) -> Counter:
+    """``cdc_masking_dropped_range_deletions_total{table}``: range deletions over a clustering column masked
+    without preserving order, which masking cannot express and therefore drops."""
+    return _counter(
+        registry,
+        "cdc_masking_dropped_range_deletions",
+        "Range deletions dropped because they span a clustering column masked without preserving order",
+        ("table",),
+    )
 
 
 def looks_low_entropy(name: str) -> bool:
@@ -85,6 +100,7 @@ class MaskingTransform:
             self._strategies[name] = strategy
         self.rules: tuple[CompiledRule, ...] = tuple(self._compile(i, r) for i, r in enumerate(rules))
         self._counter = masked_values_counter(registry)
+        self._dropped_counter = dropped_ranges_counter(registry)
         self._plans: dict[int, TablePlan] = {}
         self._plans_by_schema: dict[TableSchema, TablePlan] = {}
         self._audit: list[dict[str, object]] = []
@@ -148,7 +164,12 @@ class MaskingTransform:
             plan = plans.get(id(schema))
             if plan is None or plan.source is not schema:
                 plan = self.plan_for(schema)
-            append(event if plan.empty else plan.mask_event(event))
+            if plan.empty:
+                append(event)
+                continue
+            masked = plan.mask_event(event)
+            if masked is not None:  # None: a range deletion that cannot be masked faithfully (see _finish_batch)
+                append(masked)
         self._finish_batch()
         return out
 
@@ -187,6 +208,7 @@ class MaskingTransform:
     def _finish_batch(self) -> None:
         records: dict[tuple[str, str, int], dict[str, Any]] = {}
         seen: set[int] = set()
+        seen_dropped: set[int] = set()
         for plan in self._plans.values():
             if plan.empty or id(plan) in seen:
                 continue
@@ -216,7 +238,39 @@ class MaskingTransform:
                     record["count"] += count
         for record in records.values():
             record["columns"] = sorted(set(record["columns"]))
-        self._audit = list(records.values())
+        audit = list(records.values())
+        dropped: dict[tuple[str, str], tuple[TablePlan, int]] = {}
+        for plan in self._plans.values():
+            if plan.dropped_ranges and id(plan) not in seen_dropped:
+                seen_dropped.add(id(plan))
+                key = (plan.source.keyspace, plan.source.table)
+                previous = dropped.get(key)
+                dropped[key] = (plan, plan.dropped_ranges + (previous[1] if previous else 0))
+                plan.dropped_ranges = 0
+        for (keyspace, table), (plan, count) in dropped.items():
+            qualified = f"{keyspace}.{table}"
+            self._dropped_counter.labels(table=qualified).inc(count)
+            columns = list(plan.unordered_columns)
+            log.warning(
+                "masking.range_deletion_dropped",
+                transform=self.instance_name,
+                table=qualified,
+                columns=columns,
+                count=count,
+                reason="range over a clustering column masked without preserving order; masked bounds would delete other rows",
+            )
+            audit.append(
+                {
+                    "keyspace": keyspace,
+                    "table": table,
+                    "columns": columns,
+                    "action": "dropped_range_deletion",
+                    "reason": "clustering column masked without preserving order",
+                    "policy_version": self.policy_version,
+                    "count": count,
+                }
+            )
+        self._audit = audit
 
     # --- tokens ----------------------------------------------------------------------------------
 
