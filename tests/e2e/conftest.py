@@ -37,3 +37,9 @@ def any_node(request: pytest.FixtureRequest) -> NodeUnderTest:
 def node7(request: pytest.FixtureRequest) -> NodeUnderTest:
     """The commitlog v7 node with a fresh keyspace."""
     return _node(request, 7)
+
+
+@pytest.fixture
+def node8(request: pytest.FixtureRequest) -> NodeUnderTest:
+    """The commitlog v8 node with a fresh keyspace."""
+    return _node(request, 8)

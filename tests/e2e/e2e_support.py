@@ -21,6 +21,7 @@ from typing import Any
 from cdc_core.cqltypes import Duration
 from cdc_core.events import ChangeEvent
 from cdc_core.factories import ComponentContext
+from cdc_core.positions import Position
 from cdc_core.schema import TableSchema
 from cdc_core.secrets import Secret
 from cdc_core.serialization import events_from_jsonl
@@ -191,18 +192,18 @@ def diff_states(expected: TableState, actual: TableState) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # reading the sinks back
 # --------------------------------------------------------------------------------------------
-async def postgres_state(dsn: str, schema: TableSchema, *, pg_schema: str = PG_SCHEMA, sink_name: str = "pg") -> TableState:
-    """The Postgres sink's documented views, as model values (cdc_sink_postgres.testing)."""
-    harness = PostgresHarness(dsn=dsn, schema=pg_schema, sink_name=sink_name)
-    return await harness.read_state(schema, int(time.time()))
+async def postgres_state(dsn: str, schema: TableSchema, *, now: int | None = None, pg_schema: str = PG_SCHEMA) -> TableState:
+    """The Postgres sink's documented views (TTLs judged at ``now``), as model values (cdc_sink_postgres.testing)."""
+    harness = PostgresHarness(dsn=dsn, schema=pg_schema)
+    return await harness.read_state(schema, int(time.time()) if now is None else now)
 
 
-async def clickhouse_state(url: str, database: str, schema: TableSchema) -> TableState:
+async def clickhouse_state(url: str, database: str, schema: TableSchema, *, now: int | None = None) -> TableState:
     """The ClickHouse sink's latest-state view, as model values (ClickHouseSink.read_state)."""
     sink = ClickHouseSink(ClickHouseSinkConfig(url=Secret(url), database=database), ComponentContext(instance_name="e2e-reader"))
     await sink.start()
     try:
-        return await sink.read_state(schema, int(time.time()))
+        return await sink.read_state(schema, int(time.time()) if now is None else now)
     finally:
         await sink.close()
 
@@ -217,8 +218,9 @@ def jsonl_events(path: Path, keyspace: str | None = None, table: str | None = No
     return [e for e in events if (keyspace is None or e.keyspace == keyspace) and (table is None or e.table == table)]
 
 
-def model_state(events: Iterable[ChangeEvent]) -> TableState:
-    return latest_state(events, now=int(time.time()))
+def model_state(events: Iterable[ChangeEvent], now: int | None = None) -> TableState:
+    """The reference model's fold of ``events`` (TTLs judged at ``now``, default the current time)."""
+    return latest_state(events, now=int(time.time()) if now is None else now)
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,15 +373,31 @@ def create_items_table(session: Any, keyspace: str) -> None:
     session.execute(ITEMS_DDL.replace("{ks}", keyspace), timeout=60)
 
 
+def execute_cdc_write(session: Any, stmt: str, label: str = "write", *, within: float = 20.0) -> None:
+    """Execute one write to a CDC table. A node rejects such writes while cdc_raw is at
+    cdc_total_space (the test nodes' cdc_raw is shared by every test and small); it re-measures the
+    space at most every ``cdc_free_space_check_interval``, so a rejected write is retried for a
+    bounded time (rejected writes were not applied: retrying even a list append is safe)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            session.execute(stmt, timeout=30)
+            return
+        except Exception as exc:
+            rejected = "failed to execute write" in str(exc)
+            if rejected and time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            hint = "\n(the node rejects writes to CDC tables while cdc_raw is at cdc_total_space: see its system.log)" if rejected else ""
+            raise AssertionError(f"CQL for {label!r} failed: {exc}\n{stmt}{hint}") from exc
+
+
 def write_history(session: Any, keyspace: str, history: Iterable[tuple[str, str]] = HISTORY) -> float:
     """Run the statements in order (one at a time, so client timestamps follow statement order);
     returns the wall-clock time after which every short TTL has expired."""
     last_ttl_write = time.time()
     for label, stmt in history:
-        try:
-            session.execute(stmt.replace("{ks}", keyspace), timeout=30)
-        except Exception as exc:
-            raise AssertionError(f"CQL for {label!r} failed: {exc}\n{stmt}") from exc
+        execute_cdc_write(session, stmt.replace("{ks}", keyspace), label)
         if "USING TTL" in stmt:
             last_ttl_write = time.time()
     return last_ttl_write + SHORT_TTL + 1.5
@@ -400,12 +418,14 @@ def pipeline_config(
     clickhouse_database: str | None = None,
     jsonl: bool = True,
     node_name: str = "node-a",
+    tag: str = "",
     transforms: list[dict[str, Any]] | None = None,
     extra_sinks: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A pipeline mapping: the commitlog reader on ``node`` (this test's keyspace only) into
     Postgres (``${E2E_PG_DSN}``, schema ``cdc``), ClickHouse (``${E2E_CH_URL}``, the given database)
-    and a jsonl file ``events.jsonl``, offsets in SQLite, the DLQ under ``dlq/`` — all in ``tmp_path``.
+    and a jsonl file ``events{tag}.jsonl``, offsets in ``offsets{tag}.sqlite``, the DLQ under
+    ``dlq{tag}/`` — all in ``tmp_path`` (``tag`` tells apart agents that share the destinations).
     Secrets come from the ``environ`` passed to ``Pipeline.from_config`` (see :func:`environ`)."""
     sinks: dict[str, Any] = {}
     if postgres:
@@ -419,17 +439,17 @@ def pipeline_config(
             "retry": FAST_RETRY,
         }
     if jsonl:
-        sinks["file"] = {"type": "jsonl", "path": str(tmp_path / "events.jsonl"), "batch": FAST_BATCH}
+        sinks["file"] = {"type": "jsonl", "path": str(tmp_path / f"events{tag}.jsonl"), "batch": FAST_BATCH}
     sinks.update(extra_sinks or {})
     return {
-        "name": f"e2e-{node.label}",
+        "name": f"e2e-{node.label}{tag}",
         "follow": True,
         "stop_timeout": 20,
         "source": node.source(node=node_name),
         "transforms": transforms or [],
         "sinks": sinks,
-        "offsets": {"type": "sqlite", "path": str(tmp_path / "offsets.sqlite")},
-        "dlq": {"directory": str(tmp_path / "dlq")},
+        "offsets": {"type": "sqlite", "path": str(tmp_path / f"offsets{tag}.sqlite")},
+        "dlq": {"directory": str(tmp_path / f"dlq{tag}")},
     }
 
 
@@ -461,18 +481,22 @@ class SinkTargets:
     pg_dsn: str | None = None
     ch_url: str | None = None
     ch_database: str | None = None
-    jsonl: Path | None = None
+    jsonl: tuple[Path, ...] = ()
+    """jsonl files whose events, together, are folded by the reference model."""
 
 
-async def sink_states(targets: SinkTargets, schema: TableSchema) -> dict[str, TableState]:
-    """Every sink's latest state (``model`` is the reference fold of the jsonl file's events)."""
+async def sink_states(targets: SinkTargets, schema: TableSchema, now: int | None = None) -> dict[str, TableState]:
+    """Every sink's latest state as of ``now`` (epoch seconds; default: the current time), and the
+    reference fold of the jsonl files' events."""
+    now = int(time.time()) if now is None else now
     out: dict[str, TableState] = {}
     if targets.pg_dsn is not None:
-        out["postgres"] = await postgres_state(targets.pg_dsn, schema)
+        out["postgres"] = await postgres_state(targets.pg_dsn, schema, now=now)
     if targets.ch_url is not None and targets.ch_database is not None:
-        out["clickhouse"] = await clickhouse_state(targets.ch_url, targets.ch_database, schema)
-    if targets.jsonl is not None:
-        out["latest_state(jsonl events)"] = model_state(jsonl_events(targets.jsonl, schema.keyspace, schema.table))
+        out["clickhouse"] = await clickhouse_state(targets.ch_url, targets.ch_database, schema, now=now)
+    if targets.jsonl:
+        events = [e for path in targets.jsonl for e in jsonl_events(path, schema.keyspace, schema.table)]
+        out["latest_state(jsonl events)"] = model_state(events, now)
     return out
 
 
@@ -490,3 +514,63 @@ async def divergences(node: NodeUnderTest, schema: TableSchema, targets: SinkTar
     for name, state in (await sink_states(targets, schema)).items():
         out.extend(f"{name}: {line}" for line in diff_states(expected, state))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# offsets and the decoded stream
+# --------------------------------------------------------------------------------------------
+async def postgres_offsets(dsn: str, *, pg_schema: str = PG_SCHEMA) -> dict[tuple[str, str], Position]:
+    """The Postgres sink's committed positions, ``(sink, node) -> Position``."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        if await conn.fetchval("SELECT to_regclass($1)", f"{pg_schema}.cdc_offsets") is None:
+            return {}
+        rows = await conn.fetch(f'SELECT sink, node, segment_id, "offset", idx FROM "{pg_schema}".cdc_offsets')
+    finally:
+        await conn.close()
+    return {(r["sink"], r["node"]): Position(node=r["node"], segment_id=r["segment_id"], offset=r["offset"], index=r["idx"]) for r in rows}
+
+
+async def reset_destination_offsets(node_name: str, *, pg_dsn: str, ch_url: str, ch_database: str, pg_schema: str = PG_SCHEMA) -> None:
+    """Forget ``node_name``'s committed positions where Postgres and ClickHouse keep them (what an
+    operator does to replay a node; ``cdc offsets reset`` covers only the core offset store)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f'DELETE FROM "{pg_schema}".cdc_offsets WHERE node = $1', node_name)
+    finally:
+        await conn.close()
+    sink = ClickHouseSink(ClickHouseSinkConfig(url=Secret(ch_url), database=ch_database), ComponentContext(instance_name="ch"))
+    await sink.start()
+    try:
+        literal = "'" + node_name.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        await sink.transport.execute(f"ALTER TABLE `{ch_database}`.cdc_offsets DELETE WHERE node = {literal}")
+        for _ in range(200):  # ALTER … DELETE is an asynchronous mutation on 18.16
+            if node_name not in await sink.committed_positions():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"ClickHouse still holds offsets of {node_name}")
+    finally:
+        await sink.close()
+
+
+async def decoded_events(node: NodeUnderTest, node_name: str, *, table: str | None = None) -> list[ChangeEvent]:
+    """Every event of the keyspace that cdc_raw holds now, decoded by a standalone commitlog reader
+    with positions of ``node_name`` (the same positions a pipeline with that node name commits)."""
+    from cdc_core.commitlog.reader import CommitLogReader, CommitLogReaderConfig
+    from cdc_core.commitlog.schema_source import CassandraSchemaSource
+
+    config = CommitLogReaderConfig(
+        cdc_raw_dir=node.cdc_raw, contact_points=list(node.hosts), keyspaces=[node.keyspace], schema_refresh_min_interval=0.05
+    )
+    reader = CommitLogReader(config, schema_source=CassandraSchemaSource(session=node.session), node=node_name)
+    await reader.start()
+    try:
+        return [
+            item async for item in reader.read({}, follow=False) if isinstance(item, ChangeEvent) and (table is None or item.table == table)
+        ]
+    finally:
+        await reader.close()

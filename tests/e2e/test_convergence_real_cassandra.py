@@ -44,7 +44,7 @@ async def test_every_sink_converges_to_cassandra(
 
     config = pipeline_config(node, tmp_path, clickhouse_database=clickhouse_database)
     pipeline = Pipeline.from_config(config, environ=environ(pg_dsn=postgres_dsn, ch_url=clickhouse_url))
-    targets = SinkTargets(pg_dsn=postgres_dsn, ch_url=clickhouse_url, ch_database=clickhouse_database, jsonl=tmp_path / "events.jsonl")
+    targets = SinkTargets(pg_dsn=postgres_dsn, ch_url=clickhouse_url, ch_database=clickhouse_database, jsonl=(tmp_path / "events.jsonl",))
     started = time.monotonic()
     task = asyncio.create_task(pipeline.run())
     try:
