@@ -17,7 +17,9 @@ History mode: ``{base}__in`` (Null) --MV--> ``{base}`` ReplacingMergeTree ORDER 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import hashlib
+import re
+from collections.abc import Callable, Mapping, Sequence, Set
 from typing import Any
 
 import attrs
@@ -54,8 +56,18 @@ _VERSION_LIMIT = 2**62
 _NO_ELEM = "\t".join(["", "", "", "0", "0", "0", ""])
 _NO_LIVENESS = f"{_MIN_TEXT}\t0"
 _ABSENT: Any = object()
+# Bumped whenever the stored states change meaning (materialized view names carry it).
+LAYOUT_FORMAT = 2
+_MV_SUFFIX = re.compile(r"_v(\d+)_([0-9a-f]{8})")
 # (name, encoder or None for multi-cell columns, default text, absent-cell text, column)
 _Spec = tuple[str, "Callable[[Any], str] | None", str, str, "_Col"]
+
+
+def _dominates(a: Set[str], rank_a: tuple[int, str], b: Set[str], rank_b: tuple[int, str]) -> bool:
+    """View ``a`` makes view ``b`` redundant: it writes a superset of its columns, or the same
+    columns with a newer (format, query hash). A strict partial order: no two views dominate each
+    other, so concurrent agents never drop each other's views."""
+    return a > b or (a == b and rank_a > rank_b)
 
 
 def quote(name: str) -> str:
@@ -105,6 +117,14 @@ class _Col:
         return self.mapping is None
 
 
+@attrs.frozen
+class _MvSpec:
+    kind: str
+    name: str
+    create: str
+    columns: frozenset[str]
+
+
 class TableLayout:
     """Names, DDL and encoders for one table in one mode on one engine."""
 
@@ -150,9 +170,17 @@ class TableLayout:
         out: list[tuple[str, str]] = []
         for c in cols:
             if c.mapping is not None:
-                out += [(f"i_{c.name}", c.mapping.wire), (f"i_{c.name}__w", "Int64"), (f"i_{c.name}__x", "Int64")]
+                # Defaults are the "not written" sentinels: an agent that does not know a column
+                # yet (schema change in progress) inserts without it.
+                # (18.16 does not fill a column without an explicit DEFAULT before pushing to views.)
+                m = c.mapping
+                out += [
+                    (f"i_{c.name}", f"{m.wire} DEFAULT CAST({string_literal(m.default)} AS {m.wire})"),
+                    (f"i_{c.name}__w", f"Int64 DEFAULT {MIN}"),
+                    (f"i_{c.name}__x", "Int64 DEFAULT toInt64(0)"),
+                ]
             else:
-                out.append((f"i_{c.name}__d", "Int64"))
+                out.append((f"i_{c.name}__d", f"Int64 DEFAULT {MIN}"))
         return out
 
     _ELEM_WIRE = (
@@ -211,7 +239,8 @@ class TableLayout:
         cols += [("i__node", "String"), ("i__segment", "Int64"), ("i__offset", "Int64"), ("i__index", "Int64"), ("i__kind", "String")]
         cols += [("i__static", "UInt8"), ("i__ts", "Int64"), ("i__written", "Array(String)"), ("i__deleted", "Array(String)")]
         for c in self.regular + self.static:
-            cols.append((f"i_{c.name}", f"Nullable({c.mapping.wire})" if c.mapping is not None else "Nullable(String)"))
+            wire = f"Nullable({c.mapping.wire})" if c.mapping is not None else "Nullable(String)"
+            cols.append((f"i_{c.name}", f"{wire} DEFAULT NULL"))
         return [*cols, ("i__event", "String")]
 
     def history_storage(self) -> list[tuple[str, str]]:
@@ -259,74 +288,118 @@ class TableLayout:
         group = ", ".join(quote("i_" + k.name) for k in keys)
         return sel, (f" GROUP BY {group}" if group else "")
 
-    def ddl(self) -> list[str]:
-        """CREATE statements (idempotent), dependencies first."""
+    def _mv_specs(self) -> list[_MvSpec]:
+        """The materialized views: (kind, create statement for the versioned name, output columns)."""
         if self.mode == "history":
-            return self._history_ddl()
-        rows_sel, rows_group = self._mv_keys(self.keys)
-        rows_sel += ["anyState(i__ck) AS _ck", "maxState(i__rd) AS _rd", "maxState(i__lv) AS _lv", "argMaxState(i__lx, i__lv) AS _lx"]
-        rows_sel += self._value_states(self.regular)
-        parts_sel, parts_group = self._mv_keys(self.pk)
-        parts_sel += ["maxState(i__pd) AS _pd", "maxState(i__srd) AS _srd"]
-        parts_sel += [f"groupUniqArrayStateIf((i__rs, i__rsk, i__re, i__rek, i__rts), i__rts != {MIN}) AS _rg"]
-        parts_sel += self._value_states(self.static)
-        return [
-            f"CREATE TABLE IF NOT EXISTS {self.q('__rows_in')} ({self._cols_ddl(self.rows_wire())}) ENGINE = Null",
-            f"CREATE TABLE IF NOT EXISTS {self.q('__parts_in')} ({self._cols_ddl(self.parts_wire())}) ENGINE = Null",
-            f"CREATE TABLE IF NOT EXISTS {self.q('__rows')} ({self._cols_ddl(self.rows_storage())}) "
-            f"ENGINE = AggregatingMergeTree ORDER BY {self._key_expr(self.keys)}",
-            f"CREATE TABLE IF NOT EXISTS {self.q('__parts')} ({self._cols_ddl(self.parts_storage())}) "
-            f"ENGINE = AggregatingMergeTree ORDER BY {self._key_expr(self.pk)}",
-            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {self.q('__rows_mv')} TO {self.q('__rows')} AS "
-            f"SELECT {', '.join(rows_sel)} FROM {self.q('__rows_in')}{rows_group}",
-            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {self.q('__parts_mv')} TO {self.q('__parts')} AS "
-            f"SELECT {', '.join(parts_sel)} FROM {self.q('__parts_in')}{parts_group}",
-            f"CREATE VIEW IF NOT EXISTS {self.view} AS {self.latest_select(None)}",
-            f"CREATE VIEW IF NOT EXISTS {self.static_view} AS {self.static_select(None)}",
-        ]
-
-    def _history_ddl(self) -> list[str]:
-        order = [quote(k.name) for k in self.keys] + ["_node", "_segment", "_offset", "_index"]
-        sel = [f"{self._conv(k, 'i_' + k.name)} AS {quote(k.name)}" for k in self.keys]
-        sel += [f"i__{n} AS _{n}" for n in ("node", "segment", "offset", "index", "kind", "static", "ts", "written", "deleted")]
-        for c in self.regular + self.static:
-            if c.mapping is not None and c.mapping.convert != "{}":
-                w = quote("i_" + c.name)
-                sel.append(f"if(isNull({w}), NULL, {c.mapping.convert.format(f'assumeNotNull({w})')}) AS {quote(c.name)}")
-            else:
-                sel.append(f"{quote('i_' + c.name)} AS {quote(c.name)}")
-        sel.append("i__event AS _event")
-        partition = f" PARTITION BY {self.partition_by}" if self.partition_by else ""
-        return [
-            f"CREATE TABLE IF NOT EXISTS {self.q('__in')} ({self._cols_ddl(self.history_wire())}) ENGINE = Null",
-            f"CREATE TABLE IF NOT EXISTS {self.view} ({self._cols_ddl(self.history_storage())}) "
-            f"ENGINE = ReplacingMergeTree{partition} ORDER BY ({', '.join(order)})",
-            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {self.q('__mv')} TO {self.view} AS SELECT {', '.join(sel)} FROM {self.q('__in')}",
-        ]
-
-    def evolution(self, existing: dict[str, set[str]]) -> list[str]:
-        """ALTERs (and view re-creations) for columns the tables lack; ``existing`` maps table → columns."""
-        stmts: list[str] = []
-        if self.mode == "history":
-            targets = [("__in", self.history_wire()), ("", self.history_storage())]
-            views = [("__mv", self._history_ddl()[2])]
+            sel = [f"{self._conv(k, 'i_' + k.name)} AS {quote(k.name)}" for k in self.keys]
+            sel += [f"i__{n} AS _{n}" for n in ("node", "segment", "offset", "index", "kind", "static", "ts", "written", "deleted")]
+            for c in self.regular + self.static:
+                if c.mapping is not None and c.mapping.convert != "{}":
+                    w = quote("i_" + c.name)
+                    sel.append(f"if(isNull({w}), NULL, {c.mapping.convert.format(f'assumeNotNull({w})')}) AS {quote(c.name)}")
+                else:
+                    sel.append(f"{quote('i_' + c.name)} AS {quote(c.name)}")
+            sel.append("i__event AS _event")
+            queries = [("__mv", self.view, f"SELECT {', '.join(sel)} FROM {self.q('__in')}", self.history_storage())]
         else:
-            ddl = self.ddl()
-            targets = [("__rows_in", self.rows_wire()), ("__parts_in", self.parts_wire())]
-            targets += [("__rows", self.rows_storage()), ("__parts", self.parts_storage())]
-            views = [("__rows_mv", ddl[4]), ("__parts_mv", ddl[5]), ("", ddl[6]), ("_static", ddl[7])]
-        changed = False
-        for suffix, cols in targets:
-            have = existing.get(self.base + suffix, set())
-            for name, typ in cols:
-                if name not in have:
-                    stmts.append(f"ALTER TABLE {self.q(suffix)} ADD COLUMN {quote(name)} {typ}")
-                    changed = True
-        if changed:
-            for suffix, create in views:
-                # DROP TABLE drops (materialized) views too, on every version.
-                stmts.append(f"DROP TABLE IF EXISTS {self.q(suffix)}")
-                stmts.append(create)
+            rows_sel, rows_group = self._mv_keys(self.keys)
+            rows_sel += ["anyState(i__ck) AS _ck", "maxState(i__rd) AS _rd", "maxState(i__lv) AS _lv", "argMaxState(i__lx, i__lv) AS _lx"]
+            rows_sel += self._value_states(self.regular)
+            parts_sel, parts_group = self._mv_keys(self.pk)
+            parts_sel += ["maxState(i__pd) AS _pd", "maxState(i__srd) AS _srd"]
+            parts_sel += [f"groupUniqArrayStateIf((i__rs, i__rsk, i__re, i__rek, i__rts), i__rts != {MIN}) AS _rg"]
+            parts_sel += self._value_states(self.static)
+            queries = [
+                (
+                    "__rows_mv",
+                    self.q("__rows"),
+                    f"SELECT {', '.join(rows_sel)} FROM {self.q('__rows_in')}{rows_group}",
+                    self.rows_storage(),
+                ),
+                (
+                    "__parts_mv",
+                    self.q("__parts"),
+                    f"SELECT {', '.join(parts_sel)} FROM {self.q('__parts_in')}{parts_group}",
+                    self.parts_storage(),
+                ),
+            ]
+        out: list[_MvSpec] = []
+        for kind, target, select, cols in queries:
+            digest = hashlib.sha256(select.encode("utf-8")).hexdigest()[:8]
+            name = f"{self.base}{kind}_v{LAYOUT_FORMAT}_{digest}"
+            create = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {quote(self.database)}.{quote(name)} TO {target} AS {select}"
+            out.append(_MvSpec(kind=kind, name=name, create=create, columns=frozenset(n for n, _ in cols)))
+        return out
+
+    def _table_ddl(self) -> list[tuple[str, list[tuple[str, str]], str]]:
+        """(suffix, columns, engine clause) of the tables (input tables first)."""
+        if self.mode == "history":
+            order = [quote(k.name) for k in self.keys] + ["_node", "_segment", "_offset", "_index"]
+            partition = f" PARTITION BY {self.partition_by}" if self.partition_by else ""
+            return [
+                ("__in", self.history_wire(), "ENGINE = Null"),
+                ("", self.history_storage(), f"ENGINE = ReplacingMergeTree{partition} ORDER BY ({', '.join(order)})"),
+            ]
+        return [
+            ("__rows_in", self.rows_wire(), "ENGINE = Null"),
+            ("__parts_in", self.parts_wire(), "ENGINE = Null"),
+            ("__rows", self.rows_storage(), f"ENGINE = AggregatingMergeTree ORDER BY {self._key_expr(self.keys)}"),
+            ("__parts", self.parts_storage(), f"ENGINE = AggregatingMergeTree ORDER BY {self._key_expr(self.pk)}"),
+        ]
+
+    def _is_mv_of(self, name: str, kind: str) -> bool:
+        prefix = self.base + kind
+        return name == prefix or (name.startswith(prefix) and _MV_SUFFIX.fullmatch(name[len(prefix) :]) is not None)
+
+    def _mv_rank(self, name: str, kind: str) -> tuple[int, str]:
+        m = _MV_SUFFIX.fullmatch(name[len(self.base + kind) :])
+        return (0, "") if m is None else (int(m.group(1)), m.group(2))
+
+    def plan(self, existing: Mapping[str, set[str]]) -> list[str]:
+        """The DDL that brings the objects in ``existing`` (table → its columns) to this layout,
+        in an order that never leaves an input table without a materialized view.
+
+        Materialized views are versioned (``{base}{kind}_v{format}_{hash of the query}``) and
+        replaced by *create new, then drop old*: an INSERT (from any agent) during the overlap goes
+        through both views, which the idempotent aggregate states absorb. A view is dropped only
+        by an agent that has just made sure one that dominates it exists (a superset of its
+        columns, or the same columns and a higher (format, hash)), so the dominant view of all is
+        never dropped and an agent with an older schema never undoes a newer one's view."""
+        stmts: list[str] = []
+        for suffix, cols, engine in self._table_ddl():
+            have = existing.get(self.base + suffix)
+            if have is None:
+                stmts.append(f"CREATE TABLE IF NOT EXISTS {self.q(suffix)} ({self._cols_ddl(cols)}) {engine}")
+                continue
+            stmts += [f"ALTER TABLE {self.q(suffix)} ADD COLUMN {quote(n)} {t}" for n, t in cols if n not in have]
+        newest = True
+        created = False
+        for spec in self._mv_specs():
+            rank = (LAYOUT_FORMAT, spec.name[-8:])
+            others = {n: set(c) for n, c in existing.items() if n != spec.name and self._is_mv_of(n, spec.kind)}
+            if any(_dominates(c, self._mv_rank(n, spec.kind), spec.columns, rank) for n, c in others.items()):
+                newest = False  # a newer agent's view covers us: leave everything as it is
+                continue
+            if spec.name not in existing:
+                stmts.append(spec.create)
+                created = True
+            for n, c in sorted(others.items()):
+                if _dominates(spec.columns, rank, c, self._mv_rank(n, spec.kind)):
+                    stmts.append(f"DROP TABLE IF EXISTS {quote(self.database)}.{quote(n)}")
+        if self.mode == "latest":
+            views = [(self.view, self.base, self.latest_select(None), self.keys + self.static + self.regular)]
+            views.append((self.static_view, self.base + "_static", self.static_select(None), self.pk + self.static))
+            for qname, name, select, out in views:
+                have = existing.get(name)
+                if have is None:
+                    stmts.append(f"CREATE VIEW IF NOT EXISTS {qname} AS {select}")
+                elif newest and (created or have != {c.name for c in out}):
+                    # A plain view holds no data: replacing it never loses a row (18.16 has no
+                    # CREATE OR REPLACE VIEW, so readers may miss it for a moment there).
+                    if self.features.replace_view:
+                        stmts.append(f"CREATE OR REPLACE VIEW {qname} AS {select}")
+                    else:
+                        stmts += [f"DROP TABLE IF EXISTS {qname}", f"CREATE VIEW IF NOT EXISTS {qname} AS {select}"]
         return stmts
 
     # --- the latest-state SQL -----------------------------------------------------------------------

@@ -67,6 +67,7 @@ class Features:
     datetime64: bool
     bool_type: bool
     dedup_token: bool
+    replace_view: bool = False  # CREATE OR REPLACE VIEW (not on 18.16)
 
     @classmethod
     def from_version(cls, text: str, *, settings: frozenset[str] = frozenset()) -> Features:
@@ -76,6 +77,7 @@ class Features:
             datetime64=parts >= (20, 5),
             bool_type=parts >= (22, 3),
             dedup_token="insert_deduplication_token" in settings,
+            replace_view=parts >= (20, 8),
         )
 
     @property

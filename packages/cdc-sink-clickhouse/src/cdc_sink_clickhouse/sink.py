@@ -163,16 +163,24 @@ class ClickHouseSink:
                 extra = tuple(c for c in known.schema.columns if c.name not in names)
                 schema = TableSchema(keyspace=schema.keyspace, table=schema.table, id=schema.id, columns=schema.columns + extra)
             layout = self.layout(schema)
-            try:
-                # ALTERs first (an existing table may lack new columns), then create what is missing.
-                existing = await self._existing_columns(layout)
-                alters = layout.evolution(existing) if layout.base + layout.input_tables()[0] in existing else []
-                for stmt in [*alters, *layout.ddl()]:
-                    await self.transport.execute(stmt)
-            except ClickHouseError as exc:
-                raise _sql_error(exc, f"creating {layout.view}") from None
-            if alters:
-                self._log.info("clickhouse table evolved", table=layout.base, statements=len(alters))
+            statements = 0
+            for attempt in range(4):
+                try:
+                    # Every statement is idempotent and ordered so that no input table is ever
+                    # without a materialized view (other agents insert concurrently).
+                    stmts = layout.plan(await self._existing_columns(layout))
+                    for stmt in stmts:
+                        await self.transport.execute(stmt)
+                    statements += len(stmts)
+                    break
+                except ClickHouseError as exc:
+                    # Another agent may be running the same DDL (column/view already there):
+                    # look again and re-plan.
+                    if attempt == 3 or exc.is_transient:
+                        raise _sql_error(exc, f"creating {layout.view}") from None
+                    self._log.info("clickhouse DDL raced, re-planning", table=layout.base, error=str(exc)[:200])
+            if statements:
+                self._log.info("clickhouse table created or evolved", table=layout.base, statements=statements)
             self._layouts[key] = layout
             self._columns[key] = frozenset(c.name for c in layout.schema.columns)
             return layout

@@ -54,7 +54,16 @@ class ClickHouseError(Exception):
         return self.code in DATA_ERROR_CODES
 
     @property
+    def view_out_of_date(self) -> bool:
+        """18.16 refuses an INSERT while a materialized view's query lacks a column its target
+        table just gained: a schema change is between ``ALTER`` and the view's replacement (see
+        ``TableLayout.plan``). Nothing was lost; it passes once the new view is in place."""
+        return self.code == 10 and "pushing to view" in str(self)
+
+    @property
     def is_transient(self) -> bool:
+        if self.view_out_of_date:
+            return True
         return self.code in TRANSIENT_CODES or (self.status is not None and self.status >= 500 and self.code is None) or self.status == 503
 
     def classify(self) -> Exception:
