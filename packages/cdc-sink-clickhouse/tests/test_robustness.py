@@ -228,3 +228,46 @@ async def test_a_row_through_two_views_at_once_is_counted_once(harness: ClickHou
         await sink.close()
     assert int(raw) > 0
     await _assert_state(harness, schema, events)
+
+
+# --- 2. dead-letter before the offsets move --------------------------------------------------------
+
+
+async def test_rejected_events_are_dead_lettered_before_the_offsets_move(harness: ClickHouseHarness) -> None:
+    schema = _schema(_table("dlq"), {"n": "int"})
+    good = _row(schema, {"pk": 1, "ck": 1}, {"n": Cell(timestamp=5, value=1)}, liveness=Liveness(timestamp=5))
+    poison = _row(schema, {"pk": 1, "ck": 2}, {"n": Cell(timestamp=5, value=2**40)})  # Python-side refusal
+    server_poison = _row(schema, {"pk": 1, "ck": 3}, {"n": Cell(timestamp=5, value=3)})  # the server refuses it
+    sink = await harness.make_sink()
+    layout = await sink.ensure_table(schema)
+    original = layout.encode_latest
+
+    def corrupt(event: ChangeEvent) -> tuple[list[str], list[str]]:
+        rows, parts = original(event)
+        if event is server_poison:
+            rows = [rows[0].replace("\t", "\tnot-a-number\t", 1)]
+        return rows, parts
+
+    layout.encode_latest = corrupt  # type: ignore[method-assign]
+
+    async def failing_dlq(rejected: Sequence[Any]) -> None:
+        raise OSError("DLQ disk full")
+
+    seen: list[tuple[list[ChangeEvent], dict[str, Position]]] = []
+
+    async def recording_dlq(rejected: Sequence[Any]) -> None:
+        seen.append(([r.event for r in rejected], dict(await sink.committed_positions())))
+
+    try:
+        with pytest.raises(OSError, match="DLQ disk full"):
+            await sink.write(_batch([good, poison, server_poison], failing_dlq))
+        assert await sink.committed_positions() == {}  # the offsets did not move past the poison
+        result = await sink.write(_batch([good, poison, server_poison], recording_dlq))
+        committed = await sink.committed_positions()
+    finally:
+        await sink.close()
+    assert [r.event for r in result.rejected] == [poison, server_poison]  # still returned (the engine de-duplicates)
+    assert len(seen) == 1
+    assert seen[0][0] == [poison, server_poison]
+    assert seen[0][1] == {}  # dead-lettered while the offsets had not moved yet
+    assert committed == {"n1": server_poison.position}

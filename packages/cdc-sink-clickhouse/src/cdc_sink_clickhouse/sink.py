@@ -247,6 +247,10 @@ class ClickHouseSink:
                 if id(one.event) not in seen:
                     seen.add(id(one.event))
                     rejected.append(one)
+        if rejected and batch.dead_letter is not None:
+            # The refused events must be in the DLQ before the offsets move past them (a crash in
+            # between would lose them otherwise); if this raises, the offsets stay where they were.
+            await batch.dead_letter(rejected)
         await self._commit(batch.positions)
         log_.debug(
             "clickhouse batch written",
