@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
+from frozendict import frozendict
 
 from cdc_core.errors import TransientError
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deletion, ElementChange, Liveness, RangeBound, RangeDeletion
@@ -271,3 +272,43 @@ async def test_rejected_events_are_dead_lettered_before_the_offsets_move(harness
     assert seen[0][0] == [poison, server_poison]
     assert seen[0][1] == {}  # dead-lettered while the offsets had not moved yet
     assert committed == {"n1": server_poison.position}
+
+
+# --- 3. a UDT gains a field ------------------------------------------------------------------------
+
+
+async def test_udt_gaining_a_field_is_kept_in_the_same_process(harness: ClickHouseHarness) -> None:
+    name = _table("udt")
+    t1, t2 = "frozen<udt<ks.addr>{street:text,zip:int}>", "frozen<udt<ks.addr>{street:text,zip:int,city:text}>"
+    n1, n2 = "udt<ks.pt>{x:int}", "udt<ks.pt>{x:int,y:text}"
+    s1, s2 = _schema(name, {"a": t1, "p": n1}), _schema(name, {"a": t2, "p": n2})
+
+    def ev(s: TableSchema, pk: int, a: dict[str, Any], p: dict[str, Any]) -> ChangeEvent:
+        elements = tuple(ElementChange(path=f, cell=Cell(timestamp=10, value=v)) for f, v in p.items())
+        return _row(s, {"pk": pk, "ck": 0}, {"a": Cell(timestamp=10, value=frozendict(a)), "p": ComplexChange(elements=elements)})
+
+    events = [
+        ev(s1, 1, {"street": "s1", "zip": 1}, {"x": 1}),
+        ev(s2, 2, {"street": "s2", "zip": 2, "city": "Paris"}, {"x": 2, "y": "why"}),
+        ev(s1, 3, {"street": "s3", "zip": 3}, {"x": 3}),  # another node still on the old type, same batch
+    ]
+    late = ev(s1, 4, {"street": "s4", "zip": 4}, {"x": 4})  # and in a later batch: must not narrow the type back
+    newer = ev(s2, 5, {"street": "s5", "zip": 5, "city": "Rome"}, {"y": "z"})
+    sink = await harness.make_sink()
+    try:
+        r1 = await sink.write(_batch(events[:1]))
+        r2 = await sink.write(_batch(events[1:]))
+        r3 = await sink.write(_batch([late]))
+        r4 = await sink.write(_batch([newer]))
+    finally:
+        await sink.close()
+    assert [r.error for r in (*r1.rejected, *r2.rejected, *r3.rejected, *r4.rejected)] == []
+    state = await harness.read_state(s2, NOW)
+    got = {k[0]: (dict(row["a"]), dict(row["p"])) for k, row in state.rows.items()}
+    assert got == {
+        1: ({"street": "s1", "zip": 1, "city": None}, {"x": 1, "y": None}),
+        2: ({"street": "s2", "zip": 2, "city": "Paris"}, {"x": 2, "y": "why"}),
+        3: ({"street": "s3", "zip": 3, "city": None}, {"x": 3, "y": None}),
+        4: ({"street": "s4", "zip": 4, "city": None}, {"x": 4, "y": None}),
+        5: ({"street": "s5", "zip": 5, "city": "Rome"}, {"x": None, "y": "z"}),
+    }

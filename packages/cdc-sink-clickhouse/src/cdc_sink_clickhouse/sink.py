@@ -16,7 +16,7 @@ from cdc_core.errors import PermanentError, TransientError
 from cdc_core.events import ChangeEvent
 from cdc_core.factories import ComponentContext
 from cdc_core.positions import Position
-from cdc_core.schema import TableSchema
+from cdc_core.schema import ColumnSchema, TableSchema
 from cdc_core.sinks import Batch, Rejected, WriteResult
 from cdc_sink_clickhouse.config import ClickHouseSinkConfig
 from cdc_sink_clickhouse.layout import TableLayout, quote, string_literal
@@ -51,7 +51,8 @@ class ClickHouseSink:
         self._transport = transport
         self._features: Features | None = None
         self._layouts: dict[tuple[str, str], TableLayout] = {}
-        self._columns: dict[tuple[str, str], frozenset[str]] = {}
+        # Schemas (full column definitions, types included) the table's layout already covers.
+        self._covered: dict[tuple[str, str], set[TableSchema]] = {}
         self._ddl_lock = asyncio.Lock()
         self._log = log.bind(sink=self.name)
 
@@ -149,19 +150,22 @@ class ClickHouseSink:
         return out
 
     async def ensure_table(self, schema: TableSchema) -> TableLayout:
-        """Create the table's objects, or add columns a newer schema brought (before its data)."""
+        """Create the table's objects, or evolve them for what a newer schema brought (new columns,
+        wider types such as a UDT's new field) before its data."""
         key = (schema.keyspace, schema.table)
-        names = frozenset(c.name for c in schema.columns)
-        if self._columns.get(key) is not None and names <= self._columns[key]:
-            return self._layouts[key]
+        given = schema
+        known = self._layouts.get(key)
+        if known is not None and schema in self._covered[key]:
+            return known
         async with self._ddl_lock:
-            if self._columns.get(key) is not None and names <= self._columns[key]:
-                return self._layouts[key]
             known = self._layouts.get(key)
-            if known is not None and not names <= frozenset(c.name for c in known.schema.columns):
-                # Merge: keep old columns (Cassandra drops are not undone here), add the new ones.
-                extra = tuple(c for c in known.schema.columns if c.name not in names)
-                schema = TableSchema(keyspace=schema.keyspace, table=schema.table, id=schema.id, columns=schema.columns + extra)
+            if known is not None and schema in self._covered[key]:
+                return known
+            if known is not None:
+                schema = _merge_schemas(known.schema, schema)
+                if set(schema.columns) == set(known.schema.columns):
+                    self._covered[key].add(given)
+                    return known
             layout = self.layout(schema)
             statements = 0
             for attempt in range(4):
@@ -182,7 +186,7 @@ class ClickHouseSink:
             if statements:
                 self._log.info("clickhouse table created or evolved", table=layout.base, statements=statements)
             self._layouts[key] = layout
-            self._columns[key] = frozenset(c.name for c in layout.schema.columns)
+            self._covered[key] = {given, schema}
             return layout
 
     # --- writing --------------------------------------------------------------------------------------
@@ -191,13 +195,13 @@ class ClickHouseSink:
         log_ = self._log.bind(batch_id=batch.batch_id)
         started = time.perf_counter()
         by_table: dict[tuple[str, str], list[ChangeEvent]] = {}
-        schemas: dict[tuple[str, str], TableSchema] = {}
+        schemas: dict[tuple[str, str], list[TableSchema]] = {}
         for event in batch.events:
             key = (event.schema.keyspace, event.schema.table)
             by_table.setdefault(key, []).append(event)
-            known = schemas.get(key)
-            if known is None or len(event.schema.columns) > len(known.columns):
-                schemas[key] = event.schema
+            versions = schemas.setdefault(key, [])
+            if not any(s is event.schema for s in versions):
+                versions.append(event.schema)
         rejected: list[Rejected] = []
         # Encoding is pure Python on the event loop; the server works on another core. Events are
         # encoded in chunks and each chunk's INSERTs start before the next chunk is encoded, so
@@ -216,7 +220,8 @@ class ClickHouseSink:
 
         try:
             for key, events in by_table.items():
-                layout = await self.ensure_table(schemas[key])
+                for schema in schemas[key]:  # every version in the batch (merged: the widest wins)
+                    layout = await self.ensure_table(schema)
                 latest = layout.mode == "latest"
                 if latest:
                     rows_cols = [quote(n) for n, _ in layout.rows_wire()]
@@ -369,6 +374,26 @@ class ClickHouseSink:
                 values = {c.name: _decode(c, f) for c, f in zip(s_cols, fields, strict=True)}
                 statics[tuple(values[k.name] for k in layout.pk)] = {c.name: values[c.name] for c in layout.static}
         return TableState(rows=rows, statics=statics)
+
+
+def _type_width(typ: CqlType) -> int:
+    return len(typ.field_names) + sum(_type_width(p) for p in typ.params)
+
+
+def _merge_schemas(known: TableSchema, new: TableSchema) -> TableSchema:
+    """``new``'s columns, plus the known ones it lacks (Cassandra drops are not undone here); for a
+    column in both, the wider type (Cassandra only widens a column's type: a UDT gains fields), so
+    an event still on the old schema never narrows the layout back."""
+    old = {c.name: c for c in known.columns}
+    cols: list[ColumnSchema] = []
+    for c in new.columns:
+        prev = old.get(c.name)
+        if prev is not None and prev != c and prev.kind is c.kind and _type_width(prev.cql_type) > _type_width(c.cql_type):
+            c = prev
+        cols.append(c)
+    names = {c.name for c in new.columns}
+    cols += [c for c in known.columns if c.name not in names]
+    return TableSchema(keyspace=new.keyspace, table=new.table, id=new.id, columns=tuple(cols))
 
 
 def _decode(col: Any, text: str | None) -> Any:
