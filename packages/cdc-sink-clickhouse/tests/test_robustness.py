@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 from frozendict import frozendict
 
-from cdc_core.errors import TransientError
+from cdc_core.errors import PermanentError, TransientError
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deletion, ElementChange, Liveness, RangeBound, RangeDeletion
 from cdc_core.positions import Position
 from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
 from cdc_core.sinks import Batch
 from cdc_core.testing.model import latest_state
+from cdc_sink_clickhouse.transport import ClickHouseError
 
 from .conftest import ClickHouseHarness
 
@@ -312,3 +313,51 @@ async def test_udt_gaining_a_field_is_kept_in_the_same_process(harness: ClickHou
         4: ({"street": "s4", "zip": 4, "city": None}, {"x": 4, "y": None}),
         5: ({"street": "s5", "zip": 5, "city": "Rome"}, {"x": None, "y": "z"}),
     }
+
+
+# --- 4. any non-transient server error is bisected ---------------------------------------------------
+
+
+async def test_non_data_server_error_is_bisected_to_its_culprit(harness: ClickHouseHarness) -> None:
+    schema = _schema(_table("bisect"), {"v": "text"})
+    events = [_row(schema, {"pk": 1, "ck": i}, {"v": Cell(timestamp=5, value=f"v{i}")}, liveness=Liveness(timestamp=5)) for i in range(7)]
+    sink = await harness.make_sink()
+    original = sink.transport.insert
+    mode = "culprit"
+
+    async def insert(table: str, columns: list[str], payload: bytes, settings: Any) -> None:
+        if "__rows_in" in table and (mode == "all" or (mode == "culprit" and b"\tv3\t" in payload)):
+            # a code outside DATA_ERROR_CODES (e.g. a constraint or a function throwing on a value)
+            raise ClickHouseError("Code: 395, e.displayText() = DB::Exception: Value passed to 'throwIf' function is non zero", code=395)
+        await original(table, columns, payload, settings)
+
+    sink.transport.insert = insert  # type: ignore[method-assign]
+    try:
+        result = await sink.write(_batch(events))
+        assert [r.event for r in result.rejected] == [events[3]]
+        assert result.rejected[0].error_type == "ClickHouseError"
+        assert await sink.committed_positions() == {"n1": events[-1].position}
+        # The same error from every event: the batch's fault, nothing rejected or committed.
+        mode = "all"
+        more = [_row(schema, {"pk": 2, "ck": i}, {"v": Cell(timestamp=5, value="x")}) for i in range(3)]
+        with pytest.raises(PermanentError, match="395"):
+            await sink.write(_batch(more))
+        with pytest.raises(PermanentError, match="395"):
+            await sink.write(_batch(more[:1]))
+        assert await sink.committed_positions() == {"n1": events[-1].position}
+        # A transient error is never bisected.
+        calls = 0
+
+        async def overloaded(table: str, columns: list[str], payload: bytes, settings: Any) -> None:
+            nonlocal calls
+            calls += 1
+            raise ClickHouseError("Code: 241, e.displayText() = DB::Exception: Memory limit exceeded", code=241)
+
+        sink.transport.insert = overloaded  # type: ignore[method-assign]
+        with pytest.raises(TransientError):
+            await sink.write(_batch(more))
+        assert calls == 1
+    finally:
+        await sink.close()
+    state = await harness.read_state(schema, NOW)
+    assert sorted(state.rows) == [(1, i) for i in range(7) if i != 3]

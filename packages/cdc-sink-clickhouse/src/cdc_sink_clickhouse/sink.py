@@ -295,8 +295,10 @@ class ClickHouseSink:
                 rejected.append(Rejected(event=event, error=f"{layout.view}: {exc}", error_type="ValueRejected"))
         return hist, rejected
 
-    async def _insert(self, layout: TableLayout, suffix: str, columns: list[str], items: Sequence[_Item], token: str) -> list[Rejected]:
-        """Insert the lines of ``items``; on a data error bisect down to the events at fault."""
+    async def _insert(
+        self, layout: TableLayout, suffix: str, columns: list[str], items: Sequence[_Item], token: str, *, top: bool = True
+    ) -> list[Rejected]:
+        """Insert the lines of ``items``; on a non-transient server error bisect down to the events at fault."""
         limit = self.config.max_rows_per_insert
         if sum(len(lines) for _, lines in items) > limit and len(items) > 1:
             out: list[Rejected] = []
@@ -317,15 +319,24 @@ class ClickHouseSink:
             await self.transport.insert(layout.q(suffix), columns, payload, settings)
             return []
         except ClickHouseError as exc:
-            if not exc.is_data_error:
+            if exc.is_transient:
                 raise _sql_error(exc, f"inserting into {layout.q(suffix)}") from None
+            # Any other server error may be caused by some of the events (not only the codes known
+            # as data errors): bisect down to them. Only when *every* event of the insert fails on
+            # its own with an error that is not a data error is the failure the batch's (a missing
+            # grant, a broken table): then nothing is rejected and the whole batch is permanent.
             if len(items) == 1:
+                if top and not exc.is_data_error:
+                    raise _sql_error(exc, f"inserting into {layout.q(suffix)}") from None
                 self._log.warning("clickhouse rejected an event", table=layout.base, code=exc.code, position=str(items[0][0].position))
-                return [Rejected(event=items[0][0], error=f"{layout.q(suffix)}: {exc}", error_type="ClickHouseDataError")]
+                kind = "ClickHouseDataError" if exc.is_data_error else "ClickHouseError"
+                return [Rejected(event=items[0][0], error=f"{layout.q(suffix)}: {exc}", error_type=kind)]
             half = len(items) // 2
-            return await self._insert(layout, suffix, columns, items[:half], f"{token}-a") + await self._insert(
-                layout, suffix, columns, items[half:], f"{token}-b"
-            )
+            culprits = await self._insert(layout, suffix, columns, items[:half], f"{token}-a", top=False)
+            culprits += await self._insert(layout, suffix, columns, items[half:], f"{token}-b", top=False)
+            if top and len(culprits) == len(items) and not any(r.error_type == "ClickHouseDataError" for r in culprits):
+                raise _sql_error(exc, f"inserting into {layout.q(suffix)}") from None
+            return culprits
 
     async def _commit(self, positions: Mapping[str, Position]) -> None:
         if not positions:
