@@ -169,3 +169,24 @@ def test_validate_checks_masking_rules_against_the_schema_snapshot(tmp_path: Pat
     out = capsys.readouterr().out
     assert "no_such_column" in out
     assert "checked against 6 table schemas" in out
+
+
+def test_status_shows_the_backlog_of_cdc_raw(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sample = sample_cdc_dir()
+    cfg = tmp_path / "status.yaml"
+    cfg.write_text(
+        f"source: {{type: cassandra, cdc_raw_dir: {sample}, schema_snapshot: {sample / 'schema.json'}, node: n, password: s3cret-pw}}\n"
+        "sinks: {out: {type: jsonl, path: out.jsonl}}\n"
+        "offsets: {type: sqlite, path: offsets.sqlite}\n"
+        "follow: false\n"
+    )
+    size = sum(p.stat().st_size for p in sample.glob("*.log"))
+    assert main(["status", str(cfg)]) == 0
+    assert f"backlog_bytes={size} segments=1" in capsys.readouterr().out
+    assert main(["run", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["status", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "n@" in out
+    assert f"backlog_bytes={size}" not in out  # the committed position moved into the segment
+    assert "s3cret-pw" not in out

@@ -54,6 +54,7 @@ from cdc_core.commitlog.segment import (
 from cdc_core.errors import ConfigError, CorruptCommitLogError
 from cdc_core.positions import Position
 from cdc_core.readers import Progress, ReaderItem
+from cdc_core.secrets import Secret
 
 __all__ = ["CommitLogReader", "CommitLogReaderConfig"]
 
@@ -84,7 +85,7 @@ class CommitLogReaderConfig:
     contact_points: tuple[str, ...] = attrs.field(default=(), converter=_globs)
     port: int = 9042
     username: str | None = None
-    password: str | None = None
+    password: Secret | None = None  # from ${ENV} or ${file:…}; never printed
     tls: bool = False
     tls_ca_file: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     tls_cert_file: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
@@ -120,7 +121,9 @@ class CommitLogReaderConfig:
         if self.username is not None:
             from cassandra.auth import PlainTextAuthProvider
 
-            kwargs["auth_provider"] = PlainTextAuthProvider(username=self.username, password=self.password or "")
+            kwargs["auth_provider"] = PlainTextAuthProvider(
+                username=self.username, password=self.password.reveal() if self.password else ""
+            )
         if self.tls:
             import ssl
 
@@ -274,6 +277,24 @@ class CommitLogReader:
         return True
 
     # --- segments ------------------------------------------------------------------------------
+
+    async def backlog(self, committed: Mapping[str, Position]) -> dict[str, int]:
+        """For ``cdc status``: bytes and segments of cdc_raw at or after ``committed`` (this node)."""
+        after = committed.get(self.node) if self.node else None
+        total = 0
+        count = 0
+        for seg in self._segments():
+            if after is not None and seg.segment_id < after.segment_id:
+                continue
+            try:
+                size = seg.path.stat().st_size
+            except OSError:
+                continue
+            if after is not None and seg.segment_id == after.segment_id:
+                size = max(0, size - after.offset)
+            total += size
+            count += 1
+        return {"bytes": total, "segments": count}
 
     def _segments(self) -> list[SegmentName]:
         out = []
