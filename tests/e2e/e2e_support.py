@@ -373,11 +373,31 @@ def create_items_table(session: Any, keyspace: str) -> None:
     session.execute(ITEMS_DDL.replace("{ks}", keyspace), timeout=60)
 
 
-def execute_cdc_write(session: Any, stmt: str, label: str = "write", *, within: float = 20.0) -> None:
+def remove_old_completed_segments(cdc_raw: Path, *, older_than: float = 600.0) -> int:
+    """The root conftest's policy, applied mid-session: delete segments Cassandra marked COMPLETED
+    more than ``older_than`` seconds ago (another session may still read recent ones). Returns how
+    many were deleted."""
+    cutoff = time.time() - older_than
+    removed = 0
+    for idx in cdc_raw.glob("CommitLog-*_cdc.idx"):
+        try:
+            completed = idx.stat().st_mtime < cutoff and "COMPLETED" in idx.read_text()
+        except OSError:
+            continue
+        if completed:
+            idx.with_name(idx.name.replace("_cdc.idx", ".log")).unlink(missing_ok=True)
+            idx.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def execute_cdc_write(session: Any, stmt: str, label: str = "write", *, cdc_raw: Path | None = None, within: float = 20.0) -> None:
     """Execute one write to a CDC table. A node rejects such writes while cdc_raw is at
-    cdc_total_space (the test nodes' cdc_raw is shared by every test and small); it re-measures the
-    space at most every ``cdc_free_space_check_interval``, so a rejected write is retried for a
-    bounded time (rejected writes were not applied: retrying even a list append is safe)."""
+    cdc_total_space (the test nodes' cdc_raw is small and shared by every test: each dropped
+    keyspace closes a segment). The node re-measures the space at most every
+    ``cdc_free_space_check_interval``, so a rejected write is retried for a bounded time, after
+    releasing old COMPLETED segments of ``cdc_raw`` as the root conftest does at session start
+    (rejected writes were not applied: retrying even a list append is safe)."""
     deadline = time.monotonic() + within
     while True:
         try:
@@ -386,18 +406,20 @@ def execute_cdc_write(session: Any, stmt: str, label: str = "write", *, within: 
         except Exception as exc:
             rejected = "failed to execute write" in str(exc)
             if rejected and time.monotonic() < deadline:
+                if cdc_raw is not None:
+                    remove_old_completed_segments(cdc_raw)
                 time.sleep(0.5)
                 continue
             hint = "\n(the node rejects writes to CDC tables while cdc_raw is at cdc_total_space: see its system.log)" if rejected else ""
             raise AssertionError(f"CQL for {label!r} failed: {exc}\n{stmt}{hint}") from exc
 
 
-def write_history(session: Any, keyspace: str, history: Iterable[tuple[str, str]] = HISTORY) -> float:
+def write_history(session: Any, keyspace: str, history: Iterable[tuple[str, str]] = HISTORY, *, cdc_raw: Path | None = None) -> float:
     """Run the statements in order (one at a time, so client timestamps follow statement order);
     returns the wall-clock time after which every short TTL has expired."""
     last_ttl_write = time.time()
     for label, stmt in history:
-        execute_cdc_write(session, stmt.replace("{ks}", keyspace), label)
+        execute_cdc_write(session, stmt.replace("{ks}", keyspace), label, cdc_raw=cdc_raw)
         if "USING TTL" in stmt:
             last_ttl_write = time.time()
     return last_ttl_write + SHORT_TTL + 1.5

@@ -39,7 +39,7 @@ async def test_every_sink_converges_to_cassandra(
 ) -> None:
     node = any_node
     create_items_table(node.session, node.keyspace)
-    ttl_expired_at = write_history(node.session, node.keyspace)
+    ttl_expired_at = write_history(node.session, node.keyspace, cdc_raw=node.cdc_raw)
     schema = table_schema(node, "items")
 
     config = pipeline_config(node, tmp_path, clickhouse_database=clickhouse_database)

@@ -119,7 +119,7 @@ async def test_no_canary_leaves_cassandra_unmasked(
     node = node8
     ks = node.keyspace
     for stmt in _cql(ks):
-        execute_cdc_write(node.session, stmt)
+        execute_cdc_write(node.session, stmt, cdc_raw=node.cdc_raw)
 
     strict = {
         "type": "postgres",

@@ -72,7 +72,7 @@ async def test_three_replicas_and_a_replay_converge(
     node = node7
     create_items_table(node.session, node.keyspace)
     half = len(HISTORY) // 2
-    write_history(node.session, node.keyspace, HISTORY[:half])
+    write_history(node.session, node.keyspace, HISTORY[:half], cdc_raw=node.cdc_raw)
     schema = table_schema(node, "items")
     env = environ(pg_dsn=postgres_dsn, ch_url=clickhouse_url)
     agents = ("replica-1", "replica-2", "replica-3")
@@ -106,7 +106,7 @@ async def test_three_replicas_and_a_replay_converge(
         # Two agents read concurrently while the second half of the history is written.
         first = start("replica-1")
         start("replica-2")
-        ttl_expired_at = await asyncio.to_thread(write_history, node.session, node.keyspace, HISTORY[half:])
+        ttl_expired_at = await asyncio.to_thread(write_history, node.session, node.keyspace, HISTORY[half:], cdc_raw=node.cdc_raw)
         poll = await wait_until(lambda: divergences(node, schema, targets, not_before=ttl_expired_at))
         assert poll.ok, "two concurrent replicas: sinks differ from Cassandra:\n  " + "\n  ".join(poll.last)
         timings["two replicas"] = poll.seconds
@@ -195,7 +195,7 @@ async def test_sigkill_mid_stream_then_restart_converges(
             try:
                 while not (stop_writing.is_set() and len(rounds) >= 2):
                     for label, stmt in _round(HISTORY, f"r{len(rounds)}-"):
-                        write_history(node.session, node.keyspace, ((label, stmt),))
+                        write_history(node.session, node.keyspace, ((label, stmt),), cdc_raw=node.cdc_raw)
                         time.sleep(0.03)  # pace the writes so the agent reads while they come in
                     rounds.append(len(rounds))
             except BaseException as exc:  # re-raised by the test
