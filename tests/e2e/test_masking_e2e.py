@@ -113,7 +113,7 @@ async def _dump_clickhouse(url: str, database: str) -> str:
 
 
 @pytest.mark.parametrize("masking", [True, False], ids=["masked", "unmasked-control"])
-async def test_no_canary_leaves_cassandra_unmasked(
+async def test_canary_pii_leaves_cassandra_only_masked(
     masking: bool, node8: NodeUnderTest, postgres_dsn: str, clickhouse_url: str, clickhouse_database: str, tmp_path: Path
 ) -> None:
     node = node8
