@@ -56,17 +56,27 @@ def test_every_line_has_as_many_fields_as_its_input_table(order: ClusteringOrder
         assert all(len(line.split("\t")) == widths[1] for line in parts)
 
 
-def test_cell_version_is_ts_twice_plus_tombstone() -> None:
+def test_cell_version_is_ts_times_four_plus_rank() -> None:
+    # rank: 0 plain value < 1 expiring value < 2 tombstone (Cassandra's order on equal timestamps)
     layout = _layout()
-    rows, _ = layout.encode_latest(_event(layout, cells={"v": Cell(timestamp=21, value="x"), "d": Cell(timestamp=22, tombstone=True)}))
+    cells = {"v": Cell(timestamp=21, value="x"), "d": Cell(timestamp=22, tombstone=True)}
+    rows, _ = layout.encode_latest(_event(layout, cells=cells))
     names = [n for n, _ in layout.rows_wire()]
     fields = dict(zip(names, rows[0].split("\t"), strict=True))
-    assert (fields["i_v"], fields["i_v__w"]) == ("x", "42")
-    assert fields["i_d__w"] == "45"
+    assert (fields["i_v"], fields["i_v__w"], fields["i_v__x"]) == ("x", "84", str(2**63 - 1))
+    assert fields["i_d__w"] == "90"
     assert fields["i_l__d"] == str(-(2**63))
+    expiring = Cell(timestamp=-3, value="y", ttl=5, local_deletion_time=1234)
+    rows, _ = layout.encode_latest(_event(layout, liveness=Liveness(timestamp=7, ttl=5, local_deletion_time=99), cells={"v": expiring}))
+    fields = dict(zip(names, rows[0].split("\t"), strict=True))
+    assert (fields["i_v__w"], fields["i_v__x"]) == ("-11", "1234")
+    assert (fields["i__lv"], fields["i__lx"]) == ("7", "99")
+    rows, _ = layout.encode_latest(_event(layout, liveness=Liveness(timestamp=7)))
+    fields = dict(zip(names, rows[0].split("\t"), strict=True))
+    assert (fields["i__lv"], fields["i__lx"]) == ("7", str(-(2**63)))  # a plain marker ranks below any expiring one
 
 
-@pytest.mark.parametrize("ts", [2**62, -(2**62), 2**63 - 1])
+@pytest.mark.parametrize("ts", [2**61, -(2**61), 2**62, -(2**62), 2**63 - 1])
 def test_write_timestamp_outside_the_version_range_is_rejected(ts: int) -> None:
     layout = _layout()
     with pytest.raises(ValueRejected, match="outside"):

@@ -361,3 +361,70 @@ async def test_non_data_server_error_is_bisected_to_its_culprit(harness: ClickHo
         await sink.close()
     state = await harness.read_state(schema, NOW)
     assert sorted(state.rows) == [(1, i) for i in range(7) if i != 3]
+
+
+# --- 5. equal timestamps: Cassandra's tie-breaks, whatever the arrival order -----------------------------
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+async def test_equal_timestamp_ties_do_not_depend_on_arrival_order(harness: ClickHouseHarness, reverse: bool) -> None:
+    schema = _schema(_table("ties"), {"v": "text", "s": "set<int>"})
+    soon, later, past = NOW + 100, NOW + 200, NOW - 5
+
+    def ev(pk: int, node: str, liveness: Liveness | None = None, **cells: Cell | ComplexChange) -> ChangeEvent:
+        return _row(schema, {"pk": pk, "ck": 0}, dict(cells), liveness=liveness, node=node)
+
+    def el(value: int, cell: Cell) -> ComplexChange:
+        return ComplexChange(elements=(ElementChange(path=value, cell=cell),))
+
+    events = [
+        # Markers at one timestamp: an expired TTL marker beats a plain one (row 1 gone) ...
+        ev(1, "n1", Liveness(timestamp=50)),
+        ev(1, "n2", Liveness(timestamp=50, ttl=10, local_deletion_time=past)),
+        # ... and between two TTL markers the later expiry wins (row 2 stays).
+        ev(2, "n1", Liveness(timestamp=50, ttl=10, local_deletion_time=past)),
+        ev(2, "n2", Liveness(timestamp=50, ttl=10, local_deletion_time=later)),
+        # Cells: the expired TTL copy of a value beats its plain copy (row 3 has no v) ...
+        ev(3, "n1", Liveness(timestamp=1), v=Cell(timestamp=60, value="a")),
+        ev(3, "n2", v=Cell(timestamp=60, value="a", ttl=10, local_deletion_time=past)),
+        # ... the later expiry wins between two TTL copies (row 4 keeps v) ...
+        ev(4, "n1", Liveness(timestamp=1), v=Cell(timestamp=60, value="b", ttl=10, local_deletion_time=past)),
+        ev(4, "n2", v=Cell(timestamp=60, value="b", ttl=10, local_deletion_time=soon)),
+        # ... and a tombstone beats both.
+        ev(5, "n1", Liveness(timestamp=1), v=Cell(timestamp=60, value="c", ttl=10, local_deletion_time=later)),
+        ev(5, "n2", v=Cell(timestamp=60, tombstone=True, local_deletion_time=past)),
+        # Collection elements follow the same order.
+        ev(6, "n1", Liveness(timestamp=1), s=el(1, Cell(timestamp=70))),
+        ev(6, "n2", s=el(1, Cell(timestamp=70, ttl=10, local_deletion_time=past))),
+        ev(6, "n1", s=el(2, Cell(timestamp=70, ttl=10, local_deletion_time=past))),
+        ev(6, "n2", s=el(2, Cell(timestamp=70, ttl=10, local_deletion_time=soon))),
+        ev(6, "n1", s=el(3, Cell(timestamp=70, ttl=10, local_deletion_time=soon))),
+        ev(6, "n2", s=el(3, Cell(timestamp=70, tombstone=True, local_deletion_time=past))),
+    ]
+    sink = await harness.make_sink()
+    try:
+        for e in reversed(events) if reverse else events:
+            await sink.write(_batch([e]))
+    finally:
+        await sink.close()
+    state = await harness.read_state(schema, NOW)
+    assert sorted(state.rows) == [(2, 0), (3, 0), (4, 0), (5, 0), (6, 0)]
+    assert [state.rows[(k, 0)]["v"] for k in (3, 4, 5)] == [None, "b", None]
+    assert state.rows[(6, 0)]["s"] == frozenset({2})
+    await _assert_state(harness, schema, events)
+
+
+async def test_a_table_of_the_older_layout_format_is_refused_clearly(harness: ClickHouseHarness) -> None:
+    schema = _schema(_table("oldfmt"), {"v": "text"})
+    sink = await harness.make_sink()
+    try:
+        layout = await sink.ensure_table(schema)
+        await sink.transport.execute(f"ALTER TABLE {layout.q('__rows')} ADD COLUMN _lv AggregateFunction(max, Int64)")
+    finally:
+        await sink.close()
+    fresh = await harness.make_sink()
+    try:
+        with pytest.raises(PermanentError, match="older cdc-sink-clickhouse"):
+            await fresh.ensure_table(schema)
+    finally:
+        await fresh.close()

@@ -26,6 +26,7 @@ import attrs
 import orjson
 
 from cdc_core.cqltypes import CqlType, value_to_json
+from cdc_core.errors import PermanentError
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, RangeBound
 from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
 from cdc_core.serialization import event_to_dict
@@ -50,14 +51,19 @@ _ELEM = "Tuple(String, String, Int64, UInt8, Int64, String)"
 _RANGE = "Tuple(String, UInt8, String, UInt8, Int64)"
 _MIN_TEXT = str(INT64_MIN)
 _MAX_TEXT = str(INT64_MAX)
-# A cell's version is ``ts * 2 + tombstone`` (one Int64: numeric aggregate states are several times
-# cheaper than tuple-keyed ones); write timestamps must therefore lie strictly inside ±2^62.
-_VERSION_LIMIT = 2**62
+# A cell's version is ``ts * 4 + rank`` with rank 0 a plain live value, 1 an expiring one, 2 a
+# tombstone: Cassandra's order on equal timestamps (Cells.reconcile, CASSANDRA-14592). One Int64 keeps
+# the value's argMax state on ClickHouse's fast numeric path; write timestamps must therefore lie
+# strictly inside ±2^61. Between two expiring cells of one version the later expiry wins: the
+# expiry is kept as max((version, expiry)).
+_VERSION_LIMIT = 2**61
 _NO_ELEM = "\t".join(["", "", "", "0", "0", "0", ""])
-_NO_LIVENESS = f"{_MIN_TEXT}\t0"
+# The row marker is max((ts, rank)): rank = the expiry of an expiring marker, -2^63 for a plain one
+# (LivenessInfo.supersedes: on equal timestamps an expiring marker wins, then the later expiry).
+_NO_LIVENESS = f"{_MIN_TEXT}\t{_MIN_TEXT}"
 _ABSENT: Any = object()
 # Bumped whenever the stored states change meaning (materialized view names carry it).
-LAYOUT_FORMAT = 2
+LAYOUT_FORMAT = 3
 _MV_SUFFIX = re.compile(r"_v(\d+)_([0-9a-f]{8})")
 # (name, encoder or None for multi-cell columns, default text, absent-cell text, column)
 _Spec = tuple[str, "Callable[[Any], str] | None", str, str, "_Col"]
@@ -211,8 +217,7 @@ class TableLayout:
                 t = c.mapping.storage
                 out += [
                     (c.name, f"AggregateFunction(argMax, {t}, Int64)"),
-                    (f"{c.name}__w", "AggregateFunction(max, Int64)"),
-                    (f"{c.name}__x", "AggregateFunction(argMax, Int64, Int64)"),
+                    (f"{c.name}__vx", "AggregateFunction(max, Tuple(Int64, Int64))"),
                 ]
             else:
                 out += [(f"{c.name}__d", "AggregateFunction(max, Int64)"), (f"{c.name}__e", f"AggregateFunction(groupUniqArray, {_ELEM})")]
@@ -223,9 +228,8 @@ class TableLayout:
         cols += [
             ("_ck", "AggregateFunction(any, String)"),
             ("_rd", "AggregateFunction(max, Int64)"),
-            ("_lv", "AggregateFunction(max, Int64)"),
+            ("_lvx", "AggregateFunction(max, Tuple(Int64, Int64))"),
         ]
-        cols += [("_lx", "AggregateFunction(argMax, Int64, Int64)")]
         return cols + self._value_storage(self.regular)
 
     def parts_storage(self) -> list[tuple[str, str]]:
@@ -272,8 +276,7 @@ class TableLayout:
                 ver = quote(f"i_{n}__w")
                 out += [
                     f"argMaxState({self._conv(c, f'i_{n}')}, {ver}) AS {quote(n)}",
-                    f"maxState({ver}) AS {quote(n + '__w')}",
-                    f"argMaxState({quote(f'i_{n}__x')}, {ver}) AS {quote(n + '__x')}",
+                    f"maxState(({ver}, {quote(f'i_{n}__x')})) AS {quote(n + '__vx')}",
                 ]
             else:
                 elem = "(i__ps, i__pj, i__et, i__ek, i__ex, i__ev)"
@@ -303,7 +306,7 @@ class TableLayout:
             queries = [("__mv", self.view, f"SELECT {', '.join(sel)} FROM {self.q('__in')}", self.history_storage())]
         else:
             rows_sel, rows_group = self._mv_keys(self.keys)
-            rows_sel += ["anyState(i__ck) AS _ck", "maxState(i__rd) AS _rd", "maxState(i__lv) AS _lv", "argMaxState(i__lx, i__lv) AS _lx"]
+            rows_sel += ["anyState(i__ck) AS _ck", "maxState(i__rd) AS _rd", "maxState((i__lv, i__lx)) AS _lvx"]
             rows_sel += self._value_states(self.regular)
             parts_sel, parts_group = self._mv_keys(self.pk)
             parts_sel += ["maxState(i__pd) AS _pd", "maxState(i__srd) AS _srd"]
@@ -365,6 +368,15 @@ class TableLayout:
         by an agent that has just made sure one that dominates it exists (a superset of its
         columns, or the same columns and a higher (format, hash)), so the dominant view of all is
         never dropped and an agent with an older schema never undoes a newer one's view."""
+        if self.mode == "latest":
+            rows, parts = existing.get(self.base + "__rows", set()), existing.get(self.base + "__parts", set())
+            simple = [c.name + "__x" for c in self.regular + self.static if c.mapping is not None]
+            if "_lv" in rows or any(n in rows or n in parts for n in simple):
+                raise PermanentError(
+                    f"{self.q('__rows')}: created by an older cdc-sink-clickhouse whose states rank equal timestamps "
+                    "differently (layout format < 3); drop the table's objects (base__rows*, base__parts*, the views "
+                    "base and base_static) and replay from the start — docs/sinks/clickhouse.md, 'Upgrading'"
+                )
         stmts: list[str] = []
         for suffix, cols, engine in self._table_ddl():
             have = existing.get(self.base + suffix)
@@ -419,8 +431,7 @@ class TableLayout:
             if c.mapping is not None:
                 out += [
                     f"argMaxMerge({quote(n)}) AS {quote('a_' + n)}",
-                    f"maxMerge({quote(n + '__w')}) AS {quote('a_' + n + '__w')}",
-                    f"argMaxMerge({quote(n + '__x')}) AS {quote('a_' + n + '__x')}",
+                    f"maxMerge({quote(n + '__vx')}) AS {quote('a_' + n + '__vx')}",
                 ]
             else:
                 out += [
@@ -435,9 +446,10 @@ class TableLayout:
             n = c.name
             a = quote("a_" + n)
             if c.mapping is not None:
-                # The version is ts * 2 + tombstone: even = a live write, ts = version div 2.
-                w = quote(f"a_{n}__w")
-                live = f"bitAnd({w}, 1) = 0 AND intDiv({w}, 2) > {shadow} AND {quote(f'a_{n}__x')} > {now}"
+                # (version, expiry); version = ts * 4 + rank (2 = tombstone), ts = floor(version / 4).
+                vx = quote(f"a_{n}__vx")
+                w, x = f"tupleElement({vx}, 1)", f"tupleElement({vx}, 2)"
+                live = f"bitAnd({w}, 3) != 2 AND intDiv({w} - bitAnd({w}, 3), 4) > {shadow} AND {x} > {now}"
                 out.append(f"if({live}, {a}, NULL) AS {quote('x_' + n)}")
                 continue
             els = quote(f"a_{n}__e")
@@ -445,7 +457,11 @@ class TableLayout:
             # Newest write per path first (path, ts, tombstone descending), then keep the first of each
             # path if it is live. No lambda captures a column: 18.16 loses captured joined columns.
             srt, prev = quote(f"s_{n}"), quote(f"p_{n}")
-            out.append(f"arrayReverseSort(_e -> (tupleElement(_e, 1), tupleElement(_e, 3), tupleElement(_e, 4)), {els}) AS {srt}")
+            # Equal timestamps: a tombstone, then an expiring write, then the later expiry first.
+            order = (
+                f"(tupleElement(_e, 1), tupleElement(_e, 3), tupleElement(_e, 4), tupleElement(_e, 5) != {_MAX_TEXT}, tupleElement(_e, 5))"
+            )
+            out.append(f"arrayReverseSort(_e -> {order}, {els}) AS {srt}")
             out.append(f"arrayPopBack(arrayPushFront(arrayMap(_e -> tupleElement(_e, 1), {srt}), '')) AS {prev}")
             live = f"tupleElement(_e, 1) != _p AND tupleElement(_e, 4) = 0 AND tupleElement(_e, 3) > _s AND tupleElement(_e, 5) > {now}"
             w = quote(f"w_{n}")
@@ -483,7 +499,7 @@ class TableLayout:
         n = self._now(now)
         keys = ", ".join(quote(k.name) for k in self.keys)
         pk = ", ".join(quote(k.name) for k in self.pk)
-        rows = [keys, "anyMerge(_ck) AS a__ck", "maxMerge(_rd) AS a__rd", "maxMerge(_lv) AS a__lv", "argMaxMerge(_lx) AS a__lx"]
+        rows = [keys, "anyMerge(_ck) AS a__ck", "maxMerge(_rd) AS a__rd", "maxMerge(_lvx) AS a__lvx"]
         rows += self._finals(self.regular)
         cover = self._cover("_r", "_k")
         keys_arr = "arrayResize(emptyArrayString(), length(p__rg), a__ck)"
@@ -491,7 +507,8 @@ class TableLayout:
         mid = [keys] + [quote("x_" + c.name) for c in self.static]
         mid += [f"greatest(greatest(a__rd, if(p__has = 1, p__pd, {MIN})), {rng}) AS r__sh"]
         mid += self._renders(self.regular, "r__sh", n)
-        live = [f"(a__lv > r__sh AND a__lx > {n})"] + [f"isNotNull({quote('x_' + c.name)})" for c in self.regular]
+        lv, lx = "tupleElement(a__lvx, 1)", "tupleElement(a__lvx, 2)"
+        live = [f"({lv} > r__sh AND ({lx} = {MIN} OR {lx} > {n}))"] + [f"isNotNull({quote('x_' + c.name)})" for c in self.regular]
         mid.append(f"({' OR '.join(live)}) AS r__live")
         out = [quote(c.name) for c in self.keys] + [f"{quote('x_' + c.name)} AS {quote(c.name)}" for c in self.static + self.regular]
         return (
@@ -593,17 +610,18 @@ class TableLayout:
                     raise ValueRejected(f"column {name} is not a collection but got element changes")
                 ts = change.timestamp
                 if not -_VERSION_LIMIT < ts < _VERSION_LIMIT:
-                    raise ValueRejected(f"column {name}: write timestamp {ts} is outside ±2^62")
-                x = _MAX_TEXT if change.ttl is None or change.local_deletion_time is None else str(change.local_deletion_time)
+                    raise ValueRejected(f"column {name}: write timestamp {ts} is outside ±2^61")
+                expiring = change.ttl is not None and change.local_deletion_time is not None
+                x = str(change.local_deletion_time) if expiring else _MAX_TEXT
                 value = change.value
                 if change.tombstone or value is None:
-                    fields.append(f"{default}\t{ts * 2 + 1}\t{x}")
+                    fields.append(f"{default}\t{ts * 4 + 2}\t{x}")
                     continue
                 try:
                     text = enc(value)
                 except ValueRejected as exc:
                     raise ValueRejected(f"column {name}: {exc}") from None
-                fields.append(f"{text}\t{ts * 2}\t{x}")
+                fields.append(f"{text}\t{ts * 4 + 1 if expiring else ts * 4}\t{x}")
                 continue
             if not isinstance(change, ComplexChange):
                 raise ValueRejected(f"column {name} is a non-frozen collection but got a whole-cell write")
@@ -684,7 +702,7 @@ class TableLayout:
             line.append(_NO_LIVENESS)
         else:
             ldt = liveness.local_deletion_time
-            line.append(f"{liveness.timestamp}\t{_MAX_TEXT if liveness.ttl is None or ldt is None else ldt}")
+            line.append(f"{liveness.timestamp}\t{_MIN_TEXT if liveness.ttl is None or ldt is None else ldt}")
         values, elements = self._cells(self._reg_specs, event)
         line += values
         line.append(_NO_ELEM)
