@@ -3,6 +3,7 @@ server-side error bisecting, equal-timestamp tie-breaks, colliding column names 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -428,3 +429,39 @@ async def test_a_table_of_the_older_layout_format_is_refused_clearly(harness: Cl
             await fresh.ensure_table(schema)
     finally:
         await fresh.close()
+
+
+# --- 6. resetting offsets as the docs say --------------------------------------------------------------
+
+
+async def test_offsets_reset_as_documented(harness: ClickHouseHarness) -> None:
+    schema = _schema(_table("reset"), {"v": "text"})
+    sink = await harness.make_sink()
+    db, name = harness.database, sink.name
+    try:
+        far = [_row(schema, {"pk": 1, "ck": i}, {"v": Cell(timestamp=5, value="x")}, node=node) for i, node in enumerate(("n1", "n2"))]
+        await sink.write(_batch(far))
+        assert set(await sink.committed_positions()) == {"n1", "n2"}
+        # docs/sinks/clickhouse.md, "Resetting offsets" (the pipeline is stopped meanwhile):
+        await sink.transport.execute(f"ALTER TABLE `{db}`.cdc_offsets DELETE WHERE sink = '{name}' AND node = 'n1'")
+        for _ in range(100):
+            pending = await sink.transport.select(
+                f"SELECT count() FROM system.mutations WHERE database = '{db}' AND table = 'cdc_offsets' AND is_done = 0"
+            )
+            if int(pending) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert set(await sink.committed_positions()) == {"n2"}
+        # ... optionally re-inserting the position to resume from:
+        await sink.transport.execute(
+            f"INSERT INTO `{db}`.cdc_offsets (sink, node, segment_id, offset, idx, committed_at) VALUES ('{name}', 'n1', 1, 5, 0, now())"
+        )
+        assert (await sink.committed_positions())["n1"] == Position(node="n1", segment_id=1, offset=5, index=0)
+        # Then the sink moves on from there.
+        await sink.write(_batch([_row(schema, {"pk": 2, "ck": 0}, {"v": Cell(timestamp=5, value="y")})]))
+        assert (await sink.committed_positions())["n1"].offset > 5
+        # The whole sink: TRUNCATE (every sink on that database) or the DELETE without the node.
+        await sink.transport.execute(f"TRUNCATE TABLE `{db}`.cdc_offsets")
+        assert await sink.committed_positions() == {}
+    finally:
+        await sink.close()
