@@ -25,7 +25,7 @@ from pg_sink_helpers import batch, partition_delete, pos, schema, upsert
 
 from cdc_core.cqltypes import Duration
 from cdc_core.errors import PermanentError, TransientError
-from cdc_core.events import Cell, ChangeEvent, ComplexChange, Deletion, ElementChange
+from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deletion, ElementChange, RangeBound, RangeDeletion
 from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
 from cdc_core.secrets import Secret
 from cdc_core.sinks import Batch
@@ -210,6 +210,139 @@ async def test_server_side_data_error_is_bisected_to_the_culprit(harness: Postgr
     assert state.rows[(3,)]["v"] == 3
 
 
+# --- dead-lettering before the commit (Batch.dead_letter) -------------------------------------
+
+
+def _poisoned(kind: str) -> tuple[TableSchema, list[ChangeEvent], dict[str, Any]]:
+    """A batch with one poison event: refused in Python (NUL) or only by the server (22003)."""
+    if kind == "python":
+        s = schema("dl_py", {"pk": "int", "v": "text"})
+        return s, [upsert(s, {"pk": i}, 10, v="bad\x00" if i == 2 else f"v{i}") for i in range(4)], {}
+    s = schema("dl_server", {"pk": "int", "v": "int"})
+    overrides = {"tables": {"ks.dl_server": TableConfig(column_types={"v": "smallint"})}}
+    return s, [upsert(s, {"pk": i}, 10, v=100_000 if i == 2 else i) for i in range(4)], overrides
+
+
+@pytest.mark.parametrize("kind", ["python", "server"])
+async def test_dead_letter_failure_commits_nothing(harness: PostgresHarness, kind: str) -> None:
+    s, events, overrides = _poisoned(kind)
+    sink = await _sink(harness, **overrides)
+    first = batch([upsert(s, {"pk": 100}, 5, v="x" if kind == "python" else 1)])
+    await sink.write(first)
+
+    class DlqDown(Exception):
+        pass
+
+    async def failing(rejected: Any) -> None:
+        raise DlqDown("the DLQ is unavailable")
+
+    b = attrs.evolve(batch(events), dead_letter=failing)
+    with pytest.raises(DlqDown):
+        await sink.write(b)
+    assert dict(await sink.committed_positions()) == dict(first.positions)
+    state = await harness.read_state(s, NOW)
+    assert set(state.rows) == {(100,)}
+
+
+@pytest.mark.parametrize("kind", ["python", "server"])
+async def test_dead_letter_is_called_before_the_commit(harness: PostgresHarness, kind: str) -> None:
+    s, events, overrides = _poisoned(kind)
+    sink = await _sink(harness, **overrides)
+    first = batch([upsert(s, {"pk": 100}, 5, v="x" if kind == "python" else 1)])
+    await sink.write(first)
+    seen: list[tuple[list[ChangeEvent], list[Any], set[Any]]] = []
+
+    async def recording(rejected: Any) -> None:
+        # Another connection: the batch's offsets and data are not committed yet.
+        conn = await asyncpg.connect(harness.dsn)
+        try:
+            offsets = await conn.fetch('SELECT node, "offset" FROM cdc_test.cdc_offsets ORDER BY node')
+            keys = {r["pk"] for r in await conn.fetch("SELECT pk FROM cdc_test.ks_" + s.table)}
+        finally:
+            await conn.close()
+        seen.append(([r.event for r in rejected], [(r["node"], r["offset"]) for r in offsets], keys))
+
+    b = attrs.evolve(batch(events), dead_letter=recording)
+    result = await sink.write(b)
+    assert [r.event for r in result.rejected] == [events[2]]
+    assert [events[2]] in [dead for dead, _, _ in seen]
+    for _, offsets, keys in seen:
+        assert offsets == [(n, p.offset) for n, p in sorted(first.positions.items())]
+        assert keys == {100}
+    assert dict(await sink.committed_positions()) == dict(b.positions)
+    state = await harness.read_state(s, NOW)
+    assert set(state.rows) == {(100,), (0,), (1,), (3,)}
+
+
+# --- keys too long for an index --------------------------------------------------------------
+
+
+def _incompressible(n: int, seed: int) -> str:
+    import random
+    import string
+
+    rnd = random.Random(seed)
+    return "".join(rnd.choice(string.ascii_letters + string.digits) for _ in range(n))
+
+
+async def test_oversized_key_rejects_only_that_event(harness: PostgresHarness) -> None:
+    s = schema("bigkey", {"pk": "int", "ck": "text", "v": "int"}, ck=("ck",))
+    big = _incompressible(9000, 1)
+    events = [
+        upsert(s, {"pk": 1, "ck": "ok1"}, 10, v=1),
+        upsert(s, {"pk": 1, "ck": big}, 10, v=2),
+        upsert(s, {"pk": 1, "ck": "ok2"}, 10, v=3),
+    ]
+    sink = await harness.make_sink()
+    b = batch(events)
+    result = await sink.write(b)
+    assert [r.event for r in result.rejected] == [events[1]]
+    assert "index row limit" in result.rejected[0].error and "ck" in result.rejected[0].error
+    state = await harness.read_state(s, NOW)
+    assert set(state.rows) == {(1, "ok1"), (1, "ok2")}
+    assert dict(await sink.committed_positions()) == dict(b.positions)
+
+
+async def test_key_the_server_refuses_class_54_is_bisected(harness: PostgresHarness) -> None:
+    # Two clustering values each under the per-value limit, together over the btree row limit:
+    # only the server notices (SQLSTATE 54000) and the batch is bisected to the culprit.
+    s = schema("bigkey2", {"pk": "int", "a": "text", "b": "text", "v": "int"}, ck=("a", "b"))
+    big = upsert(s, {"pk": 1, "a": _incompressible(2000, 2), "b": _incompressible(2000, 3)}, 10, v=0)
+    events = [upsert(s, {"pk": 1, "a": f"a{i}", "b": "b"}, 10, v=i) for i in range(6)]
+    events.insert(3, big)
+    sink = await harness.make_sink()
+    result = await sink.write(batch(events))
+    assert [r.event for r in result.rejected] == [big]
+    state = await harness.read_state(s, NOW)
+    assert set(state.rows) == {(1, f"a{i}", "b") for i in range(6)}
+
+
+async def test_range_deletion_with_huge_bounds_is_stored(harness: PostgresHarness) -> None:
+    s = schema("bigbounds", {"pk": "int", "ck": "text", "v": "int"}, ck=("ck",))
+    lo, hi = "a" + _incompressible(2500, 4), "b" + _incompressible(2500, 5)
+    events = [
+        upsert(s, {"pk": 1, "ck": "a"}, 10, v=1),
+        upsert(s, {"pk": 1, "ck": "az"}, 10, v=2),
+        upsert(s, {"pk": 1, "ck": "c"}, 10, v=3),
+        ChangeEvent(
+            position=pos(),
+            schema=s,
+            kind=ChangeKind.RANGE_DELETE,
+            key={"pk": 1},
+            range_deletion=RangeDeletion(
+                start=RangeBound(values=(lo,), inclusive=True),
+                end=RangeBound(values=(hi,), inclusive=True),
+                deletion=Deletion(timestamp=20, local_deletion_time=1),
+            ),
+        ),
+    ]
+    sink = await harness.make_sink()
+    result = await sink.write(batch(events))
+    assert not result.rejected
+    state = await harness.read_state(s, NOW)
+    assert normalise_state(state) == normalise_state(latest_state(events, now=NOW))
+
+
 # --- schema evolution ------------------------------------------------------------------------
 
 
@@ -290,6 +423,11 @@ async def test_history_mode_crash_and_resume_has_no_duplicates_or_gaps(pg_dsn: s
         await h.destroy()
 
 
+def _ahead_of(b: Batch, committed: dict[str, Any]) -> bool:
+    """Whether ``b`` holds a position past what is committed (events may come from several nodes)."""
+    return any(node not in committed or p > committed[node] for node, p in b.positions.items())
+
+
 async def _crash_and_resume(h: PostgresHarness, batches: list[Batch], data: st.DataObject) -> None:
     """Write ``batches``, cancelling writes at drawn points and restarting from the committed
     positions each time, until every batch is committed."""
@@ -297,10 +435,10 @@ async def _crash_and_resume(h: PostgresHarness, batches: list[Batch], data: st.D
     sink = await h.make_sink()
     while True:
         committed = dict(await sink.committed_positions())
-        node_pos = committed.get("n1")
-        todo = [b for b in batches if node_pos is None or b.positions["n1"] > node_pos]
+        todo = [b for b in batches if _ahead_of(b, committed)]
         # Committed positions are always a batch boundary: never ahead of the data.
-        assert node_pos is None or any(b.positions["n1"] == node_pos for b in batches)
+        for node, p in committed.items():
+            assert any(b.positions.get(node) == p for b in batches)
         if not todo:
             break
         for b in todo:

@@ -22,7 +22,7 @@ from cdc_core.events import Cell
 from cdc_core.secrets import Secret
 from cdc_sink_postgres.config import PostgresSinkConfig, SslConfig, TableConfig
 from cdc_sink_postgres.ddl import LatestStateDdl
-from cdc_sink_postgres.errors import Redactor, is_data_error, is_transient
+from cdc_sink_postgres.errors import Redactor, is_bisectable, is_data_error, is_transient
 from cdc_sink_postgres.idents import qualify, quote_ident
 from cdc_sink_postgres.layout import TableLayout, pg_name
 from cdc_sink_postgres.merge import latest_state_merges
@@ -221,6 +221,14 @@ def test_error_classification() -> None:
     assert is_data_error(Fake("22P05"))
     assert is_data_error(Fake("23505"))
     assert not is_data_error(Fake("42P01"))
+    # Any non-transient server error is bisected (an over-long key is class 54) …
+    assert is_bisectable(Fake("54000"))
+    assert is_bisectable(Fake("22P05"))
+    assert is_bisectable(Fake("23505"))
+    # … transient ones are retried, and errors without a SQLSTATE are not the server's.
+    assert not is_bisectable(Fake("40001"))
+    assert not is_bisectable(Fake("08006"))
+    assert not is_bisectable(ValueError("x"))
 
 
 def test_build_ssl(tmp_path: Path) -> None:

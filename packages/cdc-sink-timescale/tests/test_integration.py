@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
+import attrs
 import pytest
 import structlog
 from hypothesis import HealthCheck, given, settings
@@ -277,10 +278,11 @@ async def _crash_and_resume(h: TimescaleHarness, batches: list[Batch], cancel_po
     restarting from the committed position, until everything is committed."""
     sink = await h.make_sink()
     while True:
-        committed = (await sink.committed_positions()).get("n1")
-        # the committed position is always a batch boundary: never ahead of the data
-        assert committed is None or committed in [b.positions["n1"] for b in batches]
-        todo = [b for b in batches if committed is None or b.positions["n1"] > committed]
+        committed = dict(await sink.committed_positions())
+        # the committed positions are always a batch boundary: never ahead of the data
+        for node, p in committed.items():
+            assert p in [b.positions.get(node) for b in batches]
+        todo = [b for b in batches if any(n not in committed or p > committed[n] for n, p in b.positions.items())]
         if not todo:
             break
         for b in todo:
@@ -376,6 +378,35 @@ async def test_a_refused_table_goes_to_the_dlq_and_the_rest_is_applied(harness: 
     assert [entry["table"] for entry in logs if entry["log_level"] == "error"] == ["ks.orders"]  # reported once
     assert (await harness.read_state(READINGS, NOW)).rows == {("a", T0): {"sensor": "a", "ts": T0, "value": 1.0}}
     assert dict(await sink.committed_positions()) == {"n1": bad[2].position}
+
+
+async def test_refused_and_rejected_events_are_dead_lettered_before_the_commit(harness: TimescaleHarness) -> None:
+    sink = await _sink(harness, time_column="ts", tables={"ks.orders": TimescaleTableConfig(mode="latest", time_column="created")})
+    first = batch([write(READINGS, {"sensor": "a", "ts": T0}, micros(T0), value=1.0)])
+    await sink.write(first)
+    refused = write(ORDERS, {"id": 1}, micros(T0), created=T0, total=None)
+    poison = write(READINGS, {"sensor": "bad\x00", "ts": T0}, micros(T0), value=2.0)
+    good = write(READINGS, {"sensor": "b", "ts": T0}, micros(T0), value=3.0)
+    seen: list[tuple[list[ChangeEvent], list[Any]]] = []
+
+    async def recording(rejected: Any) -> None:
+        offsets = await _fetch(harness.dsn, 'SELECT node, "offset" FROM cdc_test.cdc_offsets')
+        seen.append(([r.event for r in rejected], [(r["node"], r["offset"]) for r in offsets]))
+
+    b = attrs.evolve(batch([refused, poison, good]), dead_letter=recording)
+    result = await sink.write(b)
+    assert {id(r.event) for r in result.rejected} == {id(refused), id(poison)}
+    assert {id(e) for dead, _ in seen for e in dead} == {id(refused), id(poison)}
+    assert all(offsets == [("n1", first.positions["n1"].offset)] for _, offsets in seen)
+    assert dict(await sink.committed_positions()) == dict(b.positions)
+
+    async def failing(rejected: Any) -> None:
+        raise OSError("DLQ disk full")
+
+    again = attrs.evolve(batch([write(ORDERS, {"id": 2}, micros(T0), created=T0, total=None)]), dead_letter=failing)
+    with pytest.raises(OSError, match="DLQ disk full"):
+        await sink.write(again)
+    assert dict(await sink.committed_positions()) == dict(b.positions)
 
 
 async def test_apache_edition_reports_unavailable_policies_once(harness: TimescaleHarness) -> None:

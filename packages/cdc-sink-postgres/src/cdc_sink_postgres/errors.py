@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["Redactor", "is_data_error", "is_transient"]
+__all__ = ["Redactor", "is_bisectable", "is_data_error", "is_transient"]
 
 # SQLSTATE classes worth retrying: connection exceptions, transaction rollback (serialization
 # failures, deadlocks), insufficient resources, operator intervention (shutdown, statement
@@ -37,6 +37,13 @@ def is_transient(exc: BaseException) -> bool:
 def is_data_error(exc: BaseException) -> bool:
     state = _sqlstate(exc)
     return state is not None and state[:2] in _DATA_CLASSES
+
+
+def is_bisectable(exc: BaseException) -> bool:
+    """A non-transient error the server raised (it has a SQLSTATE): possibly one event's fault
+    (a value, an integrity violation, an over-long key — class 54 …), so the batch is bisected
+    to the culprits before anything is declared permanent."""
+    return _sqlstate(exc) is not None and not is_transient(exc)
 
 
 class Redactor:

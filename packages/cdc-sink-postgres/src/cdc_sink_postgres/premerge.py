@@ -9,7 +9,9 @@ reported as rejected before anything reaches the server.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -31,6 +33,7 @@ from cdc_sink_postgres.typemap import (
 )
 
 __all__ = [
+    "KEY_VALUE_LIMIT",
     "CellState",
     "ComplexState",
     "FoldPlan",
@@ -145,6 +148,57 @@ def element_entry(col: ColumnLayout, path: Any, cell: Cell) -> tuple[str, dict[s
     return key, entry
 
 
+KEY_VALUE_LIMIT = 2704
+"""The largest key value (bytes, before compression) the sink stores: PostgreSQL's btree index
+rows hold at most ~2704 bytes (an 8 kB page / 3); a longer key value is rejected in Python."""
+
+_BOUNDS_TEXT_LIMIT = 256
+_VARIABLE_KEY_TYPES = frozenset({"ascii", "text", "varchar", "blob", "varint", "decimal"})
+
+
+def bounds_id(bounds: str) -> str:
+    """The identifier of a range tombstone (part of an indexed key): its canonical text, or for
+    long bounds a digest of it (so huge clustering values never overflow the index)."""
+    if len(bounds) <= _BOUNDS_TEXT_LIMIT:
+        return bounds
+    return "sha256:" + hashlib.sha256(bounds.encode("utf-8")).hexdigest()
+
+
+def _db_size(value: Any) -> int:
+    """The stored size in bytes of a database parameter (an upper-bound estimate for composites)."""
+    if type(value) is str:
+        return len(value) if value.isascii() else len(value.encode("utf-8", errors="replace"))
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, list | tuple):
+        return sum(_db_size(v) + 4 for v in value)
+    if isinstance(value, Decimal):
+        return len(value.as_tuple().digits) // 2 + 8
+    if isinstance(value, int):
+        return (value.bit_length() + 7) // 8 + 8
+    return 16
+
+
+def size_checked(col: ColumnLayout, convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``convert`` for a key column, also rejecting values over :data:`KEY_VALUE_LIMIT`."""
+    if col.cql.name not in _VARIABLE_KEY_TYPES and col.pg.form == "scalar":
+        return convert  # fixed-size values: always small
+
+    def checked(value: Any) -> Any:
+        out = convert(value)
+        if type(out) is str and len(out) * 4 <= KEY_VALUE_LIMIT:
+            return out
+        size = _db_size(out)
+        if size > KEY_VALUE_LIMIT:
+            raise ValueRejected(
+                f"key column {col.name}: a value of {size} bytes exceeds PostgreSQL's index row limit "
+                f"({KEY_VALUE_LIMIT} bytes); this row cannot be stored in latest-state mode"
+            )
+        return out
+
+    return checked
+
+
 def _bound(layout: TableLayout, bound: RangeBound | None) -> tuple[tuple[Any, ...], int, bool, Any]:
     width = len(layout.clustering)
     if bound is None:
@@ -183,7 +237,7 @@ class TableDelta:
                 return
             s_vals, s_len, s_incl, s_canon = _bound(layout, rd.start)
             e_vals, e_len, e_incl, e_canon = _bound(layout, rd.end)
-            bounds = orjson.dumps([s_canon, e_canon]).decode()
+            bounds = bounds_id(orjson.dumps([s_canon, e_canon]).decode())
             rec = RangeRecord(s_vals, s_len, s_incl, e_vals, e_len, e_incl, bounds)
             prev = self.range_deletions.get((pk, bounds))
             ts = rd.deletion.timestamp
@@ -304,7 +358,9 @@ class FoldPlan:
         self.layout = layout
         self.rows = _side(layout, len(layout.primary_key), layout.regular)
         self.statics = _side(layout, len(layout.partition_key), layout.static)
-        self.pk_conv, self.ck_conv = layout.key_converters
+        pk_conv, ck_conv = layout.key_converters
+        self.pk_conv = tuple((n, size_checked(layout.column(n), c)) for n, c in pk_conv)
+        self.ck_conv = tuple((n, size_checked(layout.column(n), c)) for n, c in ck_conv)
         self.columns = {c.name: c for c in layout.columns}
 
 
@@ -456,7 +512,7 @@ class RecordFold:
         layout = self.plan.layout
         s_vals, s_len, s_incl, s_canon = _bound(layout, rd.start)
         e_vals, e_len, e_incl, e_canon = _bound(layout, rd.end)
-        bounds = orjson.dumps([s_canon, e_canon]).decode()
+        bounds = bounds_id(orjson.dumps([s_canon, e_canon]).decode())
         rec = RangeRecord(s_vals, s_len, s_incl, e_vals, e_len, e_incl, bounds)
         prev = self.range_deletions.get((pk, bounds))
         ts = rd.deletion.timestamp

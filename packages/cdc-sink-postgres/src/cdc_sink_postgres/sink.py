@@ -5,8 +5,10 @@ Per batch: events are grouped by table; each table's destination is created or e
 transaction, each table's pre-merged records are COPied into temp staging tables and merged with
 one statement per relation, and the batch's positions are upserted into ``cdc_offsets``.
 
-A value PostgreSQL refuses (data exception / integrity violation) is found by bisecting that
-table's events under savepoints; only the culprit events are rejected, the rest commits.
+A statement PostgreSQL refuses for a non-transient reason (a value, an integrity violation, an
+over-long key …) is traced by bisecting each table's events under savepoints; only the culprit
+events are rejected, the rest commits. Rejected events are handed to ``batch.dead_letter`` before
+the transaction moving the offsets commits.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from cdc_core.schema import TableSchema
 from cdc_core.sinks import Batch, Rejected, WriteResult
 from cdc_sink_postgres.config import PostgresSinkConfig
 from cdc_sink_postgres.ddl import COLUMNS_TABLE, LatestStateDdl
-from cdc_sink_postgres.errors import Redactor, is_data_error, is_transient
+from cdc_sink_postgres.errors import Redactor, is_bisectable, is_transient
 from cdc_sink_postgres.history import HistoryTable
 from cdc_sink_postgres.idents import qualify
 from cdc_sink_postgres.layout import ColumnLayout, TableLayout
@@ -260,6 +262,8 @@ class PostgresSink:
             finally:
                 if gc_was_enabled:
                     gc.enable()
+            # Events refused in Python reach the DLQ before anything commits (Batch.dead_letter).
+            await _dead_letter(batch, rejected)
             async with self._acquire() as conn:
                 try:
                     async with conn.transaction():
@@ -267,14 +271,20 @@ class PostgresSink:
                         await self.offsets.store(conn, self.name, batch.positions)
                     self._staging_created(conn).update(created)
                 except Exception as exc:
-                    if not is_data_error(exc):
+                    if not is_bisectable(exc):
                         raise
-                    # A value the server refuses: redo the batch table by table under
-                    # savepoints, bisecting to the culprit events.
+                    # The server refuses something (a value, an over-long key …): redo the batch
+                    # table by table under savepoints, bisecting to the culprit events; they
+                    # reach the DLQ before the transaction moving the offsets commits.
                     async with conn.transaction():
+                        refused: list[Rejected] = []
                         for target, events, _ in work:
-                            rejected += await self._apply(conn, target, events)
+                            refused += await self._apply(conn, target, events)
                         await self.offsets.store(conn, self.name, batch.positions)
+                        await _dead_letter(batch, refused)
+                    rejected += refused
+        except _DeadLetterFailed as failed:
+            raise failed.cause from None  # the engine's own error, as it raised it
         except (TransientError, PermanentError):
             raise
         except BaseException as exc:
@@ -376,7 +386,7 @@ class PostgresSink:
             async with conn.transaction():
                 await self._run(conn, target, prepared)
         except Exception as exc:
-            if not is_data_error(exc):
+            if not is_bisectable(exc):
                 raise
             if len(good) == 1:
                 rejected.append(Rejected(event=good[0], error=self._redact(f"{type(exc).__name__}: {exc}")))
@@ -426,6 +436,24 @@ class PostgresSink:
         the path of the bisection under savepoints."""
         for merge, records in self._steps(target, prepared):
             await merge.run(conn, records)
+
+
+class _DeadLetterFailed(Exception):
+    """``batch.dead_letter`` raised: the batch must not commit; ``cause`` propagates unchanged."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def _dead_letter(batch: Batch, rejected: Sequence[Rejected]) -> None:
+    """Hand ``rejected`` to the engine's DLQ (durably) before the caller commits offsets."""
+    if not rejected or batch.dead_letter is None:
+        return
+    try:
+        await batch.dead_letter(list(rejected))
+    except Exception as exc:
+        raise _DeadLetterFailed(exc) from exc
 
 
 class PreparedTable:

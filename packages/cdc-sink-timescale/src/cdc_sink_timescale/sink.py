@@ -135,6 +135,9 @@ class TimescaleSink(PostgresSink):
             if table not in self._reported_refusals:
                 self._reported_refusals.add(table)
                 log.error("timescale sink refuses a table: its events go to the DLQ", sink=self.name, table=table, reason=reason)
+        if batch.dead_letter is not None:
+            # In the DLQ before the write below commits the offsets past them (Batch.dead_letter).
+            await batch.dead_letter(refused)
         ok = [e for e in batch.events if self._refusal(e.schema) is None]
         result = await super().write(attrs.evolve(batch, events=ok))
         return WriteResult(rejected=[*result.rejected, *refused])
