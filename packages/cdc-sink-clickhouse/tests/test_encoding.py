@@ -63,13 +63,13 @@ def test_cell_version_is_ts_times_four_plus_rank() -> None:
     rows, _ = layout.encode_latest(_event(layout, cells=cells))
     names = [n for n, _ in layout.rows_wire()]
     fields = dict(zip(names, rows[0].split("\t"), strict=True))
-    assert (fields["i_v"], fields["i_v__w"], fields["i_v__x"]) == ("x", "84", str(2**63 - 1))
-    assert fields["i_d__w"] == "90"
-    assert fields["i_l__d"] == str(-(2**63))
+    assert (fields["_i_v"], fields["_i_v__w"], fields["_i_v__x"]) == ("x", "84", str(2**63 - 1))
+    assert fields["_i_d__w"] == "90"
+    assert fields["_i_l__d"] == str(-(2**63))
     expiring = Cell(timestamp=-3, value="y", ttl=5, local_deletion_time=1234)
     rows, _ = layout.encode_latest(_event(layout, liveness=Liveness(timestamp=7, ttl=5, local_deletion_time=99), cells={"v": expiring}))
     fields = dict(zip(names, rows[0].split("\t"), strict=True))
-    assert (fields["i_v__w"], fields["i_v__x"]) == ("-11", "1234")
+    assert (fields["_i_v__w"], fields["_i_v__x"]) == ("-11", "1234")
     assert (fields["i__lv"], fields["i__lx"]) == ("7", "99")
     rows, _ = layout.encode_latest(_event(layout, liveness=Liveness(timestamp=7)))
     fields = dict(zip(names, rows[0].split("\t"), strict=True))

@@ -465,3 +465,62 @@ async def test_offsets_reset_as_documented(harness: ClickHouseHarness) -> None:
         assert await sink.committed_positions() == {}
     finally:
         await sink.close()
+
+
+# --- 7. column names against the sink's own names ---------------------------------------------------
+
+
+async def test_names_like_the_sinks_own_aliases_are_stored_faithfully(harness: ClickHouseHarness) -> None:
+    # Key and value names that the view's internal aliases used to be built from (a_, x_, p__, ...).
+    name = _table("names")
+    cols = [
+        ColumnSchema(name="a_v", type="int", kind=ColumnKind.PARTITION_KEY, position=0),
+        ColumnSchema(name="x_v", type="int", kind=ColumnKind.CLUSTERING, position=0, clustering_order=ClusteringOrder.ASC),
+        ColumnSchema(name="v", type="text", kind=ColumnKind.REGULAR, position=-1),
+        ColumnSchema(name="ck", type="int", kind=ColumnKind.REGULAR, position=-1),
+        ColumnSchema(name="sh", type="set<int>", kind=ColumnKind.REGULAR, position=-1),
+        ColumnSchema(name="i_v", type="text", kind=ColumnKind.REGULAR, position=-1),
+        ColumnSchema(name="has", type="text", kind=ColumnKind.STATIC, position=-1),
+    ]
+    schema = TableSchema(keyspace="ks", table=name, id=uuid.UUID(int=2), columns=tuple(cols))
+    events = [
+        _row(
+            schema,
+            {"a_v": 1, "x_v": 2},
+            {
+                "v": Cell(timestamp=5, value="v"),
+                "ck": Cell(timestamp=5, value=3),
+                "sh": ComplexChange(elements=(ElementChange(path=4, cell=Cell(timestamp=5)),)),
+                "i_v": Cell(timestamp=5, value="iv"),
+            },
+            liveness=Liveness(timestamp=5),
+        ),
+        _row(schema, {"a_v": 1}, {"has": Cell(timestamp=5, value="static")}, static=True),
+        _row(schema, {"a_v": 1, "x_v": 3}, {"v": Cell(timestamp=5, value="w")}),
+    ]
+    sink = await harness.make_sink()
+    try:
+        assert (await sink.write(_batch(events))).rejected == []
+    finally:
+        await sink.close()
+    await _assert_state(harness, schema, events)
+
+
+@pytest.mark.parametrize("bad", ["_ck", "v__w", "__", "_lvx"])
+async def test_reserved_column_names_are_refused_clearly(harness: ClickHouseHarness, bad: str) -> None:
+    odd = _schema(_table("odd"), {"v": "text", bad: "int"})
+    fine = _schema(_table("fine"), {"v": "text"})
+    events = [
+        _row(odd, {"pk": 1, "ck": 1}, {"v": Cell(timestamp=5, value="a"), bad: Cell(timestamp=5, value=1)}),
+        _row(fine, {"pk": 1, "ck": 1}, {"v": Cell(timestamp=5, value="b")}),
+    ]
+    sink = await harness.make_sink()
+    try:
+        result = await sink.write(_batch(events))
+        committed = await sink.committed_positions()
+    finally:
+        await sink.close()
+    assert [r.event for r in result.rejected] == [events[0]]
+    assert repr(bad) in result.rejected[0].error and "reserved" in result.rejected[0].error
+    assert committed == {"n1": events[1].position}
+    assert (await harness.read_state(fine, NOW)).rows == {(1, 1): {"pk": 1, "ck": 1, "v": "b"}}

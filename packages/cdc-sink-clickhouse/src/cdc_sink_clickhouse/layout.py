@@ -44,7 +44,7 @@ from cdc_sink_clickhouse.mapping import (
     tsv_escape,
 )
 
-__all__ = ["TableLayout", "quote", "string_literal"]
+__all__ = ["TableLayout", "UnsupportedSchema", "quote", "string_literal"]
 
 MIN = f"toInt64({INT64_MIN})"
 _ELEM = "Tuple(String, String, Int64, UInt8, Int64, String)"
@@ -123,6 +123,10 @@ class _Col:
         return self.mapping is None
 
 
+class UnsupportedSchema(PermanentError):
+    """A table this sink cannot lay out (its events are rejected to the DLQ with this reason)."""
+
+
 @attrs.frozen
 class _MvSpec:
     kind: str
@@ -137,6 +141,12 @@ class TableLayout:
     def __init__(
         self, schema: TableSchema, features: Features, database: str, base: str, mode: str, partition_by: str | None = None
     ) -> None:
+        bad = [c.name for c in schema.columns if not c.name or c.name.startswith("_") or "__" in c.name]
+        if bad:
+            raise UnsupportedSchema(
+                f"{schema.qualified_name}: column name(s) {', '.join(repr(b) for b in bad)} cannot be stored by the ClickHouse sink: "
+                "names starting with '_' or containing '__' are reserved for its bookkeeping columns (e.g. _ck, c__vx, i_c__w)"
+            )
         self.schema = schema
         self.features = features
         self.database = database
@@ -181,12 +191,12 @@ class TableLayout:
                 # (18.16 does not fill a column without an explicit DEFAULT before pushing to views.)
                 m = c.mapping
                 out += [
-                    (f"i_{c.name}", f"{m.wire} DEFAULT CAST({string_literal(m.default)} AS {m.wire})"),
-                    (f"i_{c.name}__w", f"Int64 DEFAULT {MIN}"),
-                    (f"i_{c.name}__x", "Int64 DEFAULT toInt64(0)"),
+                    (f"_i_{c.name}", f"{m.wire} DEFAULT CAST({string_literal(m.default)} AS {m.wire})"),
+                    (f"_i_{c.name}__w", f"Int64 DEFAULT {MIN}"),
+                    (f"_i_{c.name}__x", "Int64 DEFAULT toInt64(0)"),
                 ]
             else:
-                out.append((f"i_{c.name}__d", f"Int64 DEFAULT {MIN}"))
+                out.append((f"_i_{c.name}__d", f"Int64 DEFAULT {MIN}"))
         return out
 
     _ELEM_WIRE = (
@@ -200,12 +210,12 @@ class TableLayout:
     )
 
     def rows_wire(self) -> list[tuple[str, str]]:
-        cols = [(f"i_{k.name}", k.mapping.wire) for k in self.keys if k.mapping is not None]
+        cols = [(f"_i_{k.name}", k.mapping.wire) for k in self.keys if k.mapping is not None]
         cols += [("i__ck", "String"), ("i__rd", "Int64"), ("i__lv", "Int64"), ("i__lx", "Int64")]
         return cols + self._value_wire(self.regular) + list(self._ELEM_WIRE)
 
     def parts_wire(self) -> list[tuple[str, str]]:
-        cols = [(f"i_{k.name}", k.mapping.wire) for k in self.pk if k.mapping is not None]
+        cols = [(f"_i_{k.name}", k.mapping.wire) for k in self.pk if k.mapping is not None]
         cols += [("i__pd", "Int64"), ("i__srd", "Int64"), ("i__rs", "String"), ("i__rsk", "UInt8"), ("i__re", "String")]
         cols += [("i__rek", "UInt8"), ("i__rts", "Int64")]
         return cols + self._value_wire(self.static) + list(self._ELEM_WIRE)
@@ -239,12 +249,12 @@ class TableLayout:
         return cols + self._value_storage(self.static)
 
     def history_wire(self) -> list[tuple[str, str]]:
-        cols = [(f"i_{k.name}", k.mapping.wire) for k in self.keys if k.mapping is not None]
+        cols = [(f"_i_{k.name}", k.mapping.wire) for k in self.keys if k.mapping is not None]
         cols += [("i__node", "String"), ("i__segment", "Int64"), ("i__offset", "Int64"), ("i__index", "Int64"), ("i__kind", "String")]
         cols += [("i__static", "UInt8"), ("i__ts", "Int64"), ("i__written", "Array(String)"), ("i__deleted", "Array(String)")]
         for c in self.regular + self.static:
             wire = f"Nullable({c.mapping.wire})" if c.mapping is not None else "Nullable(String)"
-            cols.append((f"i_{c.name}", f"{wire} DEFAULT NULL"))
+            cols.append((f"_i_{c.name}", f"{wire} DEFAULT NULL"))
         return [*cols, ("i__event", "String")]
 
     def history_storage(self) -> list[tuple[str, str]]:
@@ -273,35 +283,35 @@ class TableLayout:
         for c in cols:
             n = c.name
             if c.mapping is not None:
-                ver = quote(f"i_{n}__w")
+                ver = quote(f"_i_{n}__w")
                 out += [
-                    f"argMaxState({self._conv(c, f'i_{n}')}, {ver}) AS {quote(n)}",
-                    f"maxState(({ver}, {quote(f'i_{n}__x')})) AS {quote(n + '__vx')}",
+                    f"argMaxState({self._conv(c, f'_i_{n}')}, {ver}) AS {quote(n)}",
+                    f"maxState(({ver}, {quote(f'_i_{n}__x')})) AS {quote(n + '__vx')}",
                 ]
             else:
                 elem = "(i__ps, i__pj, i__et, i__ek, i__ex, i__ev)"
                 out += [
-                    f"maxState({quote(f'i_{n}__d')}) AS {quote(n + '__d')}",
+                    f"maxState({quote(f'_i_{n}__d')}) AS {quote(n + '__d')}",
                     f"groupUniqArrayStateIf({elem}, i__col = {string_literal(n)}) AS {quote(n + '__e')}",
                 ]
         return out
 
     def _mv_keys(self, keys: Sequence[_Col]) -> tuple[list[str], str]:
-        sel = [f"{self._conv(k, 'i_' + k.name)} AS {quote(k.name)}" for k in keys]
-        group = ", ".join(quote("i_" + k.name) for k in keys)
+        sel = [f"{self._conv(k, '_i_' + k.name)} AS {quote(k.name)}" for k in keys]
+        group = ", ".join(quote("_i_" + k.name) for k in keys)
         return sel, (f" GROUP BY {group}" if group else "")
 
     def _mv_specs(self) -> list[_MvSpec]:
         """The materialized views: (kind, create statement for the versioned name, output columns)."""
         if self.mode == "history":
-            sel = [f"{self._conv(k, 'i_' + k.name)} AS {quote(k.name)}" for k in self.keys]
+            sel = [f"{self._conv(k, '_i_' + k.name)} AS {quote(k.name)}" for k in self.keys]
             sel += [f"i__{n} AS _{n}" for n in ("node", "segment", "offset", "index", "kind", "static", "ts", "written", "deleted")]
             for c in self.regular + self.static:
                 if c.mapping is not None and c.mapping.convert != "{}":
-                    w = quote("i_" + c.name)
+                    w = quote("_i_" + c.name)
                     sel.append(f"if(isNull({w}), NULL, {c.mapping.convert.format(f'assumeNotNull({w})')}) AS {quote(c.name)}")
                 else:
-                    sel.append(f"{quote('i_' + c.name)} AS {quote(c.name)}")
+                    sel.append(f"{quote('_i_' + c.name)} AS {quote(c.name)}")
             sel.append("i__event AS _event")
             queries = [("__mv", self.view, f"SELECT {', '.join(sel)} FROM {self.q('__in')}", self.history_storage())]
         else:
@@ -430,13 +440,13 @@ class TableLayout:
             n = c.name
             if c.mapping is not None:
                 out += [
-                    f"argMaxMerge({quote(n)}) AS {quote('a_' + n)}",
-                    f"maxMerge({quote(n + '__vx')}) AS {quote('a_' + n + '__vx')}",
+                    f"argMaxMerge({quote(n)}) AS {quote('a__' + n)}",
+                    f"maxMerge({quote(n + '__vx')}) AS {quote('a__' + n + '__vx')}",
                 ]
             else:
                 out += [
-                    f"maxMerge({quote(n + '__d')}) AS {quote('a_' + n + '__d')}",
-                    f"groupUniqArrayMerge({quote(n + '__e')}) AS {quote('a_' + n + '__e')}",
+                    f"maxMerge({quote(n + '__d')}) AS {quote('a__' + n + '__d')}",
+                    f"groupUniqArrayMerge({quote(n + '__e')}) AS {quote('a__' + n + '__e')}",
                 ]
         return out
 
@@ -444,19 +454,19 @@ class TableLayout:
         out: list[str] = []
         for c in cols:
             n = c.name
-            a = quote("a_" + n)
+            a = quote("a__" + n)
             if c.mapping is not None:
                 # (version, expiry); version = ts * 4 + rank (2 = tombstone), ts = floor(version / 4).
-                vx = quote(f"a_{n}__vx")
+                vx = quote(f"a__{n}__vx")
                 w, x = f"tupleElement({vx}, 1)", f"tupleElement({vx}, 2)"
                 live = f"bitAnd({w}, 3) != 2 AND intDiv({w} - bitAnd({w}, 3), 4) > {shadow} AND {x} > {now}"
-                out.append(f"if({live}, {a}, NULL) AS {quote('x_' + n)}")
+                out.append(f"if({live}, {a}, NULL) AS {quote('x__' + n)}")
                 continue
-            els = quote(f"a_{n}__e")
-            sh = f"greatest({shadow}, {quote(f'a_{n}__d')})"
+            els = quote(f"a__{n}__e")
+            sh = f"greatest({shadow}, {quote(f'a__{n}__d')})"
             # Newest write per path first (path, ts, tombstone descending), then keep the first of each
             # path if it is live. No lambda captures a column: 18.16 loses captured joined columns.
-            srt, prev = quote(f"s_{n}"), quote(f"p_{n}")
+            srt, prev = quote(f"s__{n}"), quote(f"p__{n}")
             # Equal timestamps: a tombstone, then an expiring write, then the later expiry first.
             order = (
                 f"(tupleElement(_e, 1), tupleElement(_e, 3), tupleElement(_e, 4), tupleElement(_e, 5) != {_MAX_TEXT}, tupleElement(_e, 5))"
@@ -464,7 +474,7 @@ class TableLayout:
             out.append(f"arrayReverseSort(_e -> {order}, {els}) AS {srt}")
             out.append(f"arrayPopBack(arrayPushFront(arrayMap(_e -> tupleElement(_e, 1), {srt}), '')) AS {prev}")
             live = f"tupleElement(_e, 1) != _p AND tupleElement(_e, 4) = 0 AND tupleElement(_e, 3) > _s AND tupleElement(_e, 5) > {now}"
-            w = quote(f"w_{n}")
+            w = quote(f"w__{n}")
             out.append(
                 f"arraySort(_e -> tupleElement(_e, 1), arrayFilter((_e, _p, _s) -> {live}, {srt}, {prev}, "
                 f"arrayResize(emptyArrayInt64(), length({srt}), {sh}))) AS {w}"
@@ -479,15 +489,15 @@ class TableLayout:
             else:
                 item, open_, close = "concat(tupleElement(_e, 2), ':', tupleElement(_e, 6))", "{", "}"
             render = f"concat('{open_}', arrayStringConcat(arrayMap(_e -> {item}, {w}), ','), '{close}')"
-            out.append(f"if(empty({w}), NULL, {render}) AS {quote('x_' + n)}")
+            out.append(f"if(empty({w}), NULL, {render}) AS {quote('x__' + n)}")
         return out
 
     def _parts_select(self, now: str) -> str:
         pk = ", ".join(quote(k.name) for k in self.pk)
-        sel = [pk, "1 AS p__has", "maxMerge(_pd) AS p__pd", "maxMerge(_srd) AS p__srd", "groupUniqArrayMerge(_rg) AS p__rg"]
+        sel = [pk, "1 AS _p_has", "maxMerge(_pd) AS _p_pd", "maxMerge(_srd) AS _p_srd", "groupUniqArrayMerge(_rg) AS _p_rg"]
         sel += self._finals(self.static)
-        sel += ["greatest(p__pd, p__srd) AS p__sh"]
-        sel += self._renders(self.static, "p__sh", now)
+        sel += ["greatest(_p_pd, _p_srd) AS _p_sh"]
+        sel += self._renders(self.static, "_p_sh", now)
         return f"SELECT {', '.join(sel)} FROM {self.q('__parts')} GROUP BY {pk}"
 
     @staticmethod
@@ -499,29 +509,29 @@ class TableLayout:
         n = self._now(now)
         keys = ", ".join(quote(k.name) for k in self.keys)
         pk = ", ".join(quote(k.name) for k in self.pk)
-        rows = [keys, "anyMerge(_ck) AS a__ck", "maxMerge(_rd) AS a__rd", "maxMerge(_lvx) AS a__lvx"]
+        rows = [keys, "anyMerge(_ck) AS _a_ck", "maxMerge(_rd) AS _a_rd", "maxMerge(_lvx) AS _a_lvx"]
         rows += self._finals(self.regular)
         cover = self._cover("_r", "_k")
-        keys_arr = "arrayResize(emptyArrayString(), length(p__rg), a__ck)"
-        rng = f"arrayReduce('max', arrayConcat([{MIN}], arrayMap((_r, _k) -> if({cover}, tupleElement(_r, 5), {MIN}), p__rg, {keys_arr})))"
-        mid = [keys] + [quote("x_" + c.name) for c in self.static]
-        mid += [f"greatest(greatest(a__rd, if(p__has = 1, p__pd, {MIN})), {rng}) AS r__sh"]
-        mid += self._renders(self.regular, "r__sh", n)
-        lv, lx = "tupleElement(a__lvx, 1)", "tupleElement(a__lvx, 2)"
-        live = [f"({lv} > r__sh AND ({lx} = {MIN} OR {lx} > {n}))"] + [f"isNotNull({quote('x_' + c.name)})" for c in self.regular]
-        mid.append(f"({' OR '.join(live)}) AS r__live")
-        out = [quote(c.name) for c in self.keys] + [f"{quote('x_' + c.name)} AS {quote(c.name)}" for c in self.static + self.regular]
+        keys_arr = "arrayResize(emptyArrayString(), length(_p_rg), _a_ck)"
+        rng = f"arrayReduce('max', arrayConcat([{MIN}], arrayMap((_r, _k) -> if({cover}, tupleElement(_r, 5), {MIN}), _p_rg, {keys_arr})))"
+        mid = [keys] + [quote("x__" + c.name) for c in self.static]
+        mid += [f"greatest(greatest(_a_rd, if(_p_has = 1, _p_pd, {MIN})), {rng}) AS _r_sh"]
+        mid += self._renders(self.regular, "_r_sh", n)
+        lv, lx = "tupleElement(_a_lvx, 1)", "tupleElement(_a_lvx, 2)"
+        live = [f"({lv} > _r_sh AND ({lx} = {MIN} OR {lx} > {n}))"] + [f"isNotNull({quote('x__' + c.name)})" for c in self.regular]
+        mid.append(f"({' OR '.join(live)}) AS _r_live")
+        out = [quote(c.name) for c in self.keys] + [f"{quote('x__' + c.name)} AS {quote(c.name)}" for c in self.static + self.regular]
         return (
             f"SELECT {', '.join(out)} FROM (SELECT {', '.join(mid)} FROM "
             f"(SELECT {', '.join(rows)} FROM {self.q('__rows')} GROUP BY {keys}) AS r "
-            f"ANY LEFT JOIN ({self._parts_select(n)}) AS p USING {pk}) WHERE r__live"
+            f"ANY LEFT JOIN ({self._parts_select(n)}) AS p USING {pk}) WHERE _r_live"
         )
 
     def static_select(self, now: int | None) -> str:
-        cols = [quote(c.name) for c in self.pk] + [f"{quote('x_' + c.name)} AS {quote(c.name)}" for c in self.static]
+        cols = [quote(c.name) for c in self.pk] + [f"{quote('x__' + c.name)} AS {quote(c.name)}" for c in self.static]
         if not self.static:
             return f"SELECT {', '.join(cols)} FROM ({self._parts_select(self._now(now))}) AS p WHERE 0"
-        cond = " OR ".join(f"isNotNull({quote('x_' + c.name)})" for c in self.static)
+        cond = " OR ".join(f"isNotNull({quote('x__' + c.name)})" for c in self.static)
         return f"SELECT {', '.join(cols)} FROM ({self._parts_select(self._now(now))}) AS p WHERE {cond}"
 
     # --- encoding events ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from cdc_core.positions import Position
 from cdc_core.schema import ColumnSchema, TableSchema
 from cdc_core.sinks import Batch, Rejected, WriteResult
 from cdc_sink_clickhouse.config import ClickHouseSinkConfig
-from cdc_sink_clickhouse.layout import TableLayout, quote, string_literal
+from cdc_sink_clickhouse.layout import TableLayout, UnsupportedSchema, quote, string_literal
 from cdc_sink_clickhouse.mapping import Features, ValueRejected, tsv_split
 from cdc_sink_clickhouse.transport import ClickHouseError, Transport, open_transport
 
@@ -220,8 +220,13 @@ class ClickHouseSink:
 
         try:
             for key, events in by_table.items():
-                for schema in schemas[key]:  # every version in the batch (merged: the widest wins)
-                    layout = await self.ensure_table(schema)
+                try:
+                    for schema in schemas[key]:  # every version in the batch (merged: the widest wins)
+                        layout = await self.ensure_table(schema)
+                except UnsupportedSchema as exc:
+                    log_.warning("clickhouse cannot store this table", error=str(exc))
+                    rejected += [Rejected(event=e, error=str(exc), error_type="UnsupportedSchema") for e in events]
+                    continue
                 latest = layout.mode == "latest"
                 if latest:
                     rows_cols = [quote(n) for n, _ in layout.rows_wire()]
