@@ -343,6 +343,62 @@ async def test_range_deletion_with_huge_bounds_is_stored(harness: PostgresHarnes
     assert normalise_state(state) == normalise_state(latest_state(events, now=NOW))
 
 
+# --- timeuuid clustering order ----------------------------------------------------------------
+
+
+def _tu(time_60: int, clock_seq: int = 0, node: int = 1) -> uuid.UUID:
+    return uuid.UUID(
+        fields=(
+            time_60 & 0xFFFFFFFF,
+            (time_60 >> 32) & 0xFFFF,
+            0x1000 | ((time_60 >> 48) & 0x0FFF),
+            0x80 | (clock_seq >> 8),
+            clock_seq & 0xFF,
+            node,
+        )
+    )
+
+
+async def test_range_deletion_orders_timeuuids_like_cassandra(harness: PostgresHarness) -> None:
+    s = TableSchema(
+        keyspace="ks",
+        table="tu_range",
+        id=uuid.uuid4(),
+        columns=(
+            ColumnSchema(name="pk", type="int", kind=ColumnKind.PARTITION_KEY, position=0),
+            ColumnSchema(name="ck", type="timeuuid", kind=ColumnKind.CLUSTERING, position=0, clustering_order=ClusteringOrder.ASC),
+            ColumnSchema(name="v", type="text", kind=ColumnKind.REGULAR, position=-1),
+        ),
+    )
+    early = _tu(10)  # earlier, but its bytes are greater (time_low first)
+    late = _tu(2**32 + 1)
+    assert early.time < late.time and early.bytes > late.bytes
+    # Same time: TimeUUIDType compares the low 8 bytes as SIGNED bytes (0xff < 0x7f).
+    same_hi, same_lo = _tu(2**40, clock_seq=0x7F), _tu(2**40, clock_seq=0xFF)
+    rows = {"early": early, "late": late, "same_hi": same_hi, "same_lo": same_lo}
+
+    def range_delete(pk: int, end: uuid.UUID, ts: int) -> ChangeEvent:
+        return ChangeEvent(
+            position=pos(),
+            schema=s,
+            kind=ChangeKind.RANGE_DELETE,
+            key={"pk": pk},
+            range_deletion=RangeDeletion(
+                start=None, end=RangeBound(values=(end,), inclusive=False), deletion=Deletion(timestamp=ts, local_deletion_time=1)
+            ),
+        )
+
+    events = [upsert(s, {"pk": pk, "ck": u}, 100, v=name) for pk in (1, 2) for name, u in rows.items()]
+    events += [range_delete(1, late, 200), range_delete(2, same_hi, 200)]  # DELETE … WHERE ck < x
+    sink = await harness.make_sink()
+    assert not (await sink.write(batch(events))).rejected
+    state = await harness.read_state(s, NOW)
+    # pk 1: only rows at or after late's time survive; pk 2: every row ordered before same_hi
+    # goes, same_lo too (same time, and 0xff is a smaller signed byte than 0x7f).
+    assert sorted(r["v"] for k, r in state.rows.items() if k[0] == 1) == ["late", "same_hi", "same_lo"]
+    assert sorted(r["v"] for k, r in state.rows.items() if k[0] == 2) == ["same_hi"]
+
+
 # --- schema evolution ------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ __all__ = ["COLUMNS_TABLE", "NOW_SQL", "LatestStateDdl", "quote_literal"]
 
 COLUMNS_TABLE = "cdc_columns"
 MERGE_FUNCTION = "cdc_merge_elements"
+TIMEUUID_ORDER_FUNCTION = "cdc_timeuuid_order"
 
 NOW_SQL = "coalesce(nullif(current_setting('cdc.now', true), '')::bigint, floor(extract(epoch from now()))::bigint)"
 """The view's "now" in epoch seconds: the session setting ``cdc.now`` if set (to read the state
@@ -63,6 +64,14 @@ class LatestStateDdl:
                     FROM jsonb_each(coalesce(a, '{{}}'::jsonb)) x
                     FULL JOIN jsonb_each(coalesce(b, '{{}}'::jsonb)) y ON x.key = y.key) m
                 WHERE clear_ts IS NULL OR (m.w->>'t')::bigint > clear_ts
+                $$""",
+            # Cassandra's TimeUUIDType order as a sortable bigint[]: the 60-bit time first, then
+            # the low 8 bytes compared as signed bytes (Long.compare of lsb ^ 0x0080808080808080).
+            f"""CREATE OR REPLACE FUNCTION {qualify(pg_schema, TIMEUUID_ORDER_FUNCTION)}(u uuid)
+                RETURNS bigint[] LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+                SELECT ARRAY[('x' || lpad(substr(h, 16, 3) || substr(h, 10, 4) || substr(h, 1, 8), 16, '0'))::bit(64)::bigint,
+                             ('x' || substr(h, 20, 4) || substr(h, 25, 12))::bit(64)::bigint # 36170086419038336]
+                FROM (SELECT u::text AS h) s
                 $$""",
         ]
 
@@ -156,13 +165,18 @@ class LatestStateDdl:
 
     def range_predicate(self, layout: TableLayout) -> str:
         """True when row ``r``'s clustering key lies in range tombstone ``d`` (Cassandra's
-        clustering order: DESC columns compare reversed; text compares by code point)."""
+        clustering order: DESC columns compare reversed; text compares by code point; timeuuid
+        by time, then by its low bytes as signed bytes)."""
         cks = layout.clustering
+        order = qualify(layout.pg_schema, TIMEUUID_ORDER_FUNCTION)
 
         def op(c: ColumnLayout, side: str, greater: bool) -> str:
-            collate = ' COLLATE "C"' if c.stored_sql == "text" else ""
             o = ">" if greater != c.descending else "<"
-            return f"r.{q(c.ident)}{collate} {o} d.{q(f'{side}#{c.ident}')}{collate}"
+            left, right = f"r.{q(c.ident)}", f"d.{q(f'{side}#{c.ident}')}"
+            if c.cql.name == "timeuuid":  # by time, then the low bytes (TimeUUIDType)
+                return f"{order}({left}::uuid) {o} {order}({right}::uuid)"
+            collate = ' COLLATE "C"' if c.stored_sql == "text" else ""
+            return f"{left}{collate} {o} {right}{collate}"
 
         def eq(c: ColumnLayout, side: str) -> str:
             return f"r.{q(c.ident)} = d.{q(f'{side}#{c.ident}')}"
@@ -180,8 +194,14 @@ class LatestStateDdl:
 
         return f"{side_ok('start', True)} AND {side_ok('end', False)}"
 
-    def view_statements(self, layout: TableLayout) -> list[str]:
-        """(Re)create the views; dropped columns are not shown."""
+    def view_statements(self, layout: TableLayout, *, replace: bool = False) -> list[str]:
+        """(Re)create the views; dropped columns are not shown. ``replace``: only ``CREATE OR
+        REPLACE`` them (same columns, refreshed definitions; views depending on them survive)."""
+        if replace:
+            out = [self.row_view(layout).replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1)]
+            if layout.static:
+                out.append(self.static_view(layout).replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1))
+            return out
         out = [f"DROP VIEW IF EXISTS {layout.q(layout.view)}", f"DROP VIEW IF EXISTS {layout.q(layout.static_view)}"]
         out.append(self.row_view(layout))
         if layout.static:

@@ -73,6 +73,7 @@ class PostgresSink:
         self._pool: Any = None
         self._targets: dict[int, tuple[TableSchema, TableTarget]] = {}  # id(schema) → target
         self._by_schema: dict[TableSchema, TableTarget] = {}
+        self._views_refreshed: set[str] = set()  # destinations whose views this process (re)wrote
         # Per pooled connection, the staging tables its session already has.
         self._staging: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
@@ -212,6 +213,18 @@ class PostgresSink:
         added = [c for c in layout.columns if c.name not in known_by_name]
         changed_drop = [c for c in layout.columns if c.name in known_by_name and c.dropped != known_by_name[c.name].dropped]
         if not added and not changed_drop:
+            if base not in self._views_refreshed:
+                # Once per process: views written by an older version of the sink get the current
+                # definitions (same columns, so CREATE OR REPLACE keeps views built on them).
+                try:
+                    async with conn.transaction():
+                        for stmt in self.ddl.view_statements(layout, replace=True):
+                            await conn.execute(stmt)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    log.warning("postgres sink could not refresh views", sink=self.name, table=f"{cfg.schema}.{base}", error=str(exc))
+                self._views_refreshed.add(base)
             return layout
         if not cfg.create_tables:
             raise PermanentError(f"table {cfg.schema}.{base} lacks columns {[c.name for c in added]} and create_tables is off")
@@ -229,6 +242,7 @@ class PostgresSink:
         )
         for stmt in self.ddl.view_statements(layout):
             await conn.execute(stmt)
+        self._views_refreshed.add(base)
         log.info(
             "postgres sink evolved table",
             sink=self.name,
