@@ -437,6 +437,86 @@ async def test_added_and_dropped_columns(harness: PostgresHarness) -> None:
         await conn.close()
 
 
+async def test_udt_gaining_a_field_widens_the_column(harness: PostgresHarness) -> None:
+    t1 = "udt<ks.addr>{street:text,zip:int}"
+    t2 = "udt<ks.addr>{street:text,zip:int,city:text}"
+    s1 = schema("udt_grow", {"pk": "int", "a": f"frozen<{t1}>", "m": t1})
+    s2 = schema("udt_grow", {"pk": "int", "a": f"frozen<{t2}>", "m": t2})
+    sink = await harness.make_sink()
+    await sink.write(batch([upsert(s1, {"pk": 1}, 100, a=frozendict(street="s", zip=1))]))
+    city = ComplexChange(elements=(ElementChange(path="city", cell=Cell(timestamp=200, value="Rome")),))
+    r = await sink.write(
+        batch([upsert(s2, {"pk": 2}, 200, a=frozendict(street="s2", zip=2, city="Paris")), upsert(s2, {"pk": 3}, 200, m=city)])
+    )
+    assert not r.rejected, [x.error for x in r.rejected]
+    # An event of the older schema afterwards (same batch as a newer one, and alone) never
+    # narrows the column back; events of both versions apply.
+    r = await sink.write(
+        batch(
+            [
+                upsert(s1, {"pk": 4}, 300, a=frozendict(street="s4", zip=4)),
+                upsert(s2, {"pk": 5}, 300, m=city, a=frozendict(street="s5", zip=5, city="Oslo")),
+            ]
+        )
+    )
+    assert not r.rejected, [x.error for x in r.rejected]
+    restarted = await harness.make_sink()
+    assert not (await restarted.write(batch([upsert(s1, {"pk": 6}, 300, a=frozendict(street="s6", zip=6))]))).rejected
+    assert not (await restarted.write(batch([upsert(s2, {"pk": 7}, 300, m=city)]))).rejected
+    state = await harness.read_state(s2, NOW)
+    assert state.rows[(2,)]["a"] == {"street": "s2", "zip": 2, "city": "Paris"}
+    assert state.rows[(3,)]["m"] == {"street": None, "zip": None, "city": "Rome"}
+    assert state.rows[(5,)]["a"] == {"street": "s5", "zip": 5, "city": "Oslo"}
+    assert state.rows[(7,)]["m"] == {"street": None, "zip": None, "city": "Rome"}
+    assert state.rows[(4,)]["a"]["street"] == "s4"
+    conn = await asyncpg.connect(harness.dsn)
+    try:
+        rows = await conn.fetch("SELECT column_name, cql_type FROM cdc_test.cdc_columns WHERE destination = 'ks_udt_grow'")
+        types: dict[str, str] = {r["column_name"]: r["cql_type"] for r in rows}
+    finally:
+        await conn.close()
+    assert types["a"] == f"frozen<{t2}>" and types["m"] == t2
+
+
+async def test_dropped_then_re_added_column_hides_the_old_values(harness: PostgresHarness) -> None:
+    s1 = schema("readd", {"pk": "int", "v": "text", "st": "set<int>", "w": "int"})
+    kept = tuple(c for c in s1.columns if c.name not in ("v", "st"))
+    s2 = attrs.evolve(s1, columns=kept, dropped=(("v", 150), ("st", 150)))
+    s3 = attrs.evolve(s1, dropped=(("v", 150), ("st", 150)))
+    sink = await harness.make_sink()
+    elems = ComplexChange(elements=(ElementChange(path=1, cell=Cell(timestamp=100)),))
+    await sink.write(batch([upsert(s1, {"pk": 1}, 100, v="old", st=elems, w=1), upsert(s1, {"pk": 9}, 150, insert=False, v="at drop")]))
+    await sink.write(batch([upsert(s2, {"pk": 2}, 160, w=2)]))
+    new_elems = ComplexChange(elements=(ElementChange(path=7, cell=Cell(timestamp=170)),))
+    await sink.write(batch([upsert(s3, {"pk": 3}, 170, v="new", st=new_elems, w=3)]))
+    # A late event from before the drop (another replica) is still shadowed by it.
+    await sink.write(batch([upsert(s1, {"pk": 3}, 120, insert=False, v="late")]))
+    state = await harness.read_state(s3, NOW)
+    assert state.rows[(1,)] == {"pk": 1, "v": None, "st": None, "w": 1}
+    assert (9,) not in state.rows  # its only cell was written at the drop time
+    assert state.rows[(3,)] == {"pk": 3, "v": "new", "st": frozenset({7}), "w": 3}
+    # A restarted sink (registry read back) hides them too.
+    restarted = await harness.make_sink()
+    await restarted.write(batch([upsert(s3, {"pk": 4}, 180, v="x")]))
+    state = await harness.read_state(s3, NOW)
+    assert state.rows[(1,)]["v"] is None and state.rows[(4,)]["v"] == "x"
+
+
+async def test_destination_cache_is_keyed_by_value_and_bounded(harness: PostgresHarness) -> None:
+    sink = await harness.make_sink()
+    assert isinstance(sink, PostgresSink)
+    sink.max_cached_targets = 3
+    s = schema("cache0", {"pk": "int", "v": "int"})
+    for i in range(5):  # equal schemas, distinct objects: one entry
+        await sink.write(batch([upsert(attrs.evolve(s), {"pk": i}, 10, v=i)]))
+    assert len(sink._targets) == 1
+    for i in range(6):
+        t = schema(f"cache{i + 1}", {"pk": "int", "v": "int"})
+        await sink.write(batch([upsert(t, {"pk": 1}, 10, v=1)]))
+    assert len(sink._targets) == 3
+    assert (await harness.read_state(s, NOW)).rows.keys() == {(i,) for i in range(5)}
+
+
 # --- history mode ----------------------------------------------------------------------------
 
 

@@ -49,6 +49,7 @@ class LatestStateDdl:
                 override_type text,
                 ordinal serial,
                 PRIMARY KEY (destination, column_name))""",
+            f"ALTER TABLE {qualify(pg_schema, COLUMNS_TABLE)} ADD COLUMN IF NOT EXISTS dropped_ts bigint",
             # Element-wise last-write-wins of two element maps; elements at or below the
             # collection's clear timestamp are dropped (they can never be visible again).
             f"""CREATE OR REPLACE FUNCTION {qualify(pg_schema, MERGE_FUNCTION)}(a jsonb, b jsonb, clear_ts bigint)
@@ -135,10 +136,16 @@ class LatestStateDdl:
 
     # --- views ----------------------------------------------------------------------------------
 
+    def shadow(self, col: ColumnLayout) -> str:
+        """The deletion time shadowing ``col`` in row ``r``: the row's (``x.del``) and, for a
+        column dropped at some point, its newest drop time (cells at or before it never show)."""
+        return "x.del" if col.dropped_ts is None else f"greatest(x.del, {int(col.dropped_ts)}::bigint)"
+
     def element_live(self, col: ColumnLayout) -> str:
+        d = self.shadow(col)
         return (
             "NOT e.value ? 'd'"
-            " AND (x.del IS NULL OR (e.value->>'t')::bigint > x.del)"
+            f" AND ({d} IS NULL OR (e.value->>'t')::bigint > {d})"
             f" AND (r.{q(col.ts_col)} IS NULL OR (e.value->>'t')::bigint > r.{q(col.ts_col)})"
             " AND (NOT e.value ? 'e' OR (e.value->>'e')::bigint > x.now)"
         )
@@ -146,7 +153,8 @@ class LatestStateDdl:
     def render_column(self, col: ColumnLayout) -> str:
         """The visible value of ``col`` of row ``r`` under deletion ``x.del`` at ``x.now``."""
         if not col.multicell:
-            cond = f"(x.del IS NULL OR r.{q(col.ts_col)} > x.del) AND (r.{q(col.exp_col)} IS NULL OR r.{q(col.exp_col)} > x.now)"
+            d = self.shadow(col)
+            cond = f"({d} IS NULL OR r.{q(col.ts_col)} > {d}) AND (r.{q(col.exp_col)} IS NULL OR r.{q(col.exp_col)} > x.now)"
             return f"CASE WHEN {cond} THEN r.{q(col.ident)} END"
         t = col.cql
         src = f"FROM jsonb_each(r.{q(col.ident)}) e WHERE {self.element_live(col)}"

@@ -35,6 +35,7 @@ __all__ = [
     "ColumnLayout",
     "TableLayout",
     "pg_name",
+    "widens",
 ]
 
 MARKER_TS = "#marker_ts"
@@ -53,6 +54,21 @@ def pg_name(name: str) -> str:
     return f"{cut}_{digest}"
 
 
+def widens(old: CqlType, new: CqlType) -> bool:
+    """True when ``new`` is ``old`` grown by ``ALTER TYPE … ADD`` (UDTs anywhere inside it gained
+    fields at the end; nothing else differs) — the only type change Cassandra makes to a column."""
+    if old.name != new.name or old.frozen != new.frozen or old.udt_name != new.udt_name or old.dimension != new.dimension:
+        return False
+    if old.name == "udt":
+        n = len(old.field_names)
+        if new.field_names[:n] != old.field_names or len(new.params) < n:
+            return False
+        return all(o == w or widens(o, w) for o, w in zip(old.params, new.params[:n], strict=True))
+    if len(old.params) != len(new.params):
+        return False
+    return all(o == w or widens(o, w) for o, w in zip(old.params, new.params, strict=True))
+
+
 @attrs.frozen(kw_only=True)
 class ColumnLayout:
     """One Cassandra column in the destination."""
@@ -64,6 +80,7 @@ class ColumnLayout:
     descending: bool = False
     dropped: bool = False
     override_sql: str | None = None  # a configured PostgreSQL type (values are cast to it)
+    dropped_ts: int | None = None  # the newest drop (µs): cells written at or before it stay hidden
 
     @cached_property
     def cql(self) -> CqlType:
@@ -130,10 +147,21 @@ class TableLayout:
         """The layout for ``schema``, keeping ``known`` columns (from the database) the schema
         lacks, and flagging the schema's dropped columns."""
         overrides = overrides or {}
-        dropped = {name for name, _ in schema.dropped}
+        drop_times: dict[str, int] = {}
+        for name, when in schema.dropped:
+            drop_times[name] = max(when, drop_times.get(name, when))
+        dropped = set(drop_times)
         present = {c.name for c in schema.columns}
+
+        def newest_drop(name: str, stored: int | None) -> int | None:
+            when = drop_times.get(name)
+            return stored if when is None else when if stored is None else max(stored, when)
+
         cols: dict[str, ColumnLayout] = {
-            c.name: attrs.evolve(c, dropped=c.dropped or (c.name in dropped and c.name not in present)) for c in known
+            c.name: attrs.evolve(
+                c, dropped=c.dropped or (c.name in dropped and c.name not in present), dropped_ts=newest_drop(c.name, c.dropped_ts)
+            )
+            for c in known
         }
         for c in schema.columns:
             if c.name in cols:
@@ -142,6 +170,11 @@ class TableLayout:
                 # but without the drop record, and must not resurrect it.
                 if c.name in dropped and cols[c.name].dropped and c.kind is cols[c.name].kind:
                     cols[c.name] = attrs.evolve(cols[c.name], dropped=False)
+                # A UDT that gained fields (ALTER TYPE … ADD): the column takes the wider type;
+                # an older schema (fewer fields) never narrows it back.
+                new_type = str(c.cql_type)
+                if new_type != cols[c.name].cql_type and widens(cols[c.name].cql, c.cql_type):
+                    cols[c.name] = attrs.evolve(cols[c.name], cql_type=new_type)
                 continue
             cols[c.name] = ColumnLayout(
                 name=c.name,
@@ -151,6 +184,7 @@ class TableLayout:
                 descending=c.clustering_order is ClusteringOrder.DESC,
                 dropped=False,
                 override_sql=overrides.get(c.name),
+                dropped_ts=drop_times.get(c.name),
             )
         return cls(pg_schema=pg_schema, base=base, keyspace=schema.keyspace, table=schema.table, columns=tuple(cols.values()))
 
@@ -233,5 +267,5 @@ class TableLayout:
     @cached_property
     def signature(self) -> str:
         """Changes whenever the stored shape changes (names staging tables per shape)."""
-        text = "|".join(f"{c.name}:{c.cql_type}:{c.kind.value}:{c.dropped}:{c.override_sql}" for c in self.columns)
+        text = "|".join(f"{c.name}:{c.cql_type}:{c.kind.value}:{c.dropped}:{c.override_sql}:{c.dropped_ts}" for c in self.columns)
         return hashlib.sha1(f"{self.pg_schema}.{self.base}|{text}".encode()).hexdigest()[:12]

@@ -14,7 +14,9 @@ the transaction moving the offsets commits.
 from __future__ import annotations
 
 import gc
+import itertools
 import weakref
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,15 +46,21 @@ __all__ = ["PostgresSink", "TableTarget"]
 log = structlog.get_logger(__name__)
 
 
+_serials = itertools.count(1)
+
+
 class TableTarget:
-    """One replicated table in one mode, with its cached statements."""
+    """One replicated table in one mode, with its cached statements. ``serial`` grows with every
+    target built: a later one reflects the newest registry (wider types, drops)."""
 
     def __init__(self, layout: TableLayout, mode: str, history: HistoryTable | None, merges: LatestStateMerges | None) -> None:
+        self.serial = next(_serials)
         self.layout = layout
         self.mode = mode
         self.history = history
         self.merges = merges
         self.plan = FoldPlan(layout) if merges is not None else None
+        self.evolved = False  # set when building it changed the table's registry
         self.history_insert = history.staged_insert() if history is not None else None
 
 
@@ -71,8 +79,9 @@ class PostgresSink:
         self.offsets = OffsetTable(config.schema, config.offsets_table)
         self._redact = Redactor([config.dsn.reveal()] + ([config.ssl.key_password.reveal()] if config.ssl.key_password else []))
         self._pool: Any = None
-        self._targets: dict[int, tuple[TableSchema, TableTarget]] = {}  # id(schema) → target
-        self._by_schema: dict[TableSchema, TableTarget] = {}
+        # Destinations per schema, by value (an LRU, bounded: schema objects come and go with
+        # every schema change and restart of a reader).
+        self._targets: OrderedDict[TableSchema, TableTarget] = OrderedDict()
         self._views_refreshed: set[str] = set()  # destinations whose views this process (re)wrote
         # Per pooled connection, the staging tables its session already has.
         self._staging: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
@@ -157,15 +166,23 @@ class PostgresSink:
 
     # --- destinations ---------------------------------------------------------------------------
 
+    max_cached_targets = 512
+
     async def target_for(self, schema: TableSchema) -> TableTarget:
-        cached = self._targets.get(id(schema))
-        if cached is not None and cached[0] is schema:
-            return cached[1]
-        target = self._by_schema.get(schema)
-        if target is None:
-            target = await self._ensure(schema)
-            self._by_schema[schema] = target
-        self._targets[id(schema)] = (schema, target)
+        """The destination of ``schema`` (created or evolved on first use; cached by value)."""
+        target = self._targets.get(schema)
+        if target is not None:
+            self._targets.move_to_end(schema)
+            return target
+        target = await self._ensure(schema)
+        if target.evolved:
+            # Other schema versions of the table were built against an older registry: rebuild
+            # them on their next use (they then see the wider types and the drops).
+            for other in [k for k in self._targets if (k.keyspace, k.table) == (schema.keyspace, schema.table)]:
+                del self._targets[other]
+        self._targets[schema] = target
+        while len(self._targets) > self.max_cached_targets:
+            self._targets.popitem(last=False)
         return target
 
     async def _ensure(self, schema: TableSchema) -> TableTarget:
@@ -182,15 +199,18 @@ class PostgresSink:
                     for stmt in history.create_statements():
                         await conn.execute(stmt)
                 return TableTarget(layout, mode, history, None)
-            layout = await self._evolve(conn, schema, base, overrides)
-        return TableTarget(layout, mode, None, latest_state_merges(layout))
+            layout, evolved = await self._evolve(conn, schema, base, overrides)
+        target = TableTarget(layout, mode, None, latest_state_merges(layout))
+        target.evolved = evolved
+        return target
 
-    async def _evolve(self, conn: Any, schema: TableSchema, base: str, overrides: dict[str, str]) -> TableLayout:
-        """Create or evolve the latest-state relations of ``schema`` (inside the DDL lock)."""
+    async def _evolve(self, conn: Any, schema: TableSchema, base: str, overrides: dict[str, str]) -> tuple[TableLayout, bool]:
+        """Create or evolve the latest-state relations of ``schema`` (inside the DDL lock);
+        returns the layout and whether the registry changed."""
         cfg = self.config
         columns_table = qualify(cfg.schema, COLUMNS_TABLE)
         rows = await conn.fetch(
-            f"SELECT column_name, cql_type, kind, position, descending, dropped, override_type FROM {columns_table} "
+            f"SELECT column_name, cql_type, kind, position, descending, dropped, override_type, dropped_ts FROM {columns_table} "
             "WHERE destination = $1 ORDER BY ordinal",
             base,
         )
@@ -205,14 +225,23 @@ class PostgresSink:
                 descending=r["descending"],
                 dropped=r["dropped"],
                 override_sql=r["override_type"],
+                dropped_ts=r["dropped_ts"],
             )
             for r in rows
         ]
         known_by_name = {c.name: c for c in known}
         layout = TableLayout.from_schema(schema, pg_schema=cfg.schema, base=base, overrides=overrides, known=known)
         added = [c for c in layout.columns if c.name not in known_by_name]
-        changed_drop = [c for c in layout.columns if c.name in known_by_name and c.dropped != known_by_name[c.name].dropped]
-        if not added and not changed_drop:
+        changed = [c for c in layout.columns if c.name in known_by_name and c != known_by_name[c.name]]
+        changed_drop = [c for c in changed if c.dropped != known_by_name[c.name].dropped]
+        retyped = [c for c in changed if c.cql_type != known_by_name[c.name].cql_type]
+        for c in retyped:
+            if c.stored_sql != known_by_name[c.name].stored_sql:
+                raise PermanentError(
+                    f"table {cfg.schema}.{base}: column {c.name} changed type from {known_by_name[c.name].cql_type} to {c.cql_type}, "
+                    "which needs a different PostgreSQL type"
+                )
+        if not added and not changed:
             if base not in self._views_refreshed:
                 # Once per process: views written by an older version of the sink get the current
                 # definitions (same columns, so CREATE OR REPLACE keeps views built on them).
@@ -225,7 +254,7 @@ class PostgresSink:
                         raise
                     log.warning("postgres sink could not refresh views", sink=self.name, table=f"{cfg.schema}.{base}", error=str(exc))
                 self._views_refreshed.add(base)
-            return layout
+            return layout, False
         if not cfg.create_tables:
             raise PermanentError(f"table {cfg.schema}.{base} lacks columns {[c.name for c in added]} and create_tables is off")
         for stmt in self.ddl.create_statements(layout):
@@ -235,10 +264,16 @@ class PostgresSink:
                 if col.kind.value in ("regular", "static"):
                     for stmt in self.ddl.add_column_statements(layout, col):
                         await conn.execute(stmt)
+        # (Under the DDL lock, so the registry read above is current.)
         await conn.executemany(
-            f"INSERT INTO {columns_table} (destination, column_name, cql_type, kind, position, descending, dropped, override_type) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (destination, column_name) DO UPDATE SET dropped = excluded.dropped",
-            [(base, c.name, c.cql_type, c.kind.value, c.position, c.descending, c.dropped, c.override_sql) for c in added + changed_drop],
+            f"INSERT INTO {columns_table} "
+            "(destination, column_name, cql_type, kind, position, descending, dropped, override_type, dropped_ts) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (destination, column_name) DO UPDATE SET "
+            "dropped = excluded.dropped, cql_type = excluded.cql_type, dropped_ts = excluded.dropped_ts",
+            [
+                (base, c.name, c.cql_type, c.kind.value, c.position, c.descending, c.dropped, c.override_sql, c.dropped_ts)
+                for c in added + changed
+            ],
         )
         for stmt in self.ddl.view_statements(layout):
             await conn.execute(stmt)
@@ -249,8 +284,9 @@ class PostgresSink:
             table=f"{cfg.schema}.{base}",
             added=[c.name for c in added],
             dropped=[c.name for c in changed_drop if c.dropped],
+            retyped=[c.name for c in retyped],
         )
-        return layout
+        return layout, True
 
     # --- writing --------------------------------------------------------------------------------
 
@@ -316,10 +352,11 @@ class PostgresSink:
             if id(schema) in targets:
                 continue
             target = targets[id(schema)] = await self.target_for(schema)
-            # Events of one table under different schema versions: the widest layout wins.
+            # Events of one table under different schema versions: the widest layout wins, and
+            # among equally wide ones the newest built (the current registry: wider UDTs, drops).
             key = (schema.keyspace, schema.table)
             current = by_table.get(key)
-            if current is None or len(target.layout.columns) > len(current.layout.columns):
+            if current is None or (len(target.layout.columns), target.serial) > (len(current.layout.columns), current.serial):
                 by_table[key] = target
         if len(targets) == 1:
             return [(by_table[(events[0].schema.keyspace, events[0].schema.table)], list(events))]

@@ -114,6 +114,8 @@ class TimescaleSink(PostgresSink):
 
     def _refusal(self, schema: TableSchema) -> str | None:
         if schema not in self._refused:
+            if len(self._refused) >= 512:  # bounded: schema versions come and go
+                self._refused.clear()
             try:
                 self.timescale.spec_for(schema)
                 self._refused[schema] = ""
