@@ -502,6 +502,27 @@ async def test_dropped_then_re_added_column_hides_the_old_values(harness: Postgr
     assert state.rows[(1,)]["v"] is None and state.rows[(4,)]["v"] == "x"
 
 
+async def test_names_colliding_with_bookkeeping_are_refused_clearly(harness: PostgresHarness) -> None:
+    clash = schema("clash", {"pk": "int", "v": "text", "v#ts": "bigint"})
+    pk_ts = schema("pk_ts", {"ts": "int", "v": "int"}, pk=("ts",))
+    fine = schema("hash_ok", {"pk": "int", "a#b": "text", "#c": "int"})
+    hashed: dict[str, Any] = {"a#b": "y", "#c": 3}
+    sink = await harness.make_sink()
+    events = [
+        upsert(clash, {"pk": 1}, 10, v="x"),
+        upsert(fine, {"pk": 1}, 10, **hashed),
+        upsert(pk_ts, {"ts": 1}, 10, v=1),
+    ]
+    b = batch(events)
+    result = await sink.write(b)
+    assert [r.event for r in result.rejected] == [events[0], events[2]]
+    assert {r.error_type for r in result.rejected} == {"ConfigError"}
+    assert "v#ts" in result.rejected[0].error and "collide" in result.rejected[0].error
+    assert "'ts'" in result.rejected[1].error
+    assert (await harness.read_state(fine, NOW)).rows == {(1,): {"pk": 1, "a#b": "y", "#c": 3}}
+    assert dict(await sink.committed_positions()) == dict(b.positions)
+
+
 async def test_destination_cache_is_keyed_by_value_and_bounded(harness: PostgresHarness) -> None:
     sink = await harness.make_sink()
     assert isinstance(sink, PostgresSink)

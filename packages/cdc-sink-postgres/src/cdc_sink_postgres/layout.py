@@ -264,6 +264,27 @@ class TableLayout:
     def history_table(self) -> str:
         return pg_name(self.base)
 
+    def name_collisions(self) -> list[str]:
+        """Storage names claimed twice (a quoted CQL name can contain ``#`` or equal a bookkeeping
+        name, e.g. columns ``v`` and ``v#ts``): such a table cannot be stored, and is refused."""
+        relations: list[list[str]] = []
+        markers = [MARKER_TS, MARKER_EXP, DELETED_TS]
+        for keys, cols in ((self.primary_key, self.regular), (self.partition_key, self.static)):
+            names = [c.ident for c in keys] + markers
+            for c in cols:
+                names += [c.ident, c.ts_col] if c.multicell else [c.ident, c.ts_col, c.exp_col]
+            relations.append(names)
+        pk = [c.ident for c in self.partition_key]
+        relations.append([*pk, "ts"])
+        bounds = [f"{side}#{c.ident}" for side in ("start", "end") for c in self.clustering]
+        relations.append([*pk, *bounds, "#start_len", "#start_incl", "#end_len", "#end_incl", "#bounds", "ts"])
+        clashes: set[str] = set()
+        for names in relations:
+            seen: set[str] = set()
+            for n in names:
+                (clashes if n in seen else seen).add(n)
+        return sorted(clashes)
+
     @cached_property
     def signature(self) -> str:
         """Changes whenever the stored shape changes (names staging tables per shape)."""

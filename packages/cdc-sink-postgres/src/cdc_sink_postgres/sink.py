@@ -61,6 +61,7 @@ class TableTarget:
         self.merges = merges
         self.plan = FoldPlan(layout) if merges is not None else None
         self.evolved = False  # set when building it changed the table's registry
+        self.refusal: str | None = None  # why this table cannot be stored (its events are rejected)
         self.history_insert = history.staged_insert() if history is not None else None
 
 
@@ -190,10 +191,24 @@ class PostgresSink:
         mode = self.table_mode(schema)
         base = cfg.destination_name(schema.keyspace, schema.table)
         overrides = dict(cfg.table_config(schema.keyspace, schema.table).column_types)
+        if mode == "history":
+            layout = TableLayout.from_schema(schema, pg_schema=cfg.schema, base=base, overrides=overrides)
+            clashes = _duplicates([n for n, _ in self.history_table(layout).columns()])
+        else:
+            layout = TableLayout.from_schema(schema, pg_schema=cfg.schema, base=base, overrides=overrides)
+            clashes = layout.name_collisions()
+        if clashes:
+            refused = TableTarget(layout, mode, None, None)
+            refused.refusal = (
+                f"postgres sink {self.name}: table {schema.qualified_name} cannot be stored in {cfg.schema}.{base}: "
+                f"its column names collide with each other or with the sink's bookkeeping columns on {clashes} "
+                "(a quoted CQL name containing '#' or equal to a bookkeeping name); see docs/sinks/postgres.md"
+            )
+            log.error("postgres sink refuses a table", sink=self.name, table=schema.qualified_name, collisions=clashes)
+            return refused
         async with self._acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"cdc:{cfg.schema}.{base}")
             if mode == "history":
-                layout = TableLayout.from_schema(schema, pg_schema=cfg.schema, base=base, overrides=overrides)
                 history = self.history_table(layout)
                 if cfg.create_tables:
                     for stmt in history.create_statements():
@@ -305,6 +320,9 @@ class PostgresSink:
             gc.disable()
             try:
                 for target, events in groups:
+                    if target.refusal is not None:
+                        rejected += [Rejected(event=e, error=target.refusal, error_type="ConfigError") for e in events]
+                        continue
                     good: list[ChangeEvent] = []
                     prepared = self._prepare(target, events, rejected, good)
                     if good:
@@ -487,6 +505,14 @@ class PostgresSink:
         the path of the bisection under savepoints."""
         for merge, records in self._steps(target, prepared):
             await merge.run(conn, records)
+
+
+def _duplicates(names: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    out: set[str] = set()
+    for n in names:
+        (out if n in seen else seen).add(n)
+    return sorted(out)
 
 
 class _DeadLetterFailed(Exception):
