@@ -24,7 +24,7 @@ from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSche
 from cdc_core.sinks import Batch, Sink
 from cdc_core.testing.contract import batches_of, normalise_state
 from cdc_core.testing.model import latest_state
-from cdc_core.testing.strategies import NOW, event_histories, shuffled_with_duplicates
+from cdc_core.testing.strategies import NOW, event_histories, shuffled_with_duplicates, table_schemas
 from cdc_sink_timescale.config import CompressionConfig, RetentionConfig, TimescaleTableConfig
 from cdc_sink_timescale.sink import TimescaleSink
 from cdc_sink_timescale.testing import TimescaleHarness
@@ -264,6 +264,36 @@ async def test_latest_state_on_a_time_keyed_hypertable_converges(timescale_dsn: 
     arrival = data.draw(shuffled_with_duplicates(events), label="arrival")
     sizes = data.draw(st.lists(st.integers(1, 6), min_size=1, max_size=3), label="batch sizes")
     h = TimescaleHarness(timescale_dsn, config_overrides=LATEST)
+    try:
+        assert h.config().spec_for(s).mode == "latest"
+        sink = await h.make_sink()
+        await _apply(sink, batches_of(arrival, sizes))
+        assert normalise_state(await h.read_state(s, NOW)) == normalise_state(latest_state(events, now=NOW))
+    finally:
+        await h.destroy()
+
+
+@st.composite
+def _time_keyed_random_schemas(draw: st.DrawFn) -> TableSchema:
+    """The contract's random tables (cdc_core.testing.strategies.table_schemas), with at least
+    one clustering column whose first one, ``ck0``, is the time column (integer or timestamp):
+    every such table runs in latest-state mode on a hypertable."""
+    base = draw(table_schemas(max_clustering=2).filter(lambda t: len(t.clustering) > 0))
+    time_type = draw(st.sampled_from(["bigint", "int", "timestamp"]))
+    columns = tuple(attrs.evolve(c, type=time_type) if c.name == "ck0" else c for c in base.columns)
+    return attrs.evolve(base, columns=columns)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+async def test_latest_state_converges_on_random_time_keyed_hypertables(timescale_dsn: str, data: st.DataObject) -> None:
+    s = data.draw(_time_keyed_random_schemas(), label="schema")
+    events = data.draw(event_histories(s), label="history")
+    arrival = data.draw(shuffled_with_duplicates(events), label="arrival")
+    sizes = data.draw(st.lists(st.integers(1, 6), min_size=1, max_size=4), label="batch sizes")
+    h = TimescaleHarness(
+        timescale_dsn, config_overrides={"time_column": "ck0", "integer_chunk_interval": 1000, "chunk_interval": "3650 days"}
+    )
     try:
         assert h.config().spec_for(s).mode == "latest"
         sink = await h.make_sink()
