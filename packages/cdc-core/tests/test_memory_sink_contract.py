@@ -56,3 +56,17 @@ class _ForgetfulHarness(MemoryHarness):
 async def test_the_suite_catches_a_sink_that_loses_deletions() -> None:
     with pytest.raises(AssertionError):
         await SinkContract().test_deletions_are_not_undone_by_older_writes(_ForgetfulHarness())
+
+
+def test_timeuuid_clustering_order_is_cassandras() -> None:
+    import uuid as uuidlib
+
+    from cdc_core.testing.model import clustering_sort_key
+
+    # Same time; the clock byte 0x7f sorts AFTER 0x80 in Cassandra (signed bytes), not before.
+    low = uuidlib.UUID("00000000-0000-1000-8080-000000000000")
+    high = uuidlib.UUID("00000000-0000-1000-807f-000000000000")
+    assert clustering_sort_key(low, "timeuuid") < clustering_sort_key(high, "timeuuid")
+    earlier = uuidlib.UUID("ffffffff-0000-1000-8000-000000000000")  # low time bits high, still earlier
+    later = uuidlib.UUID("00000000-0001-1000-8000-000000000000")
+    assert clustering_sort_key(earlier, "timeuuid") < clustering_sort_key(later, "timeuuid")

@@ -482,7 +482,7 @@ def order_key(value: Any, typ: CqlType) -> bytes:
     """Bytes whose lexicographic order is the order of values of ``typ``; prefix-free.
 
     The order is the one Python (and the reference model) uses; for ``timeuuid`` it is Cassandra's
-    (time first), for ``uuid`` the unsigned byte order.
+    (time first, then the low bytes signed), for ``uuid`` the unsigned byte order.
     """
     name = typ.name
     if value is None:
@@ -498,8 +498,9 @@ def order_key(value: Any, typ: CqlType) -> bytes:
     if name == "uuid":
         return bytes(value.bytes)
     if name == "timeuuid":
+        # TimeUUIDType: the time, then the low 8 bytes as signed bytes (sign bit flipped here).
         stamp = int(value.time) if value.version == 1 else 0
-        return stamp.to_bytes(8, "big") + bytes(value.bytes)
+        return stamp.to_bytes(8, "big") + bytes(b ^ 0x80 for b in value.bytes[8:])
     if name == "boolean":
         return b"\x01" if value else b"\x00"
     if name == "double":

@@ -110,10 +110,11 @@ def _merge_complex(state: _Complex, change: ComplexChange) -> None:
 
 
 def clustering_sort_key(value: Any, type_name: str) -> Any:
-    """How Cassandra orders a clustering value: timeuuids by their time first (TimeUUIDType),
-    other supported key types by their natural Python order."""
+    """How Cassandra orders a clustering value: timeuuids by their time first, then their low
+    8 bytes compared as signed bytes (TimeUUIDType); other supported key types by their natural
+    Python order."""
     if type_name == "timeuuid":
-        return (value.time, value.bytes)
+        return (value.time, bytes(b ^ 0x80 for b in value.bytes[8:]))
     return value
 
 

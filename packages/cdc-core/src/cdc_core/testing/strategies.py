@@ -33,6 +33,7 @@ from cdc_core.events import (
 )
 from cdc_core.positions import Position
 from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
+from cdc_core.testing.model import clustering_sort_key
 
 __all__ = [
     "KEY_TYPES",
@@ -147,11 +148,13 @@ def _timeuuid(time_60: int, clock_seq: int) -> uuid.UUID:
 
 def _clustering_cmp(schema: TableSchema) -> Callable[[tuple[Any, ...], tuple[Any, ...]], int]:
     descending = [c.clustering_order is ClusteringOrder.DESC for c in schema.clustering]
+    types = [c.cql_type.name for c in schema.clustering]
 
     def compare(a: tuple[Any, ...], b: tuple[Any, ...]) -> int:
-        for x, y, desc in zip(a, b, descending, strict=False):
+        for x, y, desc, t in zip(a, b, descending, types, strict=False):
             if x != y:
-                return (1 if x > y else -1) * (-1 if desc else 1)
+                kx, ky = clustering_sort_key(x, t), clustering_sort_key(y, t)
+                return (1 if kx > ky else -1) * (-1 if desc else 1)
         return 0
 
     return compare
