@@ -48,16 +48,21 @@ PG_SCHEMA = "cdc"
 
 @dataclass(frozen=True)
 class NodeUnderTest:
-    """One Cassandra test node as a pipeline sees it: a driver session, its keyspace for this test,
-    its cdc_raw directory and where its CQL port is (for the reader's live schema)."""
+    """One Cassandra test node as a pipeline sees it: a driver session, the e2e keyspace and this
+    test's own table in it, the node's cdc_raw directory and its CQL port (for the reader's schema)."""
 
     label: str
     session: Any
     keyspace: str
+    table: str
     cdc_raw: Path
     hosts: tuple[str, ...]
     port: int
     commitlog_version: int
+
+    def cql(self, stmt: str) -> str:
+        """``stmt`` with ``{ks}.items`` → this test's table and ``{ks}`` → the keyspace."""
+        return stmt.replace("{ks}.items", f"{self.keyspace}.{self.table}").replace("{ks}", self.keyspace)
 
     def source(self, *, node: str = "node-a", poll_interval: float = 0.1) -> dict[str, Any]:
         """The ``source`` section: the commitlog reader on this node's cdc_raw, this keyspace only."""
@@ -67,6 +72,7 @@ class NodeUnderTest:
             "contact_points": list(self.hosts),
             "port": self.port,
             "keyspaces": [self.keyspace],
+            "tables": [f"{self.keyspace}.{self.table}"],
             "node": node,
             "poll_interval": poll_interval,
             # cdc_raw is shared with every other test: each dropped table's id costs the reader one
@@ -369,8 +375,9 @@ HISTORY: tuple[tuple[str, str], ...] = (
 )
 
 
-def create_items_table(session: Any, keyspace: str) -> None:
-    session.execute(ITEMS_DDL.replace("{ks}", keyspace), timeout=60)
+def create_items_table(node: NodeUnderTest) -> None:
+    """This test's table (named ``node.table``) with the columns of ``ITEMS_DDL``."""
+    node.session.execute(node.cql(ITEMS_DDL), timeout=60)
 
 
 def remove_old_completed_segments(cdc_raw: Path, *, older_than: float = 600.0) -> int:
@@ -414,12 +421,12 @@ def execute_cdc_write(session: Any, stmt: str, label: str = "write", *, cdc_raw:
             raise AssertionError(f"CQL for {label!r} failed: {exc}\n{stmt}{hint}") from exc
 
 
-def write_history(session: Any, keyspace: str, history: Iterable[tuple[str, str]] = HISTORY, *, cdc_raw: Path | None = None) -> float:
-    """Run the statements in order (one at a time, so client timestamps follow statement order);
-    returns the wall-clock time after which every short TTL has expired."""
+def write_history(node: NodeUnderTest, history: Iterable[tuple[str, str]] = HISTORY) -> float:
+    """Run the statements on this test's table in order (one at a time, so client timestamps follow
+    statement order); returns the wall-clock time after which every short TTL has expired."""
     last_ttl_write = time.time()
     for label, stmt in history:
-        execute_cdc_write(session, stmt.replace("{ks}", keyspace), label, cdc_raw=cdc_raw)
+        execute_cdc_write(node.session, node.cql(stmt), label, cdc_raw=node.cdc_raw)
         if "USING TTL" in stmt:
             last_ttl_write = time.time()
     return last_ttl_write + SHORT_TTL + 1.5
@@ -485,8 +492,9 @@ def environ(*, pg_dsn: str | None = None, ch_url: str | None = None, **more: str
     return env
 
 
-def table_schema(node: NodeUnderTest, table: str) -> TableSchema:
-    """The table's schema as the reader builds it (live from system_schema)."""
+def table_schema(node: NodeUnderTest, table: str | None = None) -> TableSchema:
+    """The table's schema (default: this test's) as the reader builds it (live from system_schema)."""
+    table = node.table if table is None else table
     from cdc_core.commitlog.schema_source import CassandraSchemaSource
 
     catalog = CassandraSchemaSource(session=node.session, keyspaces=[node.keyspace]).catalog()
@@ -579,20 +587,22 @@ async def reset_destination_offsets(node_name: str, *, pg_dsn: str, ch_url: str,
         await sink.close()
 
 
-async def decoded_events(node: NodeUnderTest, node_name: str, *, table: str | None = None) -> list[ChangeEvent]:
-    """Every event of the keyspace that cdc_raw holds now, decoded by a standalone commitlog reader
-    with positions of ``node_name`` (the same positions a pipeline with that node name commits)."""
+async def decoded_events(node: NodeUnderTest, node_name: str) -> list[ChangeEvent]:
+    """Every event of this test's table that cdc_raw holds now, decoded by a standalone commitlog
+    reader with positions of ``node_name`` (the same positions a pipeline with that node name commits)."""
     from cdc_core.commitlog.reader import CommitLogReader, CommitLogReaderConfig
     from cdc_core.commitlog.schema_source import CassandraSchemaSource
 
     config = CommitLogReaderConfig(
-        cdc_raw_dir=node.cdc_raw, contact_points=list(node.hosts), keyspaces=[node.keyspace], schema_refresh_min_interval=0.05
+        cdc_raw_dir=node.cdc_raw,
+        contact_points=list(node.hosts),
+        keyspaces=[node.keyspace],
+        tables=[f"{node.keyspace}.{node.table}"],
+        schema_refresh_min_interval=0.05,
     )
     reader = CommitLogReader(config, schema_source=CassandraSchemaSource(session=node.session), node=node_name)
     await reader.start()
     try:
-        return [
-            item async for item in reader.read({}, follow=False) if isinstance(item, ChangeEvent) and (table is None or item.table == table)
-        ]
+        return [item async for item in reader.read({}, follow=False) if isinstance(item, ChangeEvent) and item.table == node.table]
     finally:
         await reader.close()

@@ -38,9 +38,9 @@ async def test_every_sink_converges_to_cassandra(
     any_node: NodeUnderTest, postgres_dsn: str, clickhouse_url: str, clickhouse_database: str, tmp_path: Path
 ) -> None:
     node = any_node
-    create_items_table(node.session, node.keyspace)
-    ttl_expired_at = write_history(node.session, node.keyspace, cdc_raw=node.cdc_raw)
-    schema = table_schema(node, "items")
+    create_items_table(node)
+    ttl_expired_at = write_history(node)
+    schema = table_schema(node)
 
     config = pipeline_config(node, tmp_path, clickhouse_database=clickhouse_database)
     pipeline = Pipeline.from_config(config, environ=environ(pg_dsn=postgres_dsn, ch_url=clickhouse_url))
@@ -66,7 +66,7 @@ async def test_every_sink_converges_to_cassandra(
     assert not list((tmp_path / "dlq").rglob("*.jsonl")), "no event may have been dead-lettered"
 
     # The history really reached the sinks through the decoder: every kind of event is there.
-    events = jsonl_events(tmp_path / "events.jsonl", node.keyspace, "items")
+    events = jsonl_events(tmp_path / "events.jsonl", node.keyspace, node.table)
     kinds = {e.kind for e in events}
     assert kinds >= {ChangeKind.ROW, ChangeKind.PARTITION_DELETE, ChangeKind.RANGE_DELETE}, kinds
     assert any(e.static for e in events)

@@ -40,10 +40,10 @@ async def test_postgres_outage_does_not_stop_clickhouse_and_both_converge(
     tmp_path: Path,
 ) -> None:
     node = node8
-    create_items_table(node.session, node.keyspace)
-    schema = table_schema(node, "items")
+    create_items_table(node)
+    schema = table_schema(node)
     half = len(HISTORY) // 2
-    write_history(node.session, node.keyspace, HISTORY[:half], cdc_raw=node.cdc_raw)
+    write_history(node, HISTORY[:half])
 
     config = pipeline_config(node, tmp_path, clickhouse_database=clickhouse_database)
     pg = config["sinks"]["pg"]
@@ -69,7 +69,7 @@ async def test_postgres_outage_does_not_stop_clickhouse_and_both_converge(
 
         toxiproxy.disable("postgres")
         outage = time.monotonic()
-        ttl_expired_at = await asyncio.to_thread(write_history, node.session, node.keyspace, HISTORY[half:], cdc_raw=node.cdc_raw)
+        ttl_expired_at = await asyncio.to_thread(write_history, node, HISTORY[half:])
         poll = await wait_until(lambda: divergences(node, schema, only_ch, not_before=ttl_expired_at))
         assert poll.ok, "ClickHouse during the Postgres outage:\n  " + "\n  ".join(poll.last)
         timings["clickhouse during the outage"] = poll.seconds

@@ -45,37 +45,38 @@ pytestmark = pytest.mark.integration
 STRICT_SCHEMA = "cdc_strict"
 
 
-def _cql(ks: str) -> list[str]:
+def _cql(ks: str, table: str) -> list[str]:
     """The canary table (the shape of cdc_masking.testing.CANARY_SCHEMA) and writes of every kind."""
+    people = f"{ks}.{table}"
     return [
-        f"CREATE TYPE {ks}.address (street text, zip int, phone text)",
-        f"CREATE TABLE {ks}.people (email text, phone text, ssn text, ssn_number bigint, dob date, nickname text, "
+        f"CREATE TYPE IF NOT EXISTS {ks}.address (street text, zip int, phone text)",
+        f"CREATE TABLE {people} (email text, phone text, ssn text, ssn_number bigint, dob date, nickname text, "
         "aliases set<text>, old_phones list<text>, contacts map<text, text>, home frozen<address>, work address, "
         "PRIMARY KEY (email, phone)) WITH cdc = true",
-        f"INSERT INTO {ks}.people (email, phone, ssn, ssn_number, dob, nickname, aliases, old_phones, contacts, home, work) "
+        f"INSERT INTO {people} (email, phone, ssn, ssn_number, dob, nickname, aliases, old_phones, contacts, home, work) "
         f"VALUES ('{CANARY_EMAIL}', '{CANARY_PHONE}', '{CANARY_SSN}', 987654329, '1961-03-27', 'not secret', "
         f"{{'{CANARY_EMAIL}', '{CANARY_EMAIL_2}'}}, ['{CANARY_PHONE_2}', '15550142778'], {{'{CANARY_PHONE}': '{CANARY_EMAIL}'}}, "
         f"{{street: '{CANARY_STREET}', zip: 12345, phone: '{CANARY_PHONE_2}'}}, "
         f"{{street: '{CANARY_STREET}', zip: 54321, phone: '{CANARY_PHONE}'}})",
-        f"INSERT INTO {ks}.people (email, phone, nickname) VALUES ('{CANARY_EMAIL_2}', '{CANARY_PHONE_2}', 'second')",
-        f"UPDATE {ks}.people SET old_phones = old_phones + ['442079460958'], contacts['{CANARY_EMAIL_2}'] = '{CANARY_PHONE_2}', "
+        f"INSERT INTO {people} (email, phone, nickname) VALUES ('{CANARY_EMAIL_2}', '{CANARY_PHONE_2}', 'second')",
+        f"UPDATE {people} SET old_phones = old_phones + ['442079460958'], contacts['{CANARY_EMAIL_2}'] = '{CANARY_PHONE_2}', "
         f"work.street = '{CANARY_STREET}' WHERE email = '{CANARY_EMAIL_2}' AND phone = '{CANARY_PHONE_2}'",
-        f"UPDATE {ks}.people SET aliases = aliases - {{'{CANARY_EMAIL_2}'}} WHERE email = '{CANARY_EMAIL}' AND phone = '{CANARY_PHONE}'",
-        f"DELETE contacts['{CANARY_PHONE}'] FROM {ks}.people WHERE email = '{CANARY_EMAIL}' AND phone = '{CANARY_PHONE}'",
-        f"INSERT INTO {ks}.people (email, phone, ssn) VALUES ('{CANARY_EMAIL}', '15550142778', '{CANARY_SSN}')",
-        f"DELETE FROM {ks}.people WHERE email = '{CANARY_EMAIL}' AND phone = '15550142778'",
-        f"DELETE FROM {ks}.people WHERE email = '{CANARY_EMAIL}' AND phone > '{CANARY_PHONE_2}' AND phone <= '442079460958'",
-        f"DELETE FROM {ks}.people WHERE email = '{CANARY_EMAIL_2}'",
-        f"INSERT INTO {ks}.people (email, phone, ssn) VALUES ('{CANARY_EMAIL_2}', '{CANARY_PHONE}', '{CANARY_SSN}')",
-        f"INSERT INTO {ks}.people (email, phone, nickname) VALUES ('someone@example.com', '0', 'sentinel-row')",
+        f"UPDATE {people} SET aliases = aliases - {{'{CANARY_EMAIL_2}'}} WHERE email = '{CANARY_EMAIL}' AND phone = '{CANARY_PHONE}'",
+        f"DELETE contacts['{CANARY_PHONE}'] FROM {people} WHERE email = '{CANARY_EMAIL}' AND phone = '{CANARY_PHONE}'",
+        f"INSERT INTO {people} (email, phone, ssn) VALUES ('{CANARY_EMAIL}', '15550142778', '{CANARY_SSN}')",
+        f"DELETE FROM {people} WHERE email = '{CANARY_EMAIL}' AND phone = '15550142778'",
+        f"DELETE FROM {people} WHERE email = '{CANARY_EMAIL}' AND phone > '{CANARY_PHONE_2}' AND phone <= '442079460958'",
+        f"DELETE FROM {people} WHERE email = '{CANARY_EMAIL_2}'",
+        f"INSERT INTO {people} (email, phone, ssn) VALUES ('{CANARY_EMAIL_2}', '{CANARY_PHONE}', '{CANARY_SSN}')",
+        f"INSERT INTO {people} (email, phone, nickname) VALUES ('someone@example.com', '0', 'sentinel-row')",
     ]
 
 
-def _masking(ks: str) -> dict[str, Any]:
-    """canary_masking_config()'s rules for this keyspace; the keys come from the environment."""
+def _masking(ks: str, table: str) -> dict[str, Any]:
+    """canary_masking_config()'s rules for this table; the keys come from the environment."""
     config = canary_masking_config()
     config["keys"] = {key_id: f"${{E2E_MASKING_{key_id.upper()}}}" for key_id in CANARY_KEYS}
-    config["rules"] = [{**rule, "keyspace": ks} for rule in config["rules"]]
+    config["rules"] = [{**rule, "keyspace": ks, "table": table} for rule in config["rules"]]
     return {"type": "masking", **config}
 
 
@@ -118,7 +119,7 @@ async def test_canary_pii_leaves_cassandra_only_masked(
 ) -> None:
     node = node8
     ks = node.keyspace
-    for stmt in _cql(ks):
+    for stmt in _cql(ks, node.table):
         execute_cdc_write(node.session, stmt, cdc_raw=node.cdc_raw)
 
     strict = {
@@ -126,14 +127,14 @@ async def test_canary_pii_leaves_cassandra_only_masked(
         "dsn": "${E2E_PG_DSN}",
         "schema": STRICT_SCHEMA,
         # An integer column cannot hold the (masked or not) SSN text: those events are refused for good.
-        "tables": {f"{ks}.people": {"column_types": {"ssn": "integer"}}},
+        "tables": {f"{ks}.{node.table}": {"column_types": {"ssn": "integer"}}},
         "batch": {"max_events": 50, "max_wait": 0.05},
     }
     config = pipeline_config(
         node,
         tmp_path,
         clickhouse_database=clickhouse_database,
-        transforms=[_masking(ks)] if masking else [],
+        transforms=[_masking(ks, node.table)] if masking else [],
         extra_sinks={"pg_strict": strict},
     )
     env = environ(pg_dsn=postgres_dsn, ch_url=clickhouse_url, **{f"E2E_MASKING_{k.upper()}": v for k, v in CANARY_KEYS.items()})

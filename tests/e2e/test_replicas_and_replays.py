@@ -70,10 +70,10 @@ async def test_three_replicas_and_a_replay_converge(
     node7: NodeUnderTest, postgres_dsn: str, clickhouse_url: str, clickhouse_database: str, tmp_path: Path
 ) -> None:
     node = node7
-    create_items_table(node.session, node.keyspace)
+    create_items_table(node)
     half = len(HISTORY) // 2
-    write_history(node.session, node.keyspace, HISTORY[:half], cdc_raw=node.cdc_raw)
-    schema = table_schema(node, "items")
+    write_history(node, HISTORY[:half])
+    schema = table_schema(node)
     env = environ(pg_dsn=postgres_dsn, ch_url=clickhouse_url)
     agents = ("replica-1", "replica-2", "replica-3")
     targets = SinkTargets(
@@ -106,7 +106,7 @@ async def test_three_replicas_and_a_replay_converge(
         # Two agents read concurrently while the second half of the history is written.
         first = start("replica-1")
         start("replica-2")
-        ttl_expired_at = await asyncio.to_thread(write_history, node.session, node.keyspace, HISTORY[half:], cdc_raw=node.cdc_raw)
+        ttl_expired_at = await asyncio.to_thread(write_history, node, HISTORY[half:])
         poll = await wait_until(lambda: divergences(node, schema, targets, not_before=ttl_expired_at))
         assert poll.ok, "two concurrent replicas: sinks differ from Cassandra:\n  " + "\n  ".join(poll.last)
         timings["two replicas"] = poll.seconds
@@ -167,8 +167,8 @@ async def test_sigkill_mid_stream_then_restart_converges(
     node7: NodeUnderTest, postgres_dsn: str, clickhouse_url: str, clickhouse_database: str, tmp_path: Path
 ) -> None:
     node = node7
-    create_items_table(node.session, node.keyspace)
-    schema = table_schema(node, "items")
+    create_items_table(node)
+    schema = table_schema(node)
     node_name = "crash-node"
     config = pipeline_config(node, tmp_path, clickhouse_database=clickhouse_database, node_name=node_name)
     for sink in config["sinks"].values():  # small batches: many commits, so the kill lands between and inside them
@@ -195,7 +195,7 @@ async def test_sigkill_mid_stream_then_restart_converges(
             try:
                 while not (stop_writing.is_set() and len(rounds) >= 2):
                     for label, stmt in _round(HISTORY, f"r{len(rounds)}-"):
-                        write_history(node.session, node.keyspace, ((label, stmt),), cdc_raw=node.cdc_raw)
+                        write_history(node, ((label, stmt),))
                         time.sleep(0.03)  # pace the writes so the agent reads while they come in
                     rounds.append(len(rounds))
             except BaseException as exc:  # re-raised by the test
@@ -209,8 +209,10 @@ async def test_sigkill_mid_stream_then_restart_converges(
         committed: Position | None = None
         for _ in range(2):
             # Kill at a random moment once the (re)started agent has committed something new.
-            moved = functools.partial(_pg_offset_moved, postgres_dsn, node_name, committed, schema)
+            moved = functools.partial(_pg_offset_moved, postgres_dsn, node_name, committed, schema, failed)
             poll = await wait_until(moved, within=60, interval=0.05)
+            if failed:
+                raise failed[0]
             assert poll.ok, f"cdc run commits nothing: {poll.last}\n{log.read_text()[-3000:]}"
             await asyncio.sleep(rng.uniform(0.05, 1.0))
             if failed:
@@ -224,7 +226,7 @@ async def test_sigkill_mid_stream_then_restart_converges(
             committed = (await postgres_offsets(postgres_dsn)).get(("pg", node_name))
             now = int(time.time()) + 3600 * 24 * 365  # far ahead: no TTL boundary falls between the reads
             pg_now = await postgres_state(postgres_dsn, schema, now=now)
-            decoded = await decoded_events(node, node_name, table="items")
+            decoded = await decoded_events(node, node_name)
             upto = [e for e in decoded if committed is not None and e.position <= committed]
             mismatch = diff_states(model_state(upto, now), pg_now)
             assert not mismatch, (
@@ -255,7 +257,7 @@ async def test_sigkill_mid_stream_then_restart_converges(
 
     # Offsets: the Postgres row of this node is at or past the last event of the table, and it is
     # the position of a real entry (the end of the last mutation read).
-    events = await decoded_events(node, node_name, table="items")
+    events = await decoded_events(node, node_name)
     final = (await postgres_offsets(postgres_dsn))[("pg", node_name)]
     assert final >= max(e.position for e in events), (final, max(e.position for e in events))
     print(
@@ -264,8 +266,12 @@ async def test_sigkill_mid_stream_then_restart_converges(
     )
 
 
-async def _pg_offset_moved(dsn: str, node_name: str, before: Position | None, schema: TableSchema) -> list[str]:
-    """Empty once Postgres committed past ``before`` and holds rows of the table."""
+async def _pg_offset_moved(
+    dsn: str, node_name: str, before: Position | None, schema: TableSchema, failed: list[BaseException]
+) -> list[str]:
+    """Empty once Postgres committed past ``before`` and holds rows of the table (or the writer failed)."""
+    if failed:
+        return []
     now = (await postgres_offsets(dsn)).get(("pg", node_name))
     if now is None or (before is not None and now <= before):
         return [f"Postgres offset still {now}"]
