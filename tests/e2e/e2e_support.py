@@ -31,15 +31,32 @@ from cdc_sink_clickhouse.sink import ClickHouseSink
 from cdc_sink_postgres.testing import PostgresHarness
 
 __all__ = [
+    "HISTORY",
     "PG_SCHEMA",
     "NodeUnderTest",
+    "Poll",
+    "SinkTargets",
     "cassandra_state",
     "clickhouse_state",
+    "create_items_table",
+    "decoded_events",
     "diff_states",
+    "divergences",
     "driver_value",
+    "environ",
+    "execute_cdc_write",
     "jsonl_events",
+    "model_state",
+    "pipeline_config",
+    "postgres_offsets",
     "postgres_state",
+    "remove_old_completed_segments",
+    "reset_destination_offsets",
+    "same_value",
+    "sink_states",
+    "table_schema",
     "wait_until",
+    "write_history",
 ]
 
 PG_SCHEMA = "cdc"
