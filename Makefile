@@ -48,8 +48,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy $(foreach p,$(PACKAGES),$(p)/src) $(EXAMPLE_PLUGIN)/src
-	@for p in $(PACKAGES); do echo "mypy $$p/tests"; $(BIN)/mypy --config-file pyproject.toml $$p/tests; done
-	$(BIN)/mypy tests conftest.py
+	@# Test folders one by one: each has its own conftest.py, which mypy would see as one module.
+	@for d in $(foreach p,$(PACKAGES),$(p)/tests) $(wildcard tests/*/) $(EXAMPLE_PLUGIN)/tests conftest.py; do \
+		case $$d in tests/thirdparty/) continue;; esac; \
+		echo "mypy $$d"; $(BIN)/mypy $$d || exit 1; done
 
 # Each distribution alone in a fresh virtualenv: no hidden dependency on a sibling.
 isolation:
