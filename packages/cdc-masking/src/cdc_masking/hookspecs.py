@@ -27,4 +27,3 @@ hookspec = pluggy.HookspecMarker("cdc")
 @hookspec
 def cdc_masking_register_strategies() -> Mapping[str, MaskingStrategy]:
     """Return the masking strategies this plugin provides, by name."""
-    raise NotImplementedError
