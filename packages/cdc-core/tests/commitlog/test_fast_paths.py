@@ -18,7 +18,11 @@ from hypothesis import strategies as st
 
 from cdc_core.commitlog import mutation
 from cdc_core.commitlog.events_builder import build_events
-from cdc_core.commitlog.fastobj import (
+from cdc_core.commitlog.mutation import TableDecoder, decode_mutation, first_table_id
+from cdc_core.commitlog.reader import _DECODE_ERRORS
+from cdc_core.commitlog.schema_source import load_schema_snapshot
+from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deletion, Liveness
+from cdc_core.fastobj import (
     new_cell,
     new_complex,
     new_deletion,
@@ -28,10 +32,6 @@ from cdc_core.commitlog.fastobj import (
     new_uuid,
     slot_constructor,
 )
-from cdc_core.commitlog.mutation import TableDecoder, decode_mutation, first_table_id
-from cdc_core.commitlog.reader import _DECODE_ERRORS
-from cdc_core.commitlog.schema_source import load_schema_snapshot
-from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deletion, Liveness
 from cdc_core.positions import Position
 from commitlog.helpers import FIXTURES, TS_EPOCH, uvint
 

@@ -17,6 +17,7 @@ from frozendict import frozendict
 from cdc_core.cqltypes import CqlType
 from cdc_core.errors import ConfigError
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, ElementChange, Liveness, RangeBound, RangeDeletion
+from cdc_core.fastobj import new_cell, new_event
 from cdc_core.schema import ColumnKind, TableSchema
 from cdc_masking.config import MaskingRule
 from cdc_masking.strategies import Masker, memoise
@@ -234,8 +235,9 @@ class _Builder:
 
 _EVENT_FIELDS = ("position", "schema", "kind", "key", "static", "liveness", "row_deletion", "partition_deletion", "range_deletion", "cells")
 _CELL_FIELDS = ("timestamp", "value", "tombstone", "ttl", "local_deletion_time")
-# The hot path builds events and cells with their constructors (twice as fast as attrs.evolve);
-# should the core ever add a field, fall back to attrs.evolve so nothing is silently dropped.
+# The hot path builds events and cells with the core's slot constructors (cdc_core.fastobj: they
+# refuse at import a class with validators or other fields); should the core ever add a field,
+# fall back to attrs.evolve so nothing is silently dropped.
 _DIRECT = tuple(a.name for a in attrs.fields(ChangeEvent)) == _EVENT_FIELDS and tuple(a.name for a in attrs.fields(Cell)) == _CELL_FIELDS
 
 
@@ -243,7 +245,7 @@ def _with_value(cell: Cell, value: Any) -> Cell:
     if value is None:  # a strategy removed the value: written as null
         return attrs.evolve(cell, value=None, tombstone=True, ttl=None)
     if _DIRECT:
-        return Cell(timestamp=cell.timestamp, value=value, tombstone=False, ttl=cell.ttl, local_deletion_time=cell.local_deletion_time)
+        return new_cell(cell.timestamp, value, False, cell.ttl, cell.local_deletion_time)
     return attrs.evolve(cell, value=value)
 
 
@@ -327,13 +329,7 @@ class TablePlan:
                     counts[index] += 1
                     masked = fn(value)  # type: ignore[misc]
                     if masked is not None and _DIRECT:
-                        masked_change = Cell(
-                            timestamp=cell.timestamp,
-                            value=masked,
-                            tombstone=False,
-                            ttl=cell.ttl,
-                            local_deletion_time=cell.local_deletion_time,
-                        )
+                        masked_change = new_cell(cell.timestamp, masked, False, cell.ttl, cell.local_deletion_time)
                     else:
                         masked_change = _with_value(cell, masked)
                 if new_cells is None:
@@ -354,17 +350,17 @@ class TablePlan:
         if self._nulling and liveness is None and cells is not event.cells and not event.static and event.kind is ChangeKind.ROW:
             liveness = self._nulled_liveness(event.cells, cells)
         if _DIRECT:
-            return ChangeEvent(
-                position=event.position,
-                schema=self.schema,
-                kind=event.kind,
-                key=key,
-                static=event.static,
-                liveness=liveness,
-                row_deletion=event.row_deletion,
-                partition_deletion=event.partition_deletion,
-                range_deletion=range_deletion,
-                cells=cells,
+            return new_event(
+                event.position,
+                self.schema,
+                event.kind,
+                key,
+                event.static,
+                liveness,
+                event.row_deletion,
+                event.partition_deletion,
+                range_deletion,
+                cells,
             )
         return attrs.evolve(event, schema=self.schema, key=key, cells=cells, range_deletion=range_deletion, liveness=liveness)
 

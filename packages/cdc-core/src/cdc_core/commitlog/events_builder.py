@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdc_core.commitlog.fastobj import new_event, new_position
 from cdc_core.commitlog.mutation import (
     EXCL_END_BOUND,
     EXCL_END_INCL_START_BOUNDARY,
@@ -24,6 +23,7 @@ from cdc_core.commitlog.mutation import (
 )
 from cdc_core.commitlog.primitives import DecodeError
 from cdc_core.events import ChangeEvent, ChangeKind, Deletion, RangeBound, RangeDeletion
+from cdc_core.fastobj import new_event, new_position
 from cdc_core.positions import Position
 
 __all__ = ["build_events"]

@@ -18,7 +18,11 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cdc_core.commitlog.fastobj import (
+from cdc_core.commitlog.primitives import MASK32, MASK64, DecodeError, read_uvint
+from cdc_core.commitlog.values import Decoder, element_decoder, fixed_length, path_decoder, udt_field_decoders, value_decoder
+from cdc_core.cqltypes import parse_type
+from cdc_core.events import Cell, ComplexChange, Deletion, ElementChange, Liveness
+from cdc_core.fastobj import (
     CELL_FIELDS,
     new_cell,
     new_complex,
@@ -28,10 +32,6 @@ from cdc_core.commitlog.fastobj import (
     new_uuid,
     slot_setters,
 )
-from cdc_core.commitlog.primitives import MASK32, MASK64, DecodeError, read_uvint
-from cdc_core.commitlog.values import Decoder, element_decoder, fixed_length, path_decoder, udt_field_decoders, value_decoder
-from cdc_core.cqltypes import parse_type
-from cdc_core.events import Cell, ComplexChange, Deletion, ElementChange, Liveness
 from cdc_core.schema import TableSchema
 
 __all__ = [

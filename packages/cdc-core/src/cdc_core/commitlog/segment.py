@@ -20,8 +20,8 @@ from typing import Any
 
 import attrs
 
-from cdc_core.commitlog.fastobj import slot_constructor
 from cdc_core.errors import CorruptCommitLogError
+from cdc_core.fastobj import slot_constructor
 
 __all__ = [
     "EntryError",

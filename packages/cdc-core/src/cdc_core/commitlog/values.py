@@ -24,9 +24,9 @@ from typing import Any
 
 from frozendict import frozendict
 
-from cdc_core.commitlog.fastobj import new_uuid
 from cdc_core.commitlog.primitives import DecodeError, read_svint, read_uvint
 from cdc_core.cqltypes import CqlType, Duration
+from cdc_core.fastobj import new_uuid
 
 __all__ = ["Decoder", "counter_value", "fixed_length", "path_decoder", "value_decoder"]
 
