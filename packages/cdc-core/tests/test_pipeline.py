@@ -290,3 +290,17 @@ async def test_a_read_error_fails_the_lane_after_writing_what_came_before(tmp_pa
         assert "EventDecodeError" in lane.last_error
         assert lane.applied_events == 5  # everything before the bad line is applied and committed
         assert lane.committed == {"n1": make_events(5)[-1].position}
+
+
+async def test_the_jsonl_sink_drops_a_half_written_last_line_after_a_crash(tmp_path: Path) -> None:
+    events = make_events(6)
+    write_events(tmp_path / "events.jsonl", events)
+    out = write_events(tmp_path / "out.jsonl", events[:2])
+    with out.open("ab") as fh:
+        fh.write(b'{"v": 1, "posit')  # the crash: never committed, so it will be replayed
+    cfg = _config(tmp_path, {"out": {"type": "jsonl", "path": str(out)}})
+    p = Pipeline.from_config(cfg, registry=PluginRegistry(autoload=False, plugins=[TEST_PLUGIN]))
+    await p.offsets.commit("out", {"n1": events[1].position})
+    await p.run()
+    await p.close()
+    assert [orjson.loads(line)["key"]["id"] for line in out.read_bytes().splitlines()] == list(range(6))

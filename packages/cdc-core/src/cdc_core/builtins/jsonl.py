@@ -118,6 +118,7 @@ class JsonlSink:
         raw = Path(self.config.path)
         path = raw if raw.is_absolute() else self.base_dir / raw
         path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_partial_last_line(path)
         self._fh = path.open("ab")
 
     async def committed_positions(self) -> Mapping[str, Position]:
@@ -136,6 +137,31 @@ class JsonlSink:
         if self._fh is not None and self.config.path != "-":
             self._fh.close()
         self._fh = None
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    """A crash mid-write can leave half a line at the end; it was never committed (offsets move
+    only after the write), so it is replayed: cut it off rather than append after it."""
+    if not path.exists():
+        return
+    with path.open("r+b") as fh:
+        size = fh.seek(0, 2)
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        block = 1 << 16
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            fh.seek(start)
+            cut = fh.read(end - start).rfind(b"\n")
+            if cut != -1:
+                fh.truncate(start + cut + 1)
+                return
+            end = start
+        fh.truncate(0)
 
 
 def _fsync(fh: IO[bytes]) -> None:
