@@ -11,6 +11,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := packages/cdc-core packages/cdc-masking packages/cdc-sink-postgres packages/cdc-sink-timescale packages/cdc-sink-clickhouse
 EXAMPLE_PLUGIN := tests/thirdparty/cdc-sink-example
+# Optional compiled accelerators (Rust + pyo3, built by maturin): each packages/*-native is a
+# distribution of its own that a pure-Python package uses when it is importable.
+NATIVE_PACKAGES := $(wildcard packages/*-native)
+NATIVE_SOURCES := $(foreach p,$(NATIVE_PACKAGES),$(p)/pyproject.toml $(p)/Cargo.toml $(wildcard $(p)/src/*.rs))
+# Rust builds are cached outside the repository so a fresh clone rebuilds only what changed.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/cdc-cargo-target
 STAMP := $(VENV)/.installed
 
 .PHONY: help venv quickstart lint typecheck isolation services-up services-down test test-unit bench clean
@@ -21,10 +27,11 @@ help:
 	@echo "make test-unit   - only the tests that need no server"
 	@echo "make bench       - run the benchmarks (writes docs/benchmarks.md sections by hand)"
 
-$(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) $(EXAMPLE_PLUGIN)/pyproject.toml requirements-dev.txt
+$(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) $(NATIVE_SOURCES) $(EXAMPLE_PLUGIN)/pyproject.toml requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(foreach p,$(PACKAGES),-e $(p)) -e '$(word 5,$(PACKAGES))[embedded]' -e $(EXAMPLE_PLUGIN) -r requirements-dev.txt
+	$(if $(NATIVE_PACKAGES),$(BIN)/python -m pip install --quiet $(NATIVE_PACKAGES))
 	@touch $@
 
 venv: $(STAMP)
