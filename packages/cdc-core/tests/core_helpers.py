@@ -69,8 +69,21 @@ class ControlledSink(MemorySink):
         self.config = config
         self.failures_left = config.fail_times
         self.max_batch = 0
+        self.lifecycle: list[str] = []
 
     async def write(self, batch: Batch) -> WriteResult:
+        try:
+            return await self._write(batch)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # a driver rolling back a cancelled transaction takes a moment
+            self.lifecycle.append("write unwound")
+            raise
+
+    async def close(self) -> None:
+        self.lifecycle.append("closed")
+        await super().close()
+
+    async def _write(self, batch: Batch) -> WriteResult:
         self.max_batch = max(self.max_batch, len(batch.events))
         if self.config.permanent and batch.events:
             raise PermanentError("the destination refuses this table")

@@ -183,6 +183,20 @@ async def test_stop_finishes_in_flight_batches_and_commits(tmp_path: Path) -> No
     assert applied_ids == set(range(lane.applied_events))
 
 
+async def test_an_abandoned_batch_unwinds_before_the_sink_closes(tmp_path: Path) -> None:
+    write_events(tmp_path / "events.jsonl", make_events(10))
+    config = _config(tmp_path, {"s": {"type": "controlled", "delay": 3600, "batch": {"max_events": 5, "max_wait": 0.01}}}, follow=True)
+    p = Pipeline.from_config({**config, "stop_timeout": 0.2}, registry=PluginRegistry(autoload=False, plugins=[TEST_PLUGIN]))
+    task = asyncio.create_task(p.run())
+    await asyncio.sleep(0.2)
+    p.stop()
+    summary = await asyncio.wait_for(task, 5)
+    await p.close()
+    assert summary.lanes["s"].applied_events == 0
+    assert SINKS["s"].lifecycle == ["write unwound", "closed"]  # the sink is never closed under a batch
+    assert await p.committed() == {"s": {}}
+
+
 def _counting_config(tmp_path: Path, sinks: dict[str, Any], **fanout: Any) -> dict[str, Any]:
     cfg = _config(tmp_path, sinks)
     cfg["source"]["type"] = "counting"

@@ -442,6 +442,13 @@ class Pipeline:
             for task in (producer, batcher, writer, stopper):
                 task.cancel()
             results = await asyncio.gather(producer, batcher, return_exceptions=True)
+            # An abandoned writer is awaited too, so the sink is not closed under a batch still
+            # unwinding; bounded, since a sink call may be slow to honour the cancellation.
+            _, pending = await asyncio.wait({writer, stopper}, timeout=self.config.stop_timeout)
+            if pending:
+                log.warning("stop timeout: a cancelled writer has not finished", sink=lane.name)
+            elif not writer.cancelled() and writer.exception() is not None and draining:
+                log.warning("abandoned batch failed while cancelled", sink=lane.name, error=type(writer.exception()).__name__)
             for r in results:
                 if isinstance(r, Exception):
                     raise r
