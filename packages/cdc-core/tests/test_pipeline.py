@@ -183,6 +183,15 @@ async def test_stop_finishes_in_flight_batches_and_commits(tmp_path: Path) -> No
     assert applied_ids == set(range(lane.applied_events))
 
 
+async def test_run_until_without_follow_ends_with_the_source(tmp_path: Path) -> None:
+    write_events(tmp_path / "events.jsonl", make_events(30))
+    p = _pipeline(tmp_path, {"s": {"type": "controlled"}}, follow=True)
+    summary = await asyncio.wait_for(p.run_until(count=1000, follow=False), 10)
+    await p.close()
+    assert summary.lanes["s"].applied_events == 30
+    assert DESTINATIONS["s"].offsets == {"n1": make_events(30)[-1].position}
+
+
 async def test_an_abandoned_batch_unwinds_before_the_sink_closes(tmp_path: Path) -> None:
     write_events(tmp_path / "events.jsonl", make_events(10))
     config = _config(tmp_path, {"s": {"type": "controlled", "delay": 3600, "batch": {"max_events": 5, "max_wait": 0.01}}}, follow=True)

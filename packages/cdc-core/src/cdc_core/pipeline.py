@@ -194,11 +194,17 @@ class Pipeline:
         """Run until stopped (tailing), or until the source ends when ``follow`` is false."""
         return await self._run(follow=self.config.follow, count=None, until=None)
 
-    async def run_until(self, *, count: int | None = None, positions: Mapping[str, Position] | None = None) -> RunSummary:
-        """Run until every sink applied ``count`` events or committed ``positions`` (or the source ends)."""
+    async def run_until(
+        self, *, count: int | None = None, positions: Mapping[str, Position] | None = None, follow: bool = True
+    ) -> RunSummary:
+        """Run until every sink applied ``count`` events or committed ``positions``.
+
+        With ``follow`` (the default) the source is tailed until then, as for a live node; without
+        it, the run also ends when the source has nothing more to read.
+        """
         if count is None and positions is None:
             raise ValueError("run_until needs a count or positions")
-        return await self._run(follow=True, count=count, until=dict(positions or {}))
+        return await self._run(follow=follow, count=count, until=dict(positions or {}))
 
     async def committed(self) -> dict[str, dict[str, Position]]:
         """Per sink, per node, the committed position (asks sinks that store their own)."""
