@@ -1,0 +1,198 @@
+//! Optional accelerator of `cdc-masking`: keyed HMAC-SHA256 masking of whole columns in one call.
+//!
+//! The pure-Python strategies in `cdc_masking.strategies` are the reference; this module must give
+//! byte-identical output (a hypothesis test compares both). Hashing uses the RustCrypto `hmac` and
+//! `sha2` crates; the key schedule (and an optional domain prefix) is absorbed once per masker and
+//! the state cloned per value, as the Python code does with `hashlib` state copies.
+
+use hmac::{Hmac, Mac};
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Hex,
+    Base64Url,
+}
+
+fn encode_hex(data: &[u8], out: &mut String) {
+    for &b in data {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+}
+
+/// RFC 4648 §5 alphabet without padding (what `_b64url` in strategies.py produces).
+fn encode_b64url(data: &[u8], out: &mut String) {
+    let mut chunks = data.chunks_exact(3);
+    for c in &mut chunks {
+        let n = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
+        for shift in [18, 12, 6, 0] {
+            out.push(B64URL[((n >> shift) & 63) as usize] as char);
+        }
+    }
+    match *chunks.remainder() {
+        [a] => {
+            let n = u32::from(a) << 16;
+            out.push(B64URL[((n >> 18) & 63) as usize] as char);
+            out.push(B64URL[((n >> 12) & 63) as usize] as char);
+        }
+        [a, b] => {
+            let n = (u32::from(a) << 16) | (u32::from(b) << 8);
+            out.push(B64URL[((n >> 18) & 63) as usize] as char);
+            out.push(B64URL[((n >> 12) & 63) as usize] as char);
+            out.push(B64URL[((n >> 6) & 63) as usize] as char);
+        }
+        _ => {}
+    }
+}
+
+/// HMAC-SHA256 of `domain + value`, encoded, truncated and prefixed:
+/// `prefix + encode(digest[:digest_bytes])[:length]`.
+#[pyclass(frozen, module = "cdc_masking_native")]
+struct KeyedHmac {
+    mac: HmacSha256, // key schedule and domain prefix already absorbed
+    output: Output,
+    digest_bytes: usize,
+    length: Option<usize>,
+    prefix: String,
+    canonical: Option<PyObject>, // bytes of values that are neither exact str nor exact bytes
+}
+
+impl KeyedHmac {
+    fn mask_bytes(&self, data: &[u8]) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(data);
+        let digest = mac.finalize().into_bytes();
+        let digest = &digest[..self.digest_bytes];
+        let mut out = String::with_capacity(self.prefix.len() + 2 * digest.len());
+        out.push_str(&self.prefix);
+        match self.output {
+            Output::Hex => encode_hex(digest, &mut out),
+            Output::Base64Url => encode_b64url(digest, &mut out),
+        }
+        if let Some(length) = self.length {
+            out.truncate(self.prefix.len() + length); // the encodings are ASCII: any byte index is a char boundary
+        }
+        out
+    }
+
+    fn mask_value<'py>(&self, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
+        let py = value.py();
+        // exact classes only, like canonical_bytes: a str or bytes subclass goes through canonical()
+        let masked = if let Ok(s) = value.downcast_exact::<PyString>() {
+            self.mask_bytes(s.to_str()?.as_bytes())
+        } else if let Ok(b) = value.downcast_exact::<PyBytes>() {
+            self.mask_bytes(b.as_bytes())
+        } else {
+            let Some(canonical) = &self.canonical else {
+                return Err(PyTypeError::new_err("KeyedHmac: value is not str or bytes and no canonical function was given"));
+            };
+            let data = canonical.bind(py).call1((value,))?;
+            let data = data
+                .downcast::<PyBytes>()
+                .map_err(|_| PyTypeError::new_err("KeyedHmac: canonical() must return bytes"))?;
+            self.mask_bytes(data.as_bytes())
+        };
+        Ok(PyString::new(py, &masked))
+    }
+}
+
+#[pymethods]
+impl KeyedHmac {
+    #[new]
+    #[pyo3(signature = (key, *, domain = b"".as_slice(), output = "hex", digest_bytes = 32, length = None, prefix = String::new(), canonical = None))]
+    fn new(
+        key: &[u8],
+        domain: &[u8],
+        output: &str,
+        digest_bytes: usize,
+        length: Option<usize>,
+        prefix: String,
+        canonical: Option<PyObject>,
+    ) -> PyResult<Self> {
+        let output = match output {
+            "hex" => Output::Hex,
+            "base64url" => Output::Base64Url,
+            other => return Err(PyValueError::new_err(format!("output must be hex or base64url, not {other:?}"))),
+        };
+        if !(1..=32).contains(&digest_bytes) {
+            return Err(PyValueError::new_err("digest_bytes must be between 1 and 32"));
+        }
+        let mut mac = HmacSha256::new_from_slice(key).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        mac.update(domain);
+        Ok(Self { mac, output, digest_bytes, length, prefix, canonical })
+    }
+
+    /// The masked form of one value.
+    fn mask<'py>(&self, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
+        self.mask_value(value)
+    }
+
+    /// The masked forms of `values`, in order (no memo).
+    fn mask_many<'py>(&self, values: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
+        let mut out = Vec::with_capacity(values.len());
+        for value in values.iter() {
+            out.push(self.mask_value(&value)?);
+        }
+        PyList::new(values.py(), out)
+    }
+
+    /// `mask_many` through a memo dict with the semantics of `cdc_masking.strategies.memoise`:
+    /// keyed on the value for exact str, int and bytes, else on `(type, repr(value))` (values that
+    /// compare equal may mask differently); a value whose repr raises is not memoised; the dict is
+    /// cleared when it holds `size` entries and a new one must be added.
+    fn mask_many_memo<'py>(&self, values: &Bound<'py, PyList>, cache: &Bound<'py, PyDict>, size: usize) -> PyResult<Bound<'py, PyList>> {
+        let py = values.py();
+        let mut out: Vec<Bound<'py, PyAny>> = Vec::with_capacity(values.len());
+        for value in values.iter() {
+            let key = if value.is_exact_instance_of::<PyString>() || value.is_exact_instance_of::<PyInt>() || value.is_exact_instance_of::<PyBytes>()
+            {
+                value.clone()
+            } else {
+                match value.repr() {
+                    Ok(r) => PyTuple::new(py, [value.get_type().into_any(), r.into_any()])?.into_any(),
+                    Err(err) if err.is_instance_of::<PyException>(py) => {
+                        out.push(self.mask_value(&value)?.into_any());
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                }
+            };
+            if let Some(hit) = cache.get_item(&key)? {
+                out.push(hit);
+                continue;
+            }
+            let masked = self.mask_value(&value)?.into_any();
+            if size > 0 {
+                if cache.len() >= size {
+                    cache.clear();
+                }
+                cache.set_item(key, &masked)?;
+            }
+            out.push(masked);
+        }
+        PyList::new(py, out)
+    }
+
+    /// The raw HMAC-SHA256 of `domain + data` (for tests).
+    fn digest<'py>(&self, py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
+        let mut mac = self.mac.clone();
+        mac.update(data);
+        PyBytes::new(py, &mac.finalize().into_bytes())
+    }
+}
+
+#[pymodule]
+fn cdc_masking_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<KeyedHmac>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
