@@ -23,6 +23,14 @@ def _check_modes(_inst: object, _attr: attrs.Attribute[Mapping[str, str]], value
             raise ValueError(f"modes.{table}: {mode!r} is not one of {', '.join(MODES)}")
 
 
+_HOURLY: float | None = 3600.0
+
+
+def _positive_or_none(_inst: object, attr: attrs.Attribute[float | None], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attr.name}: must be > 0 or null, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class ClickHouseSinkConfig:
     """Where and how to write.
@@ -49,6 +57,12 @@ class ClickHouseSinkConfig:
     max_rows_per_insert: int = attrs.field(default=200_000, validator=attrs.validators.ge(1))
     encode_chunk_events: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
     """Events encoded per INSERT; the next chunk is encoded while this one's INSERT runs."""
+    compact_interval_s: float | None = attrs.field(default=_HOURLY, validator=_positive_or_none)
+    """Latest mode: every this many seconds (after a batch is committed) the log rows older than
+    ``compact_margin_s`` are folded into the state tables, so reads stay bounded. None: never."""
+    compact_margin_s: float = attrs.field(default=900.0, validator=attrs.validators.ge(0))
+    """Only log rows inserted this long ago are compacted: far above ``request_timeout_s``, so no
+    INSERT still in flight can have rows older than the cut-off (docs/sinks/clickhouse.md)."""
     partition_by: str | None = None
     """Optional PARTITION BY expression for history tables (e.g. ``toYYYYMM(toDateTime(intDiv(_ts, 1000000)))``)."""
     create_database: bool = True

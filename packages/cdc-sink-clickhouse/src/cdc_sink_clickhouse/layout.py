@@ -2,15 +2,20 @@
 
 Latest-state mode (docs/sinks/clickhouse.md has the full picture)::
 
-    {base}__rows_in  (Null)  --MV-->  {base}__rows   AggregatingMergeTree ORDER BY (pk..., ck...)
-    {base}__parts_in (Null)  --MV-->  {base}__parts  AggregatingMergeTree ORDER BY (pk...)
-    {base}           VIEW: rows finalized, joined with their partition, shadowing and TTL applied
+    {base}__rows_in  MergeTree ORDER BY (pk..., ck...)   the cell log: one row per event, as sent
+    {base}__parts_in MergeTree ORDER BY (pk...)
+    {base}__rows     AggregatingMergeTree   compacted states (compact() moves old log rows here)
+    {base}__parts    AggregatingMergeTree
+    {base}           VIEW: log + compacted states merged, rows joined with their partition,
+                     shadowing and TTL applied
     {base}_static    VIEW: static columns per partition
 
-Every cell is an ``argMax`` state keyed by ``(write timestamp, tombstone)`` and every deletion a
-``max`` state; collection elements are kept as a ``groupUniqArray`` set of element writes and
-resolved per path in the view. All these states merge idempotently and commutatively, which is
-what makes any permutation with duplicates converge.
+Inserts go into plain MergeTree logs (no materialized view: the per-insert aggregate states cost
+the server 2-3x a plain insert). The view turns log rows into the same aggregate states at query
+time and merges them with the compacted ones: every cell an ``argMax`` keyed by its version, every
+deletion a ``max``, collection elements a ``groupUniqArray`` set resolved per path. These merge
+idempotently and commutatively, so any permutation with duplicates -- and a log row that is also
+compacted -- converges.
 
 History mode: ``{base}__in`` (Null) --MV--> ``{base}`` ReplacingMergeTree ORDER BY (key..., position).
 """
@@ -63,7 +68,9 @@ _NO_ELEM = "\t".join(["", "", "", "0", "0", "0", ""])
 _NO_LIVENESS = f"{_MIN_TEXT}\t{_MIN_TEXT}"
 _ABSENT: Any = object()
 # Bumped whenever the stored states change meaning (materialized view names carry it).
-LAYOUT_FORMAT = 3
+LAYOUT_FORMAT = 4
+# The log tables' insert time (compaction moves rows older than a margin into the states).
+_AT = ("i__at", "DateTime DEFAULT now()")
 _MV_SUFFIX = re.compile(r"_v(\d+)_([0-9a-f]{8})")
 # (name, encoder or None for multi-cell columns, default text, absent-cell text, column)
 _Spec = tuple[str, "Callable[[Any], str] | None", str, str, "_Col"]
@@ -301,41 +308,41 @@ class TableLayout:
         group = ", ".join(quote("_i_" + k.name) for k in keys)
         return sel, (f" GROUP BY {group}" if group else "")
 
-    def _mv_specs(self) -> list[_MvSpec]:
-        """The materialized views: (kind, create statement for the versioned name, output columns)."""
-        if self.mode == "history":
-            sel = [f"{self._conv(k, '_i_' + k.name)} AS {quote(k.name)}" for k in self.keys]
-            sel += [f"i__{n} AS _{n}" for n in ("node", "segment", "offset", "index", "kind", "static", "ts", "written", "deleted")]
-            for c in self.regular + self.static:
-                if c.mapping is not None and c.mapping.convert != "{}":
-                    w = quote("_i_" + c.name)
-                    sel.append(f"if(isNull({w}), NULL, {c.mapping.convert.format(f'assumeNotNull({w})')}) AS {quote(c.name)}")
-                else:
-                    sel.append(f"{quote('_i_' + c.name)} AS {quote(c.name)}")
-            sel.append("i__event AS _event")
-            queries = [("__mv", self.view, f"SELECT {', '.join(sel)} FROM {self.q('__in')}", self.history_storage())]
+    def state_select(self, kind: str, where: str = "") -> str:
+        """SQL turning the log ``{base}{kind}_in`` (kind ``__rows`` or ``__parts``) into the aggregate
+        states of ``{base}{kind}``, column for column (a UNION ALL with the compacted states)."""
+        cond = f" WHERE {where}" if where else ""
+        if kind == "__rows":
+            sel, group = self._mv_keys(self.keys)
+            sel += ["anyState(i__ck) AS _ck", "maxState(i__rd) AS _rd", "maxState((i__lv, i__lx)) AS _lvx"]
+            sel += self._value_states(self.regular)
         else:
-            rows_sel, rows_group = self._mv_keys(self.keys)
-            rows_sel += ["anyState(i__ck) AS _ck", "maxState(i__rd) AS _rd", "maxState((i__lv, i__lx)) AS _lvx"]
-            rows_sel += self._value_states(self.regular)
-            parts_sel, parts_group = self._mv_keys(self.pk)
-            parts_sel += ["maxState(i__pd) AS _pd", "maxState(i__srd) AS _srd"]
-            parts_sel += [f"groupUniqArrayStateIf((i__rs, i__rsk, i__re, i__rek, i__rts), i__rts != {MIN}) AS _rg"]
-            parts_sel += self._value_states(self.static)
-            queries = [
-                (
-                    "__rows_mv",
-                    self.q("__rows"),
-                    f"SELECT {', '.join(rows_sel)} FROM {self.q('__rows_in')}{rows_group}",
-                    self.rows_storage(),
-                ),
-                (
-                    "__parts_mv",
-                    self.q("__parts"),
-                    f"SELECT {', '.join(parts_sel)} FROM {self.q('__parts_in')}{parts_group}",
-                    self.parts_storage(),
-                ),
-            ]
+            sel, group = self._mv_keys(self.pk)
+            sel += ["maxState(i__pd) AS _pd", "maxState(i__srd) AS _srd"]
+            sel += [f"groupUniqArrayStateIf((i__rs, i__rsk, i__re, i__rek, i__rts), i__rts != {MIN}) AS _rg"]
+            sel += self._value_states(self.static)
+        return f"SELECT {', '.join(sel)} FROM {self.q(kind + '_in')}{cond}{group}"
+
+    def _state_source(self, kind: str) -> str:
+        """The states of ``kind``: compacted ones and the log's, unmerged (callers GROUP BY and -Merge)."""
+        storage = self.rows_storage() if kind == "__rows" else self.parts_storage()
+        cols = ", ".join(quote(n) for n, _ in storage)
+        return f"(SELECT {cols} FROM {self.q(kind)} UNION ALL {self.state_select(kind)})"
+
+    def _mv_specs(self) -> list[_MvSpec]:
+        """The materialized views (history mode only): (kind, create statement for the versioned name, output columns)."""
+        if self.mode != "history":
+            return []
+        sel = [f"{self._conv(k, '_i_' + k.name)} AS {quote(k.name)}" for k in self.keys]
+        sel += [f"i__{n} AS _{n}" for n in ("node", "segment", "offset", "index", "kind", "static", "ts", "written", "deleted")]
+        for c in self.regular + self.static:
+            if c.mapping is not None and c.mapping.convert != "{}":
+                w = quote("_i_" + c.name)
+                sel.append(f"if(isNull({w}), NULL, {c.mapping.convert.format(f'assumeNotNull({w})')}) AS {quote(c.name)}")
+            else:
+                sel.append(f"{quote('_i_' + c.name)} AS {quote(c.name)}")
+        sel.append("i__event AS _event")
+        queries = [("__mv", self.view, f"SELECT {', '.join(sel)} FROM {self.q('__in')}", self.history_storage())]
         out: list[_MvSpec] = []
         for kind, target, select, cols in queries:
             digest = hashlib.sha256(select.encode("utf-8")).hexdigest()[:8]
@@ -353,9 +360,13 @@ class TableLayout:
                 ("__in", self.history_wire(), "ENGINE = Null"),
                 ("", self.history_storage(), f"ENGINE = ReplacingMergeTree{partition} ORDER BY ({', '.join(order)})"),
             ]
+
+        def log_order(keys: Sequence[_Col]) -> str:
+            return "(" + ", ".join(quote("_i_" + k.name) for k in keys) + ")"
+
         return [
-            ("__rows_in", self.rows_wire(), "ENGINE = Null"),
-            ("__parts_in", self.parts_wire(), "ENGINE = Null"),
+            ("__rows_in", [*self.rows_wire(), _AT], f"ENGINE = MergeTree ORDER BY {log_order(self.keys)}"),
+            ("__parts_in", [*self.parts_wire(), _AT], f"ENGINE = MergeTree ORDER BY {log_order(self.pk)}"),
             ("__rows", self.rows_storage(), f"ENGINE = AggregatingMergeTree ORDER BY {self._key_expr(self.keys)}"),
             ("__parts", self.parts_storage(), f"ENGINE = AggregatingMergeTree ORDER BY {self._key_expr(self.pk)}"),
         ]
@@ -381,11 +392,15 @@ class TableLayout:
         if self.mode == "latest":
             rows, parts = existing.get(self.base + "__rows", set()), existing.get(self.base + "__parts", set())
             simple = [c.name + "__x" for c in self.regular + self.static if c.mapping is not None]
-            if "_lv" in rows or any(n in rows or n in parts for n in simple):
+            # Formats < 4 fed the states through materialized views from Null input tables (no i__at);
+            # formats < 3 also ranked equal timestamps differently. Their tables are refused as a whole.
+            logs = [existing[self.base + k] for k in ("__rows_in", "__parts_in") if self.base + k in existing]
+            if "_lv" in rows or any(n in rows or n in parts for n in simple) or any(_AT[0] not in cols for cols in logs):
                 raise PermanentError(
-                    f"{self.q('__rows')}: created by an older cdc-sink-clickhouse whose states rank equal timestamps "
-                    "differently (layout format < 3); drop the table's objects (base__rows*, base__parts*, the views "
-                    "base and base_static) and replay from the start — docs/sinks/clickhouse.md, 'Upgrading'"
+                    f"{self.q('__rows')}: created by an older cdc-sink-clickhouse (layout format < {LAYOUT_FORMAT}: Null input "
+                    "tables and materialized views, or states ranking equal timestamps differently); drop the table's objects "
+                    "(base__rows*, base__parts*, the views base and base_static) and replay from the start — "
+                    "docs/sinks/clickhouse.md, 'Upgrading'"
                 )
         stmts: list[str] = []
         for suffix, cols, engine in self._table_ddl():
@@ -415,7 +430,7 @@ class TableLayout:
                 have = existing.get(name)
                 if have is None:
                     stmts.append(f"CREATE VIEW IF NOT EXISTS {qname} AS {select}")
-                elif newest and (created or have != {c.name for c in out}):
+                elif newest and (created or have < {c.name for c in out}):
                     # A plain view holds no data: replacing it never loses a row (18.16 has no
                     # CREATE OR REPLACE VIEW, so readers may miss it for a moment there).
                     if self.features.replace_view:
@@ -498,7 +513,7 @@ class TableLayout:
         sel += self._finals(self.static)
         sel += ["greatest(_p_pd, _p_srd) AS _p_sh"]
         sel += self._renders(self.static, "_p_sh", now)
-        return f"SELECT {', '.join(sel)} FROM {self.q('__parts')} GROUP BY {pk}"
+        return f"SELECT {', '.join(sel)} FROM {self._state_source('__parts')} AS s GROUP BY {pk}"
 
     @staticmethod
     def _now(now: int | None) -> str:
@@ -523,7 +538,7 @@ class TableLayout:
         out = [quote(c.name) for c in self.keys] + [f"{quote('x__' + c.name)} AS {quote(c.name)}" for c in self.static + self.regular]
         return (
             f"SELECT {', '.join(out)} FROM (SELECT {', '.join(mid)} FROM "
-            f"(SELECT {', '.join(rows)} FROM {self.q('__rows')} GROUP BY {keys}) AS r "
+            f"(SELECT {', '.join(rows)} FROM {self._state_source('__rows')} AS s GROUP BY {keys}) AS r "
             f"ANY LEFT JOIN ({self._parts_select(n)}) AS p USING {pk}) WHERE _r_live"
         )
 

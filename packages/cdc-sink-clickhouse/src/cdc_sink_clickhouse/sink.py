@@ -55,6 +55,7 @@ class ClickHouseSink:
         self._covered: dict[tuple[str, str], set[TableSchema]] = {}
         self._ddl_lock = asyncio.Lock()
         self._log = log.bind(sink=self.name)
+        self._last_compaction = time.monotonic()
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -262,6 +263,11 @@ class ClickHouseSink:
             # between would lose them otherwise); if this raises, the offsets stay where they were.
             await batch.dead_letter(rejected)
         await self._commit(batch.positions)
+        interval = self.config.compact_interval_s
+        if interval is not None and time.monotonic() - self._last_compaction >= interval:
+            self._last_compaction = time.monotonic()
+            for layout in list(self._layouts.values()):
+                await self.compact(layout.schema)
         log_.debug(
             "clickhouse batch written",
             events=len(batch.events),
@@ -359,6 +365,30 @@ class ClickHouseSink:
             )
         except ClickHouseError as exc:
             raise _sql_error(exc, "committing positions") from None
+
+    async def compact(self, schema: TableSchema, margin_s: float | None = None) -> None:
+        """Fold the table's log rows inserted more than ``margin_s`` (default ``compact_margin_s``)
+        ago into its aggregate-state tables, then delete them from the log.
+
+        Safe at any moment and from any number of agents: between the INSERT and the DELETE (or
+        after a crash in between) the rows are both logged and compacted, which the idempotent
+        states absorb; a second compaction of the same rows only re-adds equal states. Rows of an
+        INSERT still in flight are newer than the cut-off (the margin is far above the request
+        timeout), so the DELETE never removes rows the INSERT ... SELECT did not see."""
+        layout = await self.ensure_table(schema)
+        if layout.mode != "latest":
+            return
+        margin = self.config.compact_margin_s if margin_s is None else margin_s
+        where = f"i__at < toDateTime({int(time.time() - margin)})"
+        try:
+            for kind in ("__rows", "__parts"):
+                storage = layout.rows_storage() if kind == "__rows" else layout.parts_storage()
+                cols = ", ".join(quote(n) for n, _ in storage)
+                await self.transport.execute(f"INSERT INTO {layout.q(kind)} ({cols}) {layout.state_select(kind, where)}")
+                await self.transport.execute(f"ALTER TABLE {layout.q(kind + '_in')} DELETE WHERE {where}")
+        except ClickHouseError as exc:
+            raise _sql_error(exc, f"compacting {layout.view}") from None
+        self._log.info("clickhouse log compacted", table=layout.base, margin_s=margin)
 
     # --- reading (tests, tools) -------------------------------------------------------------------------
 
