@@ -12,13 +12,21 @@ masked: ``email`` (hmac), ``ssn`` (hmac) and ``phone`` (tokenize). Two workloads
 Rates are events per second of CPU time (``time.process_time``) so that other processes on a
 shared machine distort them less.
 
-Usage: ``python bench/bench_masking.py [--events N] [--runs R]``; prints the median of R runs.
+Backends: with the optional accelerator ``cdc_masking_native`` installed, every workload is run
+with it (``native``) and with the pure-Python fallback (``python``, forced by
+``CDC_MASKING_NATIVE=0``), their runs interleaved so both see the same machine load; the last
+column is the ratio of the medians. ``--backend`` picks one.
+
+Usage: ``python bench/bench_masking.py [--events N] [--runs R] [--backend both|native|python]``;
+prints the median of R runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
+import os
 import platform
 import statistics
 import sys
@@ -30,7 +38,7 @@ from prometheus_client import CollectorRegistry
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, Liveness
 from cdc_core.positions import Position
 from cdc_core.schema import ColumnKind, ColumnSchema, TableSchema
-from cdc_masking import MaskingTransform, structure_config
+from cdc_masking import MaskingTransform, strategies, structure_config
 
 SCHEMA = TableSchema(
     keyspace="shop",
@@ -89,9 +97,11 @@ def make_events(n: int, *, repeated: bool) -> list[ChangeEvent]:
     return events
 
 
-def run_once(events: list[ChangeEvent], batch: int, strategy: str | None = None) -> float:
+def run_once(events: list[ChangeEvent], batch: int, strategy: str | None, backend: str) -> float:
     config = {**CONFIG, "rules": [{**rule, "strategy": strategy} if strategy else rule for rule in CONFIG["rules"]]}  # type: ignore[dict-item]
+    os.environ["CDC_MASKING_NATIVE"] = "1" if backend == "native" else "0"  # read when the strategies compile
     transform = MaskingTransform(structure_config(config), registry=CollectorRegistry())
+    gc.collect()
     start = time.process_time()
     for i in range(0, len(events), batch):
         transform.apply(events[i : i + batch])
@@ -103,15 +113,39 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--backend", choices=("both", "native", "python"), default="both")
+    parser.add_argument("--workloads", default="unique,repeated,floor", help="comma-separated subset of unique,repeated,floor")
     args = parser.parse_args()
-    sys.stdout.write(f"python {platform.python_version()} on {platform.machine()} {platform.processor() or ''}\n")
-    for workload in ("unique", "repeated", "floor"):
+    # getattr: the script also measures checkouts of cdc-masking from before the accelerator
+    has_native = getattr(strategies, "native_module", lambda: None)() is not None
+    if args.backend == "both":
+        backends = ["native", "python"] if has_native else ["python"]
+    elif args.backend == "native" and not has_native:
+        parser.error("--backend native: cdc_masking_native is not installed (or CDC_MASKING_NATIVE=0)")
+    else:
+        backends = [args.backend]
+    machine = f"{platform.machine()} {platform.processor() or ''}".strip()
+    sys.stdout.write(f"python {platform.python_version()} on {machine}; native accelerator: {has_native}\n")
+    for workload in args.workloads.split(","):
         events = make_events(args.events, repeated=workload == "repeated")
+        # A pipeline holds one batch, not the whole input: keep the input's ~10^6 objects out of the
+        # cyclic GC's full collections, which otherwise slow every other run by ~1.5x.
+        gc.collect()
+        gc.freeze()
         strategy = "redact" if workload == "floor" else None
-        rates = [run_once(events, args.batch, strategy) for _ in range(args.runs)]
-        sys.stdout.write(
-            f"{workload:9s} median {statistics.median(rates):>10,.0f} events/s  (runs: {', '.join(f'{r:,.0f}' for r in rates)})\n"
-        )
+        rates: dict[str, list[float]] = {b: [] for b in backends}
+        for _ in range(args.runs):
+            for backend in backends:  # interleaved: both backends see the same load
+                rates[backend].append(run_once(events, args.batch, strategy, backend))
+        medians = {b: statistics.median(r) for b, r in rates.items()}
+        for backend, runs in rates.items():
+            sys.stdout.write(
+                f"{workload:9s} {backend:6s} median {medians[backend]:>10,.0f} events/s  (runs: {', '.join(f'{r:,.0f}' for r in runs)})\n"
+            )
+        del events
+        gc.unfreeze()
+        if len(medians) == 2:
+            sys.stdout.write(f"{workload:9s} native/python {medians['native'] / medians['python']:.2f}x\n")
     return 0
 
 

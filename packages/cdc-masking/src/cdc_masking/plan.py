@@ -20,11 +20,12 @@ from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Elemen
 from cdc_core.fastobj import new_cell, new_event
 from cdc_core.schema import ColumnKind, TableSchema
 from cdc_masking.config import MaskingRule
-from cdc_masking.strategies import Masker, memoise
+from cdc_masking.strategies import Masker, memoised
 
 __all__ = ["ColumnPlan", "CompiledRule", "TablePlan", "addressable_names", "build_plan", "compile_pattern"]
 
 ValueFn = Callable[[Any], Any]
+ManyFn = Callable[[list[Any]], list[Any]]
 _APPLY_TO = ("both", "keys", "values")
 
 
@@ -80,6 +81,7 @@ class _Node:
 
     fn: ValueFn | None
     typ: CqlType
+    many: ManyFn | None = None  # a leaf's fn over a list of values (one call per column per batch), sharing fn's memo
     rules: frozenset[int] = frozenset()
     nulls: bool = False
     injective: bool = True
@@ -171,9 +173,10 @@ class _Builder:
                 injective=all(n.injective for n in fields.values()),
                 fields=fields,
             )
-        fn = memoise(m.mask, self.memo_size) if m.memoise and m.deterministic else m.mask
+        fn, many = memoised(m, self.memo_size)
         return _Node(
             fn=fn,
+            many=many,
             typ=m.result_type(typ),
             rules=used,
             injective=m.injective and m.deterministic,
@@ -238,6 +241,7 @@ _CELL_FIELDS = ("timestamp", "value", "tombstone", "ttl", "local_deletion_time")
 # The hot path builds events and cells with the core's slot constructors (cdc_core.fastobj: they
 # refuse at import a class with validators or other fields); should the core ever add a field,
 # fall back to attrs.evolve so nothing is silently dropped.
+_NO_CELLS: Mapping[str, Cell | ComplexChange] = frozendict()
 _DIRECT = tuple(a.name for a in attrs.fields(ChangeEvent)) == _EVENT_FIELDS and tuple(a.name for a in attrs.fields(Cell)) == _CELL_FIELDS
 
 
@@ -285,10 +289,49 @@ class TablePlan:
         self._nulling = [(c.name, c) for c in self.columns if c.can_null]
         keys = {c.name for c in source.primary_key}
         self._simple_cols = [(c.name, c.index, c.node.fn) for c in self.columns if c.name not in keys and not c.multicell]
+        # simple columns of scalars are masked column by column across a batch (one call per column:
+        # the native accelerator hashes the whole list); frozen collections/UDTs stay per value
+        self._batch_cols = [
+            (c.name, c.index, c.node.many) for c in self.columns if c.name not in keys and not c.multicell and c.node.many is not None
+        ]
+        batched = {name for name, _, _ in self._batch_cols}
+        self._value_cols = [col for col in self._simple_cols if col[0] not in batched]
         self._complex_cols = [(c.name, c) for c in self.columns if c.name not in keys and c.multicell]
+
+    def mask_batch(self, events: Sequence[ChangeEvent]) -> list[ChangeEvent | None]:
+        """``[self.mask_event(e) for e in events]``, with the live values of each simple scalar column gathered
+        across the events and masked in one call (``_Node.many``), then the events rebuilt."""
+        batch_cols = self._batch_cols
+        if not batch_cols:
+            return [self._mask(event, None) for event in events]
+        counts = self.counts
+        # range deletions keep the per-event path (mask_event may drop them before any cell is counted)
+        all_cells = [event.cells if event.range_deletion is None else _NO_CELLS for event in events]
+        columns: list[list[Cell | None]] = []
+        for name, index, many in batch_cols:
+            olds = [cells.get(name) for cells in all_cells]
+            # live plain cells only; absent cells, tombstones and other shapes are left to the per-event path
+            live = [i for i, cell in enumerate(olds) if type(cell) is Cell and cell.value is not None and not cell.tombstone]
+            news: list[Cell | None] = [None] * len(olds)
+            if live:
+                assert many is not None
+                masked_values = many([olds[i].value for i in live])  # type: ignore[union-attr]
+                counts[index] += len(live)
+                for i, masked in zip(live, masked_values, strict=True):
+                    cell = olds[i]
+                    if masked is not None and _DIRECT:
+                        news[i] = new_cell(cell.timestamp, masked, False, cell.ttl, cell.local_deletion_time)  # type: ignore[union-attr]
+                    else:
+                        news[i] = _with_value(cell, masked)  # type: ignore[arg-type]
+            columns.append(news)
+        return [self._mask(event, row) for event, row in zip(events, zip(*columns, strict=True), strict=True)]
 
     def mask_event(self, event: ChangeEvent) -> ChangeEvent | None:
         """The masked event, or None for a range deletion that cannot be masked faithfully (counted in ``dropped_ranges``)."""
+        return self._mask(event, None)
+
+    def _mask(self, event: ChangeEvent, row: tuple[Cell | None, ...] | None) -> ChangeEvent | None:
+        """``mask_event``; ``row``, if given, holds the already masked cells of ``_batch_cols`` (None: not masked yet)."""
         counts = self.counts
         key = event.key
         if self._key_cols:
@@ -316,7 +359,19 @@ class TablePlan:
         cells = event.cells
         if cells:
             new_cells: dict[str, Cell | ComplexChange] | None = None
-            for name, index, fn in self._simple_cols:
+            simple_cols = self._simple_cols
+            if row is not None:
+                simple_cols = self._value_cols
+                for (name, index, _many), done in zip(self._batch_cols, row, strict=True):
+                    if done is None:
+                        old = cells.get(name)
+                        if old is None or type(old) is Cell:  # absent, a tombstone or a null value: unchanged
+                            continue
+                        done = self._mask_change(self.columns[index], old)  # type: ignore[assignment]
+                    if new_cells is None:
+                        new_cells = dict(cells)
+                    new_cells[name] = done  # type: ignore[assignment]
+            for name, index, fn in simple_cols:
                 cell = cells.get(name)
                 if cell is None:
                     continue

@@ -16,8 +16,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import importlib
+import os
 import re
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -26,11 +29,23 @@ from cdc_core.cqltypes import CqlType
 from cdc_core.errors import ConfigError
 from cdc_core.secrets import Secret
 
+
+def _import_native() -> ModuleType | None:
+    # the optional accelerator (a separate distribution); the pure-Python code below is the reference
+    try:
+        return importlib.import_module("cdc_masking_native")
+    except ImportError:
+        return None
+
+
+_native_module = _import_native()
+
 __all__ = [
     "BUILTIN_STRATEGIES",
     "INJECTIVE_BITS",
     "MIN_KEY_BYTES",
     "TEXT",
+    "BatchMask",
     "Masker",
     "MaskingStrategy",
     "StrategyContext",
@@ -39,6 +54,8 @@ __all__ = [
     "identify_token",
     "make_token",
     "memoise",
+    "memoised",
+    "native_module",
     "same_type",
     "to_text",
 ]
@@ -69,6 +86,30 @@ def _text_if_needed(typ: CqlType) -> CqlType:
     return typ if typ.name in _TEXT_NAMES else TEXT
 
 
+def native_module() -> ModuleType | None:
+    """The compiled accelerator ``cdc_masking_native`` if it is installed and not disabled.
+
+    ``CDC_MASKING_NATIVE=0`` (also ``false``/``no``/``off``) forces the pure-Python code; it is read
+    whenever a strategy is compiled, i.e. when a ``MaskingTransform`` is built.
+    """
+    if os.environ.get("CDC_MASKING_NATIVE", "").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    return _native_module
+
+
+@runtime_checkable
+class BatchMask(Protocol):
+    """A masking function over whole lists (``cdc_masking_native.KeyedHmac`` is one).
+
+    ``mask_many_memo`` must follow :func:`memoise`'s memo semantics on the ``cache`` it is given, so
+    a column's per-value and per-list paths can share one memo.
+    """
+
+    def mask_many(self, values: list[Any], /) -> list[Any]: ...
+
+    def mask_many_memo(self, values: list[Any], cache: dict[Any, Any], size: int, /) -> list[Any]: ...
+
+
 @attrs.frozen(kw_only=True)
 class Masker:
     """A compiled strategy.
@@ -89,6 +130,7 @@ class Masker:
     nulls: bool = False
     memoise: bool = False  # worth a per-column memo of recent values (expensive and deterministic)
     order_preserving: bool = False  # a < b implies mask(a) < mask(b): range deletions on masked clustering columns stay exact
+    batch: BatchMask | None = None  # optional: ``mask`` over a list in one call (same outputs), used per column per batch
 
 
 @attrs.frozen(kw_only=True)
@@ -201,7 +243,7 @@ class _Options:
 _MISS = object()
 
 
-def memoise(fn: Callable[[Any], Any], size: int) -> Callable[[Any], Any]:
+def memoise(fn: Callable[[Any], Any], size: int, cache: dict[Any, Any] | None = None) -> Callable[[Any], Any]:
     """A bounded memo of a pure masking function (cleared when full: no LRU bookkeeping).
 
     Equal is not identical: ``Decimal('1.0') == Decimal('1.00')``, ``0.0 == -0.0`` and two aware
@@ -209,10 +251,12 @@ def memoise(fn: Callable[[Any], Any], size: int) -> Callable[[Any], Any]:
     canonical forms, so keying the memo on the value itself would make the output depend on which
     of them came first. The memo is therefore keyed on the value only for ``str``, ``bytes`` and
     ``int`` (where equality means the same canonical form) and on ``(type, repr(value))`` otherwise.
+    ``cache`` may be given to share the memo with a :class:`BatchMask` (:func:`memoised`).
     """
     if size <= 0:
         return fn
-    cache: dict[Any, Any] = {}
+    if cache is None:
+        cache = {}
     get = cache.get
 
     def mask(value: Any) -> Any:
@@ -233,6 +277,36 @@ def memoise(fn: Callable[[Any], Any], size: int) -> Callable[[Any], Any]:
         return out
 
     return mask
+
+
+def memoised(masker: Masker, size: int) -> tuple[Callable[[Any], Any], Callable[[list[Any]], list[Any]]]:
+    """``masker``'s function per value and per list of values, sharing one memo of ``size`` entries
+    when the masker asks for a memo (``memoise`` and ``deterministic``); the list form is the
+    masker's :attr:`~Masker.batch` when it has one (one call per column per batch)."""
+    batch = masker.batch
+    if size <= 0 or not (masker.memoise and masker.deterministic):
+        fn = masker.mask
+        if batch is not None:
+            return fn, batch.mask_many
+        return fn, lambda values: list(map(fn, values))
+    cache: dict[Any, Any] = {}
+    memo = memoise(masker.mask, size, cache)
+    if batch is not None:
+        many_memo = batch.mask_many_memo
+        return memo, lambda values: many_memo(values, cache, size)
+    return memo, lambda values: list(map(memo, values))
+
+
+def _native_hmac(
+    key: bytes, *, domain: bytes = b"", output: str = "hex", digest_bytes: int = 32, length: int | None = None, prefix: str = ""
+) -> Any:
+    """A ``cdc_masking_native.KeyedHmac`` computing ``prefix + encode(hmac(key, domain + canonical_bytes(v))[:digest_bytes])[:length]``,
+    or None without the accelerator."""
+    native = native_module()
+    if native is None:
+        return None
+    keyed = native.KeyedHmac
+    return keyed(key, domain=domain, output=output, digest_bytes=digest_bytes, length=length, prefix=prefix, canonical=canonical_bytes)
 
 
 def _hmac_state(key: bytes, domain: bytes = b"") -> tuple[Any, Any]:
@@ -293,6 +367,10 @@ class HmacStrategy:
         output, length = opts.choice("output", "hex", ("hex", "base64url")), opts.int_("length", None, 8)
         encode = _encoder(output, length)
         prefix = opts.str_("prefix", "") or ""
+        injective = _output_bits(output, length) >= INJECTIVE_BITS
+        native = _native_hmac(key, output=output, length=length, prefix=prefix)
+        if native is not None:
+            return Masker(mask=native.mask, batch=native, memoise=True, injective=injective)
         inner, outer = _hmac_state(key)
         inner_copy, outer_copy = inner.copy, outer.copy
 
@@ -303,7 +381,7 @@ class HmacStrategy:
             o.update(i.digest())
             return prefix + encode(o.digest())
 
-        return Masker(mask=mask, memoise=True, injective=_output_bits(output, length) >= INJECTIVE_BITS)
+        return Masker(mask=mask, memoise=True, injective=injective)
 
 
 _TOKEN = re.compile(r"^tok_([A-Za-z0-9][A-Za-z0-9-]{0,31})_([A-Za-z0-9_-]+)$")
@@ -338,9 +416,12 @@ class TokenizeStrategy:
         assert length is not None
         if length > 32:
             raise context.error("option length must be at most 32 (bytes of HMAC-SHA256)")
+        head = f"tok_{key_id}_"
+        native = _native_hmac(key, domain=_TOKEN_DOMAIN, output="base64url", digest_bytes=length, prefix=head)
+        if native is not None:
+            return Masker(mask=native.mask, batch=native, memoise=True)
         inner, outer = _hmac_state(key, _TOKEN_DOMAIN)
         inner_copy, outer_copy = inner.copy, outer.copy
-        head = f"tok_{key_id}_"
         b2a, urlsafe = binascii.b2a_base64, _URLSAFE
 
         def mask(value: Any) -> str:  # the hot path: hashing and encoding inlined
@@ -427,6 +508,13 @@ class TruncateStrategy:
         return Masker(mask=mask, injective=False)
 
 
+_EMAIL_DOMAIN = b"cdc-email\0"
+
+
+def _no_hash(_part: str) -> str:
+    raise AssertionError("email: no part is hashed in this configuration")
+
+
 class EmailStrategy:
     """Masks an address's local part (HMAC or redaction) and keeps or HMACs its domain. Options: key, local, domain, length."""
 
@@ -435,13 +523,19 @@ class EmailStrategy:
         local_mode = opts.choice("local", "hmac", ("hmac", "redact"))
         domain_mode = opts.choice("domain", "keep", ("keep", "hmac"))
         length = opts.int_("length", 16, 8)
-        digest: Callable[[bytes], bytes] | None = None
+        assert length is not None
+        hashed: Callable[[str], str] = _no_hash
         if local_mode == "hmac" or domain_mode == "hmac":
-            digest = _hmac_fn(context.key(opts.str_("key", context.hmac_key), "HMAC"), b"cdc-email\0")
+            key = context.key(opts.str_("key", context.hmac_key), "HMAC")
+            native = _native_hmac(key, domain=_EMAIL_DOMAIN, length=length)
+            if native is not None:
+                hashed = native.mask
+            else:
+                digest = _hmac_fn(key, _EMAIL_DOMAIN)
+                cut = length
 
-        def hashed(part: str) -> str:
-            assert digest is not None
-            return digest(part.encode("utf-8")).hex()[:length]
+                def hashed(part: str) -> str:
+                    return digest(part.encode("utf-8")).hex()[:cut]
 
         def mask(value: Any) -> str:
             text = canonical_text(value)
@@ -454,7 +548,6 @@ class EmailStrategy:
             domain = hashed(domain.lower()) + ".invalid" if domain_mode == "hmac" else domain.lower()
             return f"{masked_local}@{domain}"
 
-        assert length is not None
         # the local part is hex, truncated to ``length`` characters (default 16 = 64 bits: not injective)
         return Masker(mask=mask, injective=local_mode == "hmac" and length * 4 >= INJECTIVE_BITS, memoise=True)
 

@@ -157,21 +157,32 @@ class MaskingTransform:
 
     def apply(self, events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
         plans = self._plans
-        out: list[ChangeEvent] = []
-        append = out.append
-        for event in events:
+        # the events of each table are masked together (column by column, see TablePlan.mask_batch),
+        # then put back in their original order
+        groups: dict[int, tuple[TablePlan, list[int]]] = {}
+        for i, event in enumerate(events):
             schema = event.schema
             plan = plans.get(id(schema))
             if plan is None or plan.source is not schema:
                 plan = self.plan_for(schema)
-            if plan.empty:
-                append(event)
-                continue
-            masked = plan.mask_event(event)
-            if masked is not None:  # None: a range deletion that cannot be masked faithfully (see _finish_batch)
-                append(masked)
+            group = groups.get(id(plan))
+            if group is None:
+                groups[id(plan)] = (plan, [i])
+            else:
+                group[1].append(i)
+        masked: list[ChangeEvent | None]
+        if len(groups) == 1:
+            plan = next(iter(groups.values()))[0]
+            masked = list(events) if plan.empty else plan.mask_batch(events)
+        else:
+            masked = list(events)
+            for plan, indexes in groups.values():
+                if not plan.empty:
+                    for i, result in zip(indexes, plan.mask_batch([events[i] for i in indexes]), strict=True):
+                        masked[i] = result
         self._finish_batch()
-        return out
+        # None: a range deletion that cannot be masked faithfully (reported by _finish_batch)
+        return [event for event in masked if event is not None]
 
     def audit(self) -> list[dict[str, object]]:
         """What the last ``apply`` masked: per table and rule, the columns and how many values — never a value."""
