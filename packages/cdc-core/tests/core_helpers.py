@@ -59,14 +59,16 @@ class TestSinkConfig:
     fail_times: int = 0
     reject_ids: tuple[int, ...] = ()
     permanent: bool = False
+    slow_writes: int = 0  # if set, only the first N writes take ``delay``
 
 
 class ControlledSink(MemorySink):
     """A memory sink that can be slow, fail transiently N times, or reject chosen rows."""
 
     def __init__(self, name: str, config: TestSinkConfig) -> None:
-        super().__init__(name, DESTINATIONS.setdefault(name, MemoryDestination()), write_delay=config.delay)
+        super().__init__(name, DESTINATIONS.setdefault(name, MemoryDestination()), write_delay=0.0 if config.slow_writes else config.delay)
         self.config = config
+        self.slow_left = config.slow_writes
         self.failures_left = config.fail_times
         self.max_batch = 0
         self.lifecycle: list[str] = []
@@ -85,6 +87,9 @@ class ControlledSink(MemorySink):
 
     async def _write(self, batch: Batch) -> WriteResult:
         self.max_batch = max(self.max_batch, len(batch.events))
+        if self.slow_left > 0:
+            self.slow_left -= 1
+            await asyncio.sleep(self.config.delay)
         if self.config.permanent and batch.events:
             raise PermanentError("the destination refuses this table")
         if self.failures_left > 0:

@@ -244,6 +244,29 @@ async def test_a_lane_that_falls_behind_reads_on_its_own(tmp_path: Path) -> None
         assert sorted(e.key["id"] for e in DESTINATIONS[name].all_events()) == list(range(600))
 
 
+async def test_a_lane_that_catches_up_rejoins_the_shared_read(tmp_path: Path) -> None:
+    CountingReader.reads = CountingReader.items = 0
+    write_events(tmp_path / "events.jsonl", make_events(3000))
+    batch = {"max_events": 20, "max_wait": 0.01, "max_in_flight": 1}
+    sinks = {
+        "fast": {"type": "controlled", "batch": batch},
+        "hiccup": {"type": "controlled", "delay": 0.1, "slow_writes": 3, "batch": batch},
+    }
+    cfg = _counting_config(tmp_path, sinks, buffer_chunks=4, chunk_size=20, chunk_wait=0.01)
+    cfg["follow"] = cfg["source"]["follow"] = True  # the shared read waits at the end of the file, as on a live node
+    p = Pipeline.from_config(cfg, registry=PluginRegistry(autoload=False, plugins=[TEST_PLUGIN]))
+    summary = await asyncio.wait_for(p.run_until(count=3000), 60)
+    await p.close()
+    assert p._hub is not None
+    assert p._hub.rejoins == 1
+    assert p._hub.detached == set()
+    assert CountingReader.reads == 2  # the shared read, and the lane's own while it was behind
+    for name in ("fast", "hiccup"):
+        assert summary.lanes[name].applied_events == 3000
+        assert [e.key["id"] for e in DESTINATIONS[name].all_events()] == list(range(3000))  # each once, in order
+        assert DESTINATIONS[name].offsets == {"n1": make_events(3000)[-1].position}
+
+
 async def test_a_stalled_lane_does_not_grow_the_shared_buffer(tmp_path: Path) -> None:
     write_events(tmp_path / "events.jsonl", make_events(3000))
     batch = {"max_events": 50, "max_in_flight": 2, "max_wait": 0.01}

@@ -5,7 +5,8 @@ last ``capacity`` chunks in memory. Each attached lane has a cursor into them. W
 full while some lane already waits at its head, the slowest lanes are *detached*: they continue
 on a private read of the files from their own position (the commitlog is the buffer), so a slow
 sink never holds back the others and memory stays bounded. When every lane is slow, the shared
-read simply waits (backpressure).
+read simply waits (backpressure). A detached lane that catches up (its sink was only slow for a
+while) re-joins the shared read, so a passing slowdown does not double the decoding for good.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -32,11 +33,21 @@ class _Failure:
     error: BaseException
 
 
+def _last_positions(items: Sequence[ReaderItem]) -> dict[str, Position]:
+    last: dict[str, Position] = {}
+    for item in items:
+        pos = item.position
+        prev = last.get(pos.node)
+        if prev is None or pos > prev:
+            last[pos.node] = pos
+    return last
+
+
 class Detached(Exception):
     """This lane fell too far behind the shared read: it must read on its own."""
 
 
-async def chunked(stream: AsyncIterator[ReaderItem], size: int, wait: float) -> AsyncIterator[list[ReaderItem]]:
+async def chunked(stream: AsyncIterator[ReaderItem], size: int, wait: float) -> AsyncGenerator[list[ReaderItem], None]:
     """Group a stream into chunks of at most ``size`` items, flushing after ``wait`` seconds idle."""
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=size)
 
@@ -106,7 +117,12 @@ class SharedSource:
         self.chunk_size = chunk_size
         self.chunk_wait = chunk_wait
         self._chunks: deque[list[ReaderItem]] = deque()
+        # Per buffered chunk, the last position of each node in it; and per node, the last
+        # position of what is no longer buffered (or was never read: the start).
+        self._marks: deque[dict[str, Position]] = deque()
+        self._floor: dict[str, Position] = dict(start)
         self._base = 0  # sequence number of _chunks[0]
+        self.rejoins = 0
         self.cursors: dict[str, int] = dict.fromkeys(lanes, 0)
         self.detached: set[str] = set()
         self._ended = False
@@ -129,6 +145,7 @@ class SharedSource:
         low = min(self.cursors.values(), default=self._head)
         while self._chunks and self._base < low:
             self._chunks.popleft()
+            self._floor.update(self._marks.popleft())
             self._base += 1
 
     def _detach_slowest(self) -> bool:
@@ -156,6 +173,7 @@ class SharedSource:
                     if not self.cursors:
                         return  # every lane has left or gone its own way
                     self._chunks.append(items)
+                    self._marks.append(_last_positions(items))
                     self._changed.notify_all()
         except Exception as exc:
             self._error = exc
@@ -185,6 +203,32 @@ class SharedSource:
 
     def attached(self, lane: str) -> bool:
         return lane in self.cursors
+
+    async def rejoin(self, lane: str, read: Mapping[str, Position]) -> bool:
+        """Attach a detached lane again if what it has ``read`` reaches into the buffer.
+
+        It joins at the latest buffered chunk before which it has read everything the shared read
+        has, per node (it skips what it has already seen itself). Only in the newer half of the
+        buffer, so a lane that is still slow does not detach again at once and thrash.
+        """
+        async with self._changed:
+            if lane in self.cursors or self._ended or self._error is not None:
+                return False
+            before = dict(self._floor)
+            join: int | None = None
+            for seq in range(self._base, self._head + 1):  # what precedes a later chunk only grows
+                if not all(node in read and read[node] >= pos for node, pos in before.items()):
+                    break
+                join = seq
+                if seq < self._head:
+                    before.update(self._marks[seq - self._base])
+            if join is None or self._head - join > self.capacity // 2:
+                return False
+            self.detached.discard(lane)
+            self.cursors[lane] = join
+            self.rejoins += 1
+            self._changed.notify_all()
+            return True
 
     async def leave(self, lane: str) -> None:
         """The lane stops consuming (finished, failed or stopped)."""

@@ -345,33 +345,40 @@ class Pipeline:
 
         async def produce() -> None:
             resume = dict(lane.status.committed)
-            hub = self._hub if self._hub is not None and self._hub.attached(lane.name) else None
+            hub = self._hub
             try:
-                if hub is not None:
-                    try:
-                        while not done.is_set():
-                            chunk = await hub.next(lane.name)
-                            if chunk is None:
-                                break
-                            for item in chunk:
+                while True:
+                    if hub is not None and hub.attached(lane.name):
+                        try:
+                            while not done.is_set():
+                                chunk = await hub.next(lane.name)
+                                if chunk is None:
+                                    break
+                                for item in chunk:
+                                    last = resume.get(item.position.node)
+                                    if last is None or item.position > last:
+                                        await items.put(item)
+                                        resume[item.position.node] = item.position
+                        except Detached:
+                            log.info("sink lane fell behind the shared read: reading the files on its own", sink=lane.name)
+                        else:
+                            break
+                    fan = self.config.fanout
+                    rejoined = False
+                    async with contextlib.aclosing(chunked(self.reader.read(resume, follow=follow), fan.chunk_size, fan.chunk_wait)) as own:
+                        async for chunk in own:
+                            for item in self._transform_chunk(chunk):
                                 last = resume.get(item.position.node)
                                 if last is None or item.position > last:
                                     await items.put(item)
                                     resume[item.position.node] = item.position
-                    except Detached:
-                        hub = None
-                        log.info("sink lane fell behind the shared read: reading the files on its own", sink=lane.name)
-                    else:
-                        await items.put(_END)
-                        return
-                fan = self.config.fanout
-                async for chunk in chunked(self.reader.read(resume, follow=follow), fan.chunk_size, fan.chunk_wait):
-                    for item in self._transform_chunk(chunk):
-                        last = resume.get(item.position.node)
-                        if last is None or item.position > last:
-                            await items.put(item)
-                            resume[item.position.node] = item.position
-                    if done.is_set():
+                            if done.is_set():
+                                break
+                            if hub is not None and await hub.rejoin(lane.name, resume):
+                                log.info("sink lane caught up: back on the shared read", sink=lane.name)
+                                rejoined = True
+                                break
+                    if not rejoined:
                         break
             except asyncio.CancelledError:
                 if not draining:
