@@ -115,24 +115,32 @@ def _row_merge(
     cols: Sequence[ColumnLayout],
     tag: str,
     present: Sequence[bool] | None = None,
+    aliases: Sequence[tuple[int, int]] = (),
 ) -> StagedMerge:
     """The staged merge of ``cols``; with ``present`` (one flag per staging field, keys first)
     only the fields set in a batch are staged and only what it writes is updated: a field left
     out is NULL in ``excluded``, exactly like a staged NULL, and a column (or the row marker, or
-    the row deletion) whose staged fields are all NULL would only be set to itself."""
+    the row deletion) whose staged fields are all NULL would only be set to itself. ``aliases``
+    (field, anchor): fields not staged but inserted from the anchor field's staging column."""
     vcols = _value_columns(cols)
     names = [c.ident for c in keys] + [MARKER_TS, MARKER_EXP, DELETED_TS] + [n for n, _, _ in vcols]
     types = [c.staging_sql for c in keys] + ["bigint"] * 3 + [t for _, t, _ in vcols]
     select = [_cast(c, f"s.{q(c.ident)}") for c in keys] + [f"s.{q(n)}" for n in (MARKER_TS, MARKER_EXP, DELETED_TS)]
     select += [_cast(owner, f"s.{q(n)}") if owner is not None else f"s.{q(n)}" for n, _, owner in vcols]
     staging = pg_name(f"cdc_stage_{layout.signature}_{tag}")
+    staged_names, staged_types = names, types
     sets_cols = list(cols)
     marker = deletion = True
-    if present is not None and not all(present):
+    if present is not None and (aliases or not all(present)):
+        alias_of = dict(aliases)
+        for f, anchor in aliases:
+            select[f] = f"s.{q(names[anchor])}"  # the same value, staged once
         keep = [i for i, p in enumerate(present) if p]
-        names, types, select = [names[i] for i in keep], [types[i] for i in keep], [select[i] for i in keep]
-        shape = "".join("1" if p else "0" for p in present)
-        staging = pg_name(f"cdc_stage_{layout.signature}_{tag}_{int(shape, 2):x}")
+        staged = [i for i in keep if i not in alias_of]
+        staged_names, staged_types = [names[i] for i in staged], [types[i] for i in staged]
+        names, select = [names[i] for i in keep], [select[i] for i in keep]
+        shape = "".join("2" if i in alias_of else "1" if p else "0" for i, p in enumerate(present))
+        staging = pg_name(f"cdc_stage_{layout.signature}_{tag}_{int(shape, 3):x}")
         written = {n for (n, _, _), p in zip(vcols, present[len(keys) + 3 :], strict=True) if p}
         sets_cols = [c for c in cols if c.ident in written or c.ts_col in written or (not c.multicell and c.exp_col in written)]
         marker = present[len(keys)] or present[len(keys) + 1]
@@ -149,29 +157,30 @@ def _row_merge(
         f"SELECT {', '.join(select)} FROM {q(staging)} s ORDER BY {', '.join(f's.{q(c.ident)}' for c in keys)} "
         f"ON CONFLICT ({key_list}) {action}"
     )
-    return StagedMerge(staging=staging, columns=tuple(names), column_types=tuple(types), merge_sql=sql)
+    return StagedMerge(staging=staging, columns=tuple(staged_names), column_types=tuple(staged_types), merge_sql=sql)
 
 
 class RowMergeShapes:
-    """The row (or static) merge per batch shape (which staging fields are set), built on first
-    use and cached; past ``limit`` shapes, None (use ``full`` with full-width records)."""
+    """The row (or static) merge per batch shape (which staging fields are set, which are
+    aliased), built on first use and cached; past ``limit`` shapes, None (use ``full`` with
+    full-width records)."""
 
     limit = 64
 
     def __init__(self, layout: TableLayout, target: str, keys: Sequence[ColumnLayout], cols: Sequence[ColumnLayout], tag: str) -> None:
         self._args = (layout, target, tuple(keys), tuple(cols), tag)
         self.full = _row_merge(layout, target, keys, cols, tag)
-        self._shapes: dict[tuple[bool, ...], StagedMerge] = {}
+        self._shapes: dict[tuple[tuple[bool, ...], tuple[tuple[int, int], ...]], StagedMerge] = {}
 
-    def for_shape(self, present: tuple[bool, ...]) -> StagedMerge | None:
-        """The merge of records holding just the ``present`` staging fields."""
-        if all(present):
+    def for_shape(self, present: tuple[bool, ...], aliases: tuple[tuple[int, int], ...] = ()) -> StagedMerge | None:
+        """The merge of records holding just the ``present`` staging fields minus ``aliases``."""
+        if all(present) and not aliases:
             return self.full
-        merge = self._shapes.get(present)
+        merge = self._shapes.get((present, aliases))
         if merge is None:
             if len(self._shapes) >= self.limit:
                 return None
-            merge = self._shapes[present] = _row_merge(*self._args, present=present)
+            merge = self._shapes[(present, aliases)] = _row_merge(*self._args, present=present, aliases=aliases)
         return merge
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 import attrs
@@ -400,13 +401,36 @@ def _merge_records(acc: list[Any], new: list[Any], side: _Side) -> None:
 
 class StagingRecords:
     """The staging records of one storage table: ``present[i]`` tells whether staging field
-    ``i`` is set in any record; ``records`` hold only the present fields (keys always are)."""
+    ``i`` is set in any record; ``aliases`` lists (field, anchor) pairs of timestamp fields whose
+    value equals the ``anchor`` field's in every record (an INSERT writes every cell at the row
+    marker's timestamp): they are not staged, the merge reads the anchor instead. ``records``
+    hold only the present, not aliased fields (keys always are)."""
 
-    __slots__ = ("present", "records")
+    __slots__ = ("aliases", "present", "records")
 
-    def __init__(self, present: tuple[bool, ...], records: list[tuple[Any, ...]]) -> None:
+    def __init__(self, present: tuple[bool, ...], records: list[tuple[Any, ...]], aliases: tuple[tuple[int, int], ...] = ()) -> None:
         self.present = present
         self.records = records
+        self.aliases = aliases
+
+    @property
+    def shape(self) -> tuple[tuple[bool, ...], tuple[tuple[int, int], ...]]:
+        return self.present, self.aliases
+
+    def full_records(self) -> list[tuple[Any, ...]]:
+        """The records back at full width (absent fields NULL, aliased ones copied)."""
+        aliased = {f for f, _ in self.aliases}
+        index = [i for i, p in enumerate(self.present) if p and i not in aliased]
+        width = len(self.present)
+        out = []
+        for rec in self.records:
+            full: list[Any] = [None] * width
+            for i, v in zip(index, rec, strict=True):
+                full[i] = v
+            for f, anchor in self.aliases:
+                full[f] = full[anchor]
+            out.append(tuple(full))
+        return out
 
 
 class RecordFold:
@@ -557,7 +581,23 @@ class RecordFold:
                 if not check(columns[off]):
                     raise NeedsEagerFold
         k = side.key_len
+        # `is not None` per field would be a Python loop; count() runs in C.
         present = tuple(i < k or col.count(None) != n for i, col in enumerate(columns))
-        if all(present):
+        # Timestamp fields equal to the first present one (the marker's for an INSERT, every
+        # cell of which carries its timestamp) are not staged: fewer COPY fields.
+        anchor = -1
+        aliases: list[tuple[int, int]] = []
+        for f in (k, *(off + 1 for off in side.simple)):
+            if not present[f]:
+                continue
+            if anchor < 0:
+                anchor = f
+            elif columns[f] == columns[anchor]:
+                aliases.append((f, anchor))
+        if all(present) and not aliases:
             return StagingRecords(present, list(map(tuple, out)))
-        return StagingRecords(present, list(zip(*[col for col, p in zip(columns, present, strict=True) if p], strict=True)))
+        aliased = {f for f, _ in aliases}
+        keep = [i for i, p in enumerate(present) if p and i not in aliased]
+        if len(keep) == 1:
+            return StagingRecords(present, [(v,) for v in columns[keep[0]]], tuple(aliases))
+        return StagingRecords(present, list(map(itemgetter(*keep), out)), tuple(aliases))

@@ -435,10 +435,10 @@ class PostgresSink:
         for staged, shapes in ((table.rows, merges.row_shapes), (table.statics, merges.static_shapes)):
             if staged is None or not staged.records or shapes is None:
                 continue
-            merge = shapes.for_shape(staged.present)
+            merge = shapes.for_shape(staged.present, staged.aliases)
             if merge is None:  # too many shapes: the full-width merge
                 merge = shapes.full
-                records: Sequence[Sequence[Any]] = _pad(staged)
+                records: Sequence[Sequence[Any]] = staged.full_records()
             else:
                 records = staged.records
             out.append((merge, records))
@@ -542,19 +542,6 @@ class PreparedTable:
         self.fold = fold
         self.rows = rows
         self.statics = statics
-
-
-def _pad(staged: StagingRecords) -> list[tuple[Any, ...]]:
-    """Records with only the present fields, back to full width (absent fields NULL)."""
-    index = [i for i, p in enumerate(staged.present) if p]
-    width = len(staged.present)
-    out = []
-    for rec in staged.records:
-        full: list[Any] = [None] * width
-        for i, v in zip(index, rec, strict=True):
-            full[i] = v
-        out.append(tuple(full))
-    return out
 
 
 def create_sink(config: PostgresSinkConfig, context: ComponentContext) -> PostgresSink:
