@@ -1,6 +1,6 @@
 """Optional accelerator of cdc-masking: keyed HMAC-SHA256 masking of whole columns in one call."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, final
 
 __version__: str
@@ -29,3 +29,20 @@ class KeyedHmac:
     def mask_many_memo(self, values: list[Any], cache: dict[Any, Any], size: int) -> list[str]:
         """``mask_many`` through ``cache`` with the semantics of ``cdc_masking.strategies.memoise``."""
     def digest(self, data: bytes) -> bytes: ...
+
+@final
+class SlotClass:
+    """Copies of instances of one slotted class with some slots replaced, for whole lists.
+
+    ``descriptors`` are the member descriptors of *every* slot of ``cls`` (the caller checks that
+    filling all of them is equivalent to ``__init__``, e.g. with ``cdc_core.fastobj.slot_setters``).
+    """
+
+    def __init__(self, cls: type, descriptors: list[Any]) -> None: ...
+    def evolve_many(self, objs: list[Any], consts: dict[int, Any], columns: dict[int, list[Any]]) -> list[Any]:
+        """For each object (or None, kept), a copy with slot ``i`` set to ``consts[i]`` or to the next value of
+        ``columns[i]`` (one value per non-None object, in order); other slots copied."""
+
+def dicts_with(bases: list[Mapping[str, Any]], names: Sequence[str], columns: Sequence[list[Any]]) -> list[Mapping[str, Any]]:
+    """Per mapping: itself if every ``columns[k][i]`` is None, else ``dict(base)`` with ``names[k]`` set to the
+    non-None ``columns[k][i]``."""

@@ -4,11 +4,15 @@
 //! byte-identical output (a hypothesis test compares both). Hashing uses the RustCrypto `hmac` and
 //! `sha2` crates; the key schedule (and an optional domain prefix) is absorbed once per masker and
 //! the state cloned per value, as the Python code does with `hashlib` state copies.
+//!
+//! `SlotClass` and `dicts_with` rebuild the masked events: copies of slotted objects with some
+//! slots replaced, and copies of mappings with some entries replaced, for whole batches at once.
 
 use hmac::{Hmac, Mac};
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -190,9 +194,152 @@ impl KeyedHmac {
     }
 }
 
+/// Where a slot of a copy comes from.
+enum Source<'py> {
+    Copy,
+    Const(Bound<'py, PyAny>),
+    Column(Bound<'py, PyList>, usize), // values consumed in order, one per non-None object
+}
+
+/// Copies of instances of one slotted class with some slots replaced (`attrs.evolve` without
+/// `__init__`, like `cdc_core.fastobj.slot_constructor`). `descriptors` must be the member
+/// descriptors of *every* slot of `cls` (the caller checks the class, e.g. with
+/// `cdc_core.fastobj.slot_setters`): a copy fills each of them, through the descriptors' own
+/// get/set functions, and nothing else.
+#[pyclass(frozen, module = "cdc_masking_native")]
+struct SlotClass {
+    cls: Py<PyType>,
+    descriptors: Vec<PyObject>,
+}
+
+#[pymethods]
+impl SlotClass {
+    #[new]
+    fn new(cls: &Bound<'_, PyType>, descriptors: Vec<Bound<'_, PyAny>>) -> PyResult<Self> {
+        let member_type = std::ptr::addr_of_mut!(ffi::PyMemberDescr_Type);
+        for d in &descriptors {
+            if unsafe { ffi::Py_TYPE(d.as_ptr()) } != member_type || !d.getattr("__objclass__")?.is(cls) {
+                return Err(PyTypeError::new_err(format!("SlotClass: {d:?} is not a slot of {cls:?}")));
+            }
+        }
+        if unsafe { (*cls.as_type_ptr()).tp_alloc.is_none() } {
+            return Err(PyTypeError::new_err("SlotClass: the class has no tp_alloc"));
+        }
+        Ok(Self { cls: cls.clone().unbind(), descriptors: descriptors.into_iter().map(Bound::unbind).collect() })
+    }
+
+    /// For each object of `objs` (instances of exactly the class, or None), a copy whose slot `i`
+    /// is `consts[i]`, or the next unused value of `columns[i]` (values are consumed in order, one
+    /// per non-None object), else the object's own value; None stays None.
+    fn evolve_many<'py>(
+        &self,
+        objs: &Bound<'py, PyList>,
+        consts: &Bound<'py, PyDict>,
+        columns: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let py = objs.py();
+        let mut sources: Vec<Source<'py>> = (0..self.descriptors.len()).map(|_| Source::Copy).collect();
+        for (k, v) in consts.iter() {
+            let i: usize = k.extract()?;
+            *sources.get_mut(i).ok_or_else(|| PyValueError::new_err("slot index out of range"))? = Source::Const(v);
+        }
+        for (k, v) in columns.iter() {
+            let i: usize = k.extract()?;
+            let list = v.downcast_into::<PyList>().map_err(|_| PyTypeError::new_err("columns values must be lists"))?;
+            *sources.get_mut(i).ok_or_else(|| PyValueError::new_err("slot index out of range"))? = Source::Column(list, 0);
+        }
+        let cls = self.cls.bind(py).as_type_ptr();
+        let n = objs.len();
+        let mut out: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n);
+        for obj in objs.iter() {
+            if obj.is_none() {
+                out.push(obj);
+                continue;
+            }
+            if unsafe { ffi::Py_TYPE(obj.as_ptr()) } != cls {
+                return Err(PyTypeError::new_err("evolve_many: an object is not an instance of exactly the class"));
+            }
+            // SAFETY: tp_alloc exists (checked in new) and returns a new, zeroed, owned object or NULL
+            let new = unsafe { Bound::from_owned_ptr_or_err(py, ((*cls).tp_alloc.unwrap())(cls, 0))? };
+            for (descriptor, source) in self.descriptors.iter().zip(sources.iter_mut()) {
+                let value = match source {
+                    Source::Copy => {
+                        let d = descriptor.as_ptr();
+                        // SAFETY: a member descriptor of cls (checked in new); get returns a new reference or NULL
+                        unsafe {
+                            let get = (*ffi::Py_TYPE(d)).tp_descr_get.unwrap();
+                            Bound::from_owned_ptr_or_err(py, get(d, obj.as_ptr(), cls.cast()))?
+                        }
+                    }
+                    Source::Const(v) => v.clone(),
+                    Source::Column(list, next) => {
+                        let v = list.get_item(*next).map_err(|_| PyValueError::new_err("a column has fewer values than objects"))?;
+                        *next += 1;
+                        v
+                    }
+                };
+                let d = descriptor.as_ptr();
+                // SAFETY: as above; set takes its own reference to value
+                if unsafe { ((*ffi::Py_TYPE(d)).tp_descr_set.unwrap())(d, new.as_ptr(), value.as_ptr()) } != 0 {
+                    return Err(PyErr::fetch(py));
+                }
+            }
+            out.push(new);
+        }
+        for source in &sources {
+            if let Source::Column(list, next) = source {
+                if *next != list.len() {
+                    return Err(PyValueError::new_err("a column has more values than objects"));
+                }
+            }
+        }
+        PyList::new(py, out)
+    }
+}
+
+/// For each mapping of `bases`: if every `columns[k][i]` is None, the mapping itself; else a new
+/// dict with its entries (`dict(base)`) and `names[k]` set to each non-None `columns[k][i]`.
+#[pyfunction]
+fn dicts_with<'py>(bases: &Bound<'py, PyList>, names: Vec<Bound<'py, PyString>>, columns: Vec<Bound<'py, PyList>>) -> PyResult<Bound<'py, PyList>> {
+    let py = bases.py();
+    let n = bases.len();
+    if names.len() != columns.len() || columns.iter().any(|c| c.len() != n) {
+        return Err(PyValueError::new_err("dicts_with: names, columns and bases do not line up"));
+    }
+    let mut out: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n);
+    for (i, base) in bases.iter().enumerate() {
+        let mut copy: Option<Bound<'py, PyDict>> = None;
+        for (name, column) in names.iter().zip(&columns) {
+            let value = column.get_item(i)?;
+            if value.is_none() {
+                continue;
+            }
+            let dict = match &copy {
+                Some(d) => d,
+                None => {
+                    let d = PyDict::new(py);
+                    // what dict(base) does for any mapping (a dict's own fast path included)
+                    if unsafe { ffi::PyDict_Merge(d.as_ptr(), base.as_ptr(), 1) } != 0 {
+                        return Err(PyErr::fetch(py));
+                    }
+                    copy.insert(d)
+                }
+            };
+            dict.set_item(name, value)?;
+        }
+        out.push(match copy {
+            Some(d) => d.into_any(),
+            None => base,
+        });
+    }
+    PyList::new(py, out)
+}
+
 #[pymodule]
 fn cdc_masking_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KeyedHmac>()?;
+    m.add_class::<SlotClass>()?;
+    m.add_function(wrap_pyfunction!(dicts_with, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

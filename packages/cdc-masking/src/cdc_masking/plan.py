@@ -17,10 +17,10 @@ from frozendict import frozendict
 from cdc_core.cqltypes import CqlType
 from cdc_core.errors import ConfigError
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, ElementChange, Liveness, RangeBound, RangeDeletion
-from cdc_core.fastobj import new_cell, new_event
+from cdc_core.fastobj import new_cell, new_event, slot_setters
 from cdc_core.schema import ColumnKind, TableSchema
 from cdc_masking.config import MaskingRule
-from cdc_masking.strategies import Masker, memoised
+from cdc_masking.strategies import Masker, memoised, native_module
 
 __all__ = ["ColumnPlan", "CompiledRule", "TablePlan", "addressable_names", "build_plan", "compile_pattern"]
 
@@ -245,6 +245,33 @@ _NO_CELLS: Mapping[str, Cell | ComplexChange] = frozendict()
 _DIRECT = tuple(a.name for a in attrs.fields(ChangeEvent)) == _EVENT_FIELDS and tuple(a.name for a in attrs.fields(Cell)) == _CELL_FIELDS
 
 
+_VALUE_SLOT = _CELL_FIELDS.index("value")
+_SCHEMA_SLOT = _EVENT_FIELDS.index("schema")
+_CELLS_SLOT = _EVENT_FIELDS.index("cells")
+_builders: dict[int, tuple[Any, Any, Any]] = {}
+
+
+def _native_builders() -> tuple[Any, Any, Any] | None:
+    """The accelerator's ``(SlotClass(Cell), SlotClass(ChangeEvent), dicts_with)``, or None without it.
+
+    ``SlotClass`` copies an object slot by slot; ``cdc_core.fastobj.slot_setters`` is the core's own
+    check (raising otherwise) that filling every slot is the same as calling ``__init__``.
+    """
+    native = native_module()
+    if native is None or not _DIRECT:
+        return None
+    built = _builders.get(id(native))
+    if built is None:
+        slot_setters(Cell, _CELL_FIELDS)
+        slot_setters(ChangeEvent, _EVENT_FIELDS)
+        built = _builders[id(native)] = (
+            native.SlotClass(Cell, [Cell.__dict__[name] for name in _CELL_FIELDS]),
+            native.SlotClass(ChangeEvent, [ChangeEvent.__dict__[name] for name in _EVENT_FIELDS]),
+            native.dicts_with,
+        )
+    return built
+
+
 def _with_value(cell: Cell, value: Any) -> Cell:
     if value is None:  # a strategy removed the value: written as null
         return attrs.evolve(cell, value=None, tombstone=True, ttl=None)
@@ -297,22 +324,37 @@ class TablePlan:
         batched = {name for name, _, _ in self._batch_cols}
         self._value_cols = [col for col in self._simple_cols if col[0] not in batched]
         self._complex_cols = [(c.name, c) for c in self.columns if c.name not in keys and c.multicell]
+        # nothing but simple scalar columns to mask: mask_batch rebuilds events without the per-event path
+        self._cells_only = bool(self._batch_cols) and not (
+            self._key_cols or self._has_bounds or self._nulling or self._value_cols or self._complex_cols
+        )
+        self._batch_names = [name for name, _, _ in self._batch_cols]
+        self._native = _native_builders() if self._cells_only else None  # rebuilds whole batches natively
 
     def mask_batch(self, events: Sequence[ChangeEvent]) -> list[ChangeEvent | None]:
-        """``[self.mask_event(e) for e in events]``, with the live values of each simple scalar column gathered
-        across the events and masked in one call (``_Node.many``), then the events rebuilt."""
+        """``[self.mask_event(e) for e in events]``, column by column: the live values of each simple scalar
+        column are gathered across the events and masked in one call (``_Node.many``), then the events rebuilt."""
         batch_cols = self._batch_cols
         if not batch_cols:
             return [self._mask(event, None) for event in events]
+        if self._native is not None and events:
+            done = self._mask_batch_native(events if type(events) is list else list(events))
+            if done is not None:
+                return done
         counts = self.counts
+        n = len(events)
         # range deletions keep the per-event path (mask_event may drop them before any cell is counted)
         all_cells = [event.cells if event.range_deletion is None else _NO_CELLS for event in events]
+        regular = self._cells_only
         columns: list[list[Cell | None]] = []
+        new_cells: list[dict[str, Cell | ComplexChange] | None] = [None] * n
         for name, index, many in batch_cols:
             olds = [cells.get(name) for cells in all_cells]
             # live plain cells only; absent cells, tombstones and other shapes are left to the per-event path
             live = [i for i, cell in enumerate(olds) if type(cell) is Cell and cell.value is not None and not cell.tombstone]
-            news: list[Cell | None] = [None] * len(olds)
+            if regular and len(live) != n - olds.count(None) and any(c is not None and type(c) is not Cell for c in olds):
+                regular = False  # a non-Cell in a simple column (never from the decoder): the general path decides
+            news: list[Cell | None] = [None] * n
             if live:
                 assert many is not None
                 masked_values = many([olds[i].value for i in live])  # type: ignore[union-attr]
@@ -320,11 +362,62 @@ class TablePlan:
                 for i, masked in zip(live, masked_values, strict=True):
                     cell = olds[i]
                     if masked is not None and _DIRECT:
-                        news[i] = new_cell(cell.timestamp, masked, False, cell.ttl, cell.local_deletion_time)  # type: ignore[union-attr]
+                        new = new_cell(cell.timestamp, masked, False, cell.ttl, cell.local_deletion_time)  # type: ignore[union-attr]
                     else:
-                        news[i] = _with_value(cell, masked)  # type: ignore[arg-type]
+                        new = _with_value(cell, masked)  # type: ignore[arg-type]
+                    news[i] = new
+                    if regular:
+                        changed = new_cells[i]
+                        if changed is None:
+                            changed = new_cells[i] = dict(all_cells[i])
+                        changed[name] = new
             columns.append(news)
+        if regular and _DIRECT:
+            # only simple scalar columns are masked (no keys, bounds, collections, nulling): the new
+            # cells are in place, what remains is the event itself
+            schema = self.schema
+            return [
+                new_event(
+                    e.position,
+                    schema,
+                    e.kind,
+                    e.key,
+                    e.static,
+                    e.liveness,
+                    e.row_deletion,
+                    e.partition_deletion,
+                    e.range_deletion,
+                    e.cells if c is None else c,
+                )
+                for e, c in zip(events, new_cells, strict=True)
+            ]
         return [self._mask(event, row) for event, row in zip(events, zip(*columns, strict=True), strict=True)]
+
+    def _mask_batch_native(self, events: list[ChangeEvent]) -> list[ChangeEvent | None] | None:
+        """``mask_batch`` of a plan that masks only simple scalar columns, with cells, cell dicts and events
+        rebuilt by the accelerator; None (nothing counted) for a batch it does not handle exactly."""
+        cells_cls, events_cls, dicts_with = self._native  # type: ignore[misc]
+        n = len(events)
+        all_cells = [event.cells for event in events]
+        gathered = []
+        for name, index, many in self._batch_cols:
+            olds = [cells.get(name) for cells in all_cells]
+            live = [c if type(c) is Cell and c.value is not None and not c.tombstone else None for c in olds]
+            values = [c.value for c in live if c is not None]
+            if len(values) != n - olds.count(None) and any(c is not None and type(c) is not Cell for c in olds):
+                return None  # a non-Cell in a simple column (never from the decoder): the general path decides
+            gathered.append((index, many, live, values))
+        columns = []
+        for _index, many, live, values in gathered:
+            masked = many(values) if values else []
+            if None in masked:  # a strategy removed a value: a tombstone, built by the general path
+                return None
+            columns.append(cells_cls.evolve_many(live, {}, {_VALUE_SLOT: masked}))
+        counts = self.counts
+        for index, _many, _live, values in gathered:
+            counts[index] += len(values)
+        cells = dicts_with(all_cells, self._batch_names, columns)
+        return events_cls.evolve_many(events, {_SCHEMA_SLOT: self.schema}, {_CELLS_SLOT: cells})  # type: ignore[no-any-return]
 
     def mask_event(self, event: ChangeEvent) -> ChangeEvent | None:
         """The masked event, or None for a range deletion that cannot be masked faithfully (counted in ``dropped_ranges``)."""
