@@ -10,6 +10,10 @@ timestamp, decimal) it measures rows/s, per batch size, for:
 * sink delete: row deletions of existing rows;
 * naive: ``executemany`` into a plain table (no LWW bookkeeping): ``INSERT … ON CONFLICT DO
   UPDATE`` of whole rows (insert), of the same 2 columns (update), ``DELETE … WHERE id = $1``;
+* staged: the plain staged upsert of the issue's calibration, no LWW bookkeeping: binary COPY
+  into a TEMP ``ON COMMIT DELETE ROWS`` table, then one ``INSERT … SELECT … ON CONFLICT (id) DO
+  UPDATE`` into a plain table (whole rows for insert, the same 2 columns for update) — what any
+  COPY-based upsert costs on this machine, so the sink's bookkeeping overhead is visible;
 * raw COPY: ``copy_records_to_table`` of whole rows into an UNLOGGED table (the floor).
 
 Swept over batch sizes and 1 vs 2 connections (baselines: batches spread over the connections;
@@ -169,6 +173,16 @@ async def run_baselines(dsn: str, rows: int, batch_size: int, workers: int) -> d
         await conn.execute(f'CREATE SCHEMA "{schema}"')
         await conn.execute(f'CREATE TABLE "{schema}".naive (id bigint PRIMARY KEY, {cols})')
         await conn.execute(f'CREATE UNLOGGED TABLE "{schema}".raw (id bigint PRIMARY KEY, {cols})')
+        await conn.execute(f'CREATE TABLE "{schema}".staged (id bigint PRIMARY KEY, {cols})')
+        for c in conns:
+            await c.execute(f"CREATE TEMP TABLE stage_rows (id bigint, {cols}) ON COMMIT DELETE ROWS")
+            await c.execute("CREATE TEMP TABLE stage_upd (id bigint, c_int integer, c_text1 text) ON COMMIT DELETE ROWS")
+        staged_sql = {
+            "stage_rows": f'INSERT INTO "{schema}".staged SELECT * FROM stage_rows ORDER BY id '
+            f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in COLUMNS)}",
+            "stage_upd": f'INSERT INTO "{schema}".staged (id, c_int, c_text1) SELECT * FROM stage_upd ORDER BY id '
+            "ON CONFLICT (id) DO UPDATE SET c_int = excluded.c_int, c_text1 = excluded.c_text1",
+        }
         upsert = (
             f'INSERT INTO "{schema}".naive ({", ".join(names)}) VALUES ({", ".join(f"${i + 1}" for i in range(len(names)))}) '
             f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in COLUMNS)}"
@@ -201,8 +215,19 @@ async def run_baselines(dsn: str, rows: int, batch_size: int, workers: int) -> d
             finally:
                 pool.put_nowait(c)
 
+        async def staged(stage: str, chunk: list[Any]) -> None:
+            c = await pool.get()
+            try:
+                async with c.transaction():
+                    await c.copy_records_to_table(stage, records=chunk)
+                    await c.execute(staged_sql[stage])
+            finally:
+                pool.put_nowait(c)
+
         for label, sql, recs in (("naive insert", upsert, records), ("naive update", update, updates), ("naive delete", delete, deletes)):
             results[label] = await _timed(lambda sql=sql, recs=recs: _spread(chunks(recs), workers, lambda ch: many(sql, ch)), rows)
+        for label, stage, recs in (("staged insert", "stage_rows", records), ("staged update", "stage_upd", updates)):
+            results[label] = await _timed(lambda stage=stage, recs=recs: _spread(chunks(recs), workers, lambda ch: staged(stage, ch)), rows)
         results["raw COPY"] = await _timed(lambda: _spread(chunks(records), workers, copy), rows)
     finally:
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
@@ -235,11 +260,15 @@ async def main() -> None:
     await conn.close()
     print(f"# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z {platform.node()} {_machine()}, PostgreSQL {version} {settings}")
     print(f"# rows per run: {args.rows}, median of {args.repeat} runs, rows/s; load average at start {os.getloadavg()}")
-    print("# x/COPY: ratio to raw COPY (same batch size, connections and run); x/naive: to the naive baseline of the same operation")
+    print(
+        "# x/COPY: ratio to raw COPY (same batch size, connections and run); x/naive: to the naive baseline of the same operation;"
+        " x/staged: to the plain staged upsert (insert, update)"
+    )
     kinds = ("insert", "update", "delete")
-    head = " | ".join(f"sink {k} | {k} x/COPY | {k} x/naive" for k in kinds)
-    print(f"| batch | conns | {head} | naive insert | naive update | naive delete | raw COPY | load |")
-    print("|---:|---:|" + "---:|" * (len(kinds) * 3 + 5))
+    head = " | ".join(f"sink {k} | {k} x/COPY | {k} x/naive" + (f" | {k} x/staged" if k != "delete" else "") for k in kinds)
+    base_cols = ("naive insert", "naive update", "naive delete", "staged insert", "staged update", "raw COPY")
+    print(f"| batch | conns | {head} | {' | '.join(base_cols)} | load |")
+    print("|---:|---:|" + "---:|" * (len(kinds) * 3 + 2 + len(base_cols) + 1))
     for size in (int(s) for s in args.batch_sizes.split(",")):
         for workers in (int(w) for w in args.workers.split(",")):
             runs: dict[str, list[float]] = {}
@@ -252,11 +281,15 @@ async def main() -> None:
                 for k in kinds:  # ratios within one repetition (same load), then their median
                     ratios.setdefault(f"{k}/copy", []).append(sink[k] / base["raw COPY"])
                     ratios.setdefault(f"{k}/naive", []).append(sink[k] / base[f"naive {k}"])
+                    if k != "delete":
+                        ratios.setdefault(f"{k}/staged", []).append(sink[k] / base[f"staged {k}"])
             med = {k: statistics.median(v) for k, v in (*runs.items(), *ratios.items())}
             cells = []
             for k in kinds:
                 cells += [f"{med[k]:,.0f}", f"{med[f'{k}/copy']:.2f}", f"{med[f'{k}/naive']:.2f}"]
-            cells += [f"{med[k]:,.0f}" for k in ("naive insert", "naive update", "naive delete", "raw COPY")]
+                if k != "delete":
+                    cells.append(f"{med[f'{k}/staged']:.2f}")
+            cells += [f"{med[k]:,.0f}" for k in base_cols]
             print(f"| {size} | {workers} | " + " | ".join(cells) + f" | {os.getloadavg()[0]:.1f} |", flush=True)
 
 

@@ -330,6 +330,11 @@ class _Side:
     simple: tuple[int, ...]  # offsets of simple value fields (value, ts, exp follow)
     complex: tuple[int, ...]  # offsets of collection fields (jsonb, clear ts follow)
     bulk: tuple[tuple[int, Any, Any], ...]  # (offset, bulk check, converter) of lazily checked fields
+    # Simple columns of this table by name → (offset, converter or None when checked later): the
+    # hot path of the fold, in the optimistic (lazy) and the eager mode.
+    fast_lazy: dict[str, tuple[int, Any]]
+    fast_eager: dict[str, tuple[int, Any]]
+    padding: tuple[None, ...]  # the value fields of an empty record
 
 
 def _side(layout: TableLayout, key_len: int, cols: Sequence[ColumnLayout]) -> _Side:
@@ -349,7 +354,18 @@ def _side(layout: TableLayout, key_len: int, cols: Sequence[ColumnLayout]) -> _S
     # Columns of the other table an event may carry are converted (and checked) but not written.
     for name, (_c, multicell, convert) in layout.writable.items():
         slots.setdefault(name, (-1, convert, multicell, False))
-    return _Side(key_len, off, slots, tuple(simple), tuple(complex_), tuple(bulk))
+    fast = {n: (o, conv, lazy) for n, (o, conv, multicell, lazy) in slots.items() if o >= 0 and not multicell}
+    return _Side(
+        key_len,
+        off,
+        slots,
+        tuple(simple),
+        tuple(complex_),
+        tuple(bulk),
+        {n: (o, None if lazy else conv) for n, (o, conv, lazy) in fast.items()},
+        {n: (o, conv) for n, (o, conv, _lazy) in fast.items()},
+        (None,) * (off - key_len - 3),
+    )
 
 
 class FoldPlan:
@@ -470,11 +486,25 @@ class RecordFold:
             None if marker is None else marker.timestamp,
             None if marker is None or marker.ttl is None else marker.local_deletion_time,
             None if deletion is None else deletion.timestamp,
+            *side.padding,
         ]
-        rec += [None] * (side.width - len(rec))
         slots = side.slots
         lazy = not self.eager
+        fast = side.fast_lazy if lazy else side.fast_eager
         for name, change in event.cells.items():
+            hot = fast.get(name)
+            if hot is not None and type(change) is Cell:
+                # A simple column of this table (the common case): as the general path below.
+                off, conv = hot
+                value = change.value
+                if value is None or change.tombstone:
+                    rec[off + 1] = change.timestamp
+                    continue
+                rec[off] = value if conv is None else conv(value)
+                rec[off + 1] = change.timestamp
+                if change.ttl is not None:
+                    rec[off + 2] = change.local_deletion_time
+                continue
             slot = slots.get(name)
             if slot is None:
                 continue  # a dropped column (or one the layout does not know): not written
