@@ -19,7 +19,7 @@ from cdc_core.cqltypes import parse_type
 from cdc_core.errors import ConfigError
 from cdc_core.secrets import Secret
 from cdc_masking import BUILTIN_STRATEGIES, Masker, StrategyContext, identify_token, make_token
-from cdc_masking.strategies import memoise
+from cdc_masking.strategies import memoise, memoised, native_module
 
 SECRETS = {k: Secret(v) for k, v in KEYS.items()}
 
@@ -254,6 +254,29 @@ def test_memo_keeps_equal_but_different_values_apart(first: Any, second: Any, na
     for order in ((first, second), (second, first)):
         memo = memoise(masker.mask, 16)
         assert [memo(v) for v in order] == [masker.mask(v) for v in order]
+
+
+@pytest.mark.parametrize("first_second", [(decimal.Decimal("1.0"), decimal.Decimal("1.00")), (0.0, -0.0), (1, True)])
+@pytest.mark.parametrize("name", ["hmac", "tokenize", "email", "redact"])
+def test_memoised_list_form_equals_the_value_form(first_second: tuple[Any, Any], name: str) -> None:
+    """The per-list function (one call per column per batch; native where installed) shares the memo of the per-value one."""
+    masker = compile_strategy(name)
+    values = [*first_second, "a", "a", b"a", "", "é" * 70, *first_second]
+    for size in (0, 2, 16):
+        one, many = memoised(masker, size)
+        assert many(values) == [masker.mask(v) for v in values]
+        assert [one(v) for v in reversed(values)] == [masker.mask(v) for v in reversed(values)]
+
+
+def test_pure_python_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CDC_MASKING_NATIVE=0 compiles the pure-Python strategies even where the accelerator is installed."""
+    native = compile_strategy("hmac")
+    assert (native.batch is not None) == (native_module() is not None)
+    monkeypatch.setenv("CDC_MASKING_NATIVE", "0")
+    assert native_module() is None
+    pure = compile_strategy("hmac")
+    assert pure.batch is None
+    assert [pure.mask(v) for v in ("x", b"x", 7, "")] == [native.mask(v) for v in ("x", b"x", 7, "")]
 
 
 def test_memo_through_the_transform_is_order_independent() -> None:
