@@ -203,7 +203,12 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["insert", "update", "delete", "mixed"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--chdb", action="store_true", help="also measure embedded chdb")
+    ap.add_argument("--no-native", action="store_true", help="pure-Python encoder even if cdc-sink-clickhouse-native is installed")
     args = ap.parse_args()
+    if args.no_native:
+        import cdc_sink_clickhouse.layout
+
+        cdc_sink_clickhouse.layout._native = None
     url = os.environ.get("CDC_TEST_CLICKHOUSE_URL", "http://127.0.0.1:8123")
     n, med = args.events, statistics.median
 
@@ -211,7 +216,10 @@ def main() -> None:
         return os.getloadavg().__repr__()
 
     print(f"# {platform.node()} {platform.processor() or platform.machine()} cpus={os.cpu_count()} {dt.date.today()} load={load()}")
-    print(f"# events={n}, median of {args.repeat}; ratios are to clickhouse-client measured in this run")
+    import cdc_sink_clickhouse.layout
+
+    native = getattr(cdc_sink_clickhouse.layout, "_native", None) is not None
+    print(f"# events={n}, median of {args.repeat}; ratios are to clickhouse-client measured in this run; native encoder: {native}")
     ref_runs = [client_reference(url, n) for _ in range(args.repeat)]
     ref = med([x for x in ref_runs if x]) if all(ref_runs) else None
     print(f"reference clickhouse-client TSV -> plain MergeTree: {ref or 0:10,.0f} rows/s  (runs: {ref_runs})")

@@ -36,11 +36,14 @@ from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, RangeB
 from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
 from cdc_core.serialization import event_to_dict
 from cdc_sink_clickhouse.mapping import (
+    _INT_NAMES,
     INT64_MAX,
     INT64_MIN,
     Features,
     TypeMapping,
     ValueRejected,
+    _double_enc,
+    _text_enc,
     invert,
     mapping_for,
     order_key,
@@ -49,7 +52,14 @@ from cdc_sink_clickhouse.mapping import (
     tsv_escape,
 )
 
-__all__ = ["TableLayout", "UnsupportedSchema", "quote", "string_literal"]
+try:  # the optional compiled encoder (distribution cdc-sink-clickhouse-native); same bytes as _cells
+    import cdc_sink_clickhouse_native as _native
+except ImportError:  # pragma: no cover - the pure-Python encoder
+    _native = None  # type: ignore[assignment]
+
+__all__ = ["NATIVE", "TableLayout", "UnsupportedSchema", "quote", "string_literal"]
+
+NATIVE = _native is not None
 
 MIN = f"toInt64({INT64_MIN})"
 _ELEM = "Tuple(String, String, Int64, UInt8, Int64, String)"
@@ -67,6 +77,9 @@ _NO_ELEM = "\t".join(["", "", "", "0", "0", "0", ""])
 # (LivenessInfo.supersedes: on equal timestamps an expiring marker wins, then the later expiry).
 _NO_LIVENESS = f"{_MIN_TEXT}\t{_MIN_TEXT}"
 _ABSENT: Any = object()
+# Integer columns the compiled encoder checks itself (the same bounds as mapping._int_mapping).
+_INT_RANGES = {"tinyint": (-(2**7), 2**7 - 1), "smallint": (-(2**15), 2**15 - 1), "int": (-(2**31), 2**31 - 1)}
+_INT_RANGES.update({"bigint": (INT64_MIN, INT64_MAX), "counter": (INT64_MIN, INT64_MAX)})
 # Bumped whenever the stored states change meaning (materialized view names carry it).
 LAYOUT_FORMAT = 4
 # The log tables' insert time (compaction moves rows older than a margin into the states).
@@ -577,6 +590,48 @@ class TableLayout:
         desc = ClusteringOrder.DESC
         self._ck_order = [(k.name, order_key_function(k.schema.cql_type), k.schema.clustering_order is desc) for k in self.ck]
         self._ck_hex = [(k.name, order_key_hex_function(k.schema.cql_type, k.schema.clustering_order is desc)) for k in self.ck]
+        self._native_row = self._native_encoder()
+
+    @staticmethod
+    def _native_kind(c: _Col) -> tuple[int, int, int]:
+        """(native value encoder, lo, hi) of a simple column; KIND_CALL calls its Python encoder."""
+        assert _native is not None and c.mapping is not None
+        cql = c.schema.cql_type.name
+        if c.mapping.encode is _text_enc:
+            return _native.KIND_TEXT, 0, 0
+        if c.mapping.encode is _double_enc:
+            return _native.KIND_DOUBLE, 0, 0
+        if cql == "boolean":
+            return _native.KIND_BOOL, 0, 0
+        if cql in _INT_RANGES:
+            return _native.KIND_INT, *_INT_RANGES[cql]
+        return _native.KIND_CALL, 0, 0
+
+    def _native_encoder(self) -> Any:
+        """The compiled encoder of plain ``__rows_in`` lines (every regular column simple), or None:
+        ``encode_latest`` is then pure Python. It returns None for any event outside its fast path."""
+        if _native is None or self.mode != "latest" or not self._reg_specs or any(s[1] is None for s in self._reg_specs):
+            return None
+
+        def key(k: _Col, hex_fn: Callable[[Any], str] | None, desc: bool) -> tuple[Any, ...]:
+            assert _native is not None and k.mapping is not None
+            kind, lo, hi = self._native_kind(k)
+            mode = _native.HEX_CALL
+            if hex_fn is not None and k.schema.cql_type.name in _INT_NAMES:
+                mode = _native.HEX_INT_DESC if desc else _native.HEX_INT_ASC
+            return (k.name, kind, k.mapping.encode, lo, hi, hex_fn, mode)
+
+        desc = ClusteringOrder.DESC
+        pk = [key(k, None, False) for k in self.pk]
+        hexes = dict(self._ck_hex)
+        ck = [key(k, hexes[k.name], k.schema.clustering_order is desc) for k in self.ck]
+        cells: list[tuple[str, int, Callable[[Any], str], str, str, int, int]] = []
+        for name, enc, default, absent, c in self._reg_specs:
+            assert enc is not None
+            kind, lo, hi = self._native_kind(c)
+            cells.append((name, kind, enc, default, absent, lo, hi))
+        known = frozenset(self.by_name)
+        return _native.RowEncoder(pk, ck, cells, known, ChangeKind.ROW, Cell, _VERSION_LIMIT, _NO_ELEM)
 
     @staticmethod
     def _keys(encoders: Sequence[tuple[str, Callable[[Any], str]]], key: Mapping[str, Any], out: list[str]) -> None:
@@ -684,6 +739,10 @@ class TableLayout:
 
     def encode_latest(self, event: ChangeEvent) -> tuple[list[str], list[str]]:
         """TSV lines for ``__rows_in`` and ``__parts_in``. Raises ValueRejected."""
+        if self._native_row is not None:
+            line = self._native_row.encode(event)
+            if line is not None:  # the same bytes as below (tests/test_native.py)
+                return [line], []
         by_name = self.by_name
         for name in event.cells:
             if name not in by_name:
