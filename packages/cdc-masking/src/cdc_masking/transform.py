@@ -16,7 +16,7 @@ from cdc_core.events import ChangeEvent
 from cdc_core.schema import TableSchema
 from cdc_masking.config import MaskingConfig, MaskingRule, resolve_rules
 from cdc_masking.plan import CompiledRule, TablePlan, addressable_names, build_plan, compile_pattern
-from cdc_masking.strategies import BUILTIN_STRATEGIES, MaskingStrategy, StrategyContext, identify_token, make_token
+from cdc_masking.strategies import BUILTIN_STRATEGIES, MaskingStrategy, StrategyContext, identify_token, make_token, native_module
 
 __all__ = ["MaskingTransform", "dropped_ranges_counter", "looks_low_entropy", "masked_values_counter"]
 
@@ -98,6 +98,7 @@ class MaskingTransform:
             if name in BUILTIN_STRATEGIES:
                 raise ConfigError(f"masking strategy {name!r} is built in and cannot be replaced by a plugin")
             self._strategies[name] = strategy
+        self.accelerator = "python" if native_module() is None else "native"  # cdc_masking_native in use (the strategies compile below)
         self.rules: tuple[CompiledRule, ...] = tuple(self._compile(i, r) for i, r in enumerate(rules))
         self._counter = masked_values_counter(registry)
         self._dropped_counter = dropped_ranges_counter(registry)
@@ -153,6 +154,7 @@ class MaskingTransform:
             policy_version=self.policy_version,
             rules=len(self.rules),
             strategies=sorted({r.strategy for r in self.rules}),
+            accelerator=self.accelerator,
         )
 
     def apply(self, events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
