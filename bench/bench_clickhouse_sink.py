@@ -105,14 +105,27 @@ async def run_sink(url: str, database: str, evs: list[ChangeEvent], batch: int) 
         await sink.close()
 
 
-async def run_split(url: str, database: str, evs: list[ChangeEvent], batch: int) -> tuple[float, float]:
-    """(encode-only events/s, POST-only events/s): the sink's encoder alone, then its payloads alone."""
+def server_cpu_s() -> float | None:
+    """CPU seconds used so far by the local clickhouse-server process (None if not visible): on a
+    shared machine CPU per row is steadier than wall-clock rates."""
+    try:
+        pid = subprocess.run(["pgrep", "-o", "-f", "^/usr/sbin/clickhouse-server"], capture_output=True, text=True).stdout.split()[0]
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+async def run_split(url: str, database: str, evs: list[ChangeEvent], batch: int) -> tuple[float, float, float, float | None]:
+    """(encode-only events/s, POST-only events/s, encode CPU us/event, server CPU us/event): the
+    sink's encoder alone, then its payloads alone."""
     cfg = ClickHouseSinkConfig(url=Secret(url), database=database, max_rows_per_insert=10**7)
     sink = ClickHouseSink(cfg, ComponentContext(instance_name="bench"))
     await sink.start()
     try:
         layout = await sink.ensure_table(evs[0].schema)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         payloads: list[tuple[str, bytes]] = []
         for start in range(0, len(evs), batch):
             rows: list[str] = []
@@ -125,11 +138,18 @@ async def run_split(url: str, database: str, evs: list[ChangeEvent], batch: int)
                 if lines:
                     payloads.append((suffix, ("\n".join(lines) + "\n").encode()))
         encode = len(evs) / (time.perf_counter() - t0)
+        encode_cpu = (time.process_time() - c0) * 1e6 / len(evs)
         cols = {s: [quote(n) for n, _ in w] for s, w in (("__rows_in", layout.rows_wire()), ("__parts_in", layout.parts_wire()))}
+        await asyncio.sleep(0.5)  # let earlier work (merges) settle before counting the server's CPU
+        s0 = server_cpu_s()
         t0 = time.perf_counter()
         for suffix, payload in payloads:
             await sink.transport.insert(layout.q(suffix), cols[suffix], payload, {})
-        return encode, len(evs) / (time.perf_counter() - t0)
+        post = len(evs) / (time.perf_counter() - t0)
+        await asyncio.sleep(0.5)
+        s1 = server_cpu_s()
+        server_cpu = None if s0 is None or s1 is None else (s1 - s0) * 1e6 / len(evs)
+        return encode, post, encode_cpu, server_cpu
     finally:
         await sink.transport.execute(f"DROP DATABASE IF EXISTS `{database}`")
         await sink.close()
@@ -247,8 +267,13 @@ def main() -> None:
         for r in range(args.repeat):
             evs = events(schema(), n, seed=r, kind=kind)
             split.append(asyncio.run(run_split(url, f"bench_{uuid.uuid4().hex[:8]}", evs, big)))
-        show(f"  split {kind} encode only batch={big}", [e for e, _ in split])
-        show(f"  split {kind} POST only (server) batch={big}", [p for _, p in split])
+        show(f"  split {kind} encode only batch={big}", [e for e, _, _, _ in split])
+        show(f"  split {kind} POST only (server) batch={big}", [p for _, p, _, _ in split])
+        cpu = [c for _, _, _, c in split if c is not None]
+        print(
+            f"  split {kind} CPU per event: encode {med([e for _, _, e, _ in split]):.2f} us, "
+            f"server {med(cpu) if cpu else float('nan'):.2f} us (incl. merges within 0.5 s)"
+        )
     print(f"# load at end={load()}")
 
 
