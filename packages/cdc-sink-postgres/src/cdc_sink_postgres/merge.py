@@ -27,7 +27,12 @@ def q(name: str) -> str:
 
 @attrs.frozen(kw_only=True)
 class StagedMerge:
-    """One staging table (TEMP, ON COMMIT DELETE ROWS) and the statement that merges it."""
+    """One staging table (TEMP) and the statement that merges it.
+
+    The staging table is emptied by an explicit ``TRUNCATE`` in the transaction that filled it,
+    not ``ON COMMIT DELETE ROWS``: PostgreSQL truncates *every* such table of the session at each
+    commit that touched a temp table, and a session holds one per table and batch shape (measured:
+    16 of them made each commit ≈28 ms, against ≈6 ms truncating just the one used)."""
 
     staging: str  # unqualified temp table name
     columns: tuple[str, ...]
@@ -37,7 +42,7 @@ class StagedMerge:
     @property
     def create_sql(self) -> str:
         defs = ", ".join(f"{q(c)} {t}" for c, t in zip(self.columns, self.column_types, strict=True))
-        return f"CREATE TEMP TABLE IF NOT EXISTS {q(self.staging)} ({defs}) ON COMMIT DELETE ROWS"
+        return f"CREATE TEMP TABLE IF NOT EXISTS {q(self.staging)} ({defs})"
 
     @property
     def truncate_sql(self) -> str:
@@ -54,8 +59,7 @@ class StagedMerge:
     async def copy_and_merge(self, conn: Any, records: Sequence[Sequence[Any]]) -> None:
         """COPY ``records`` into the (existing, empty) staging table and merge them; the merge
         is a cached prepared statement. The caller creates the staging table and empties it
-        before reusing it in the same transaction (``ON COMMIT DELETE ROWS`` empties it at
-        commit)."""
+        (``truncate_sql``) in the same transaction, before reusing it and before committing."""
         if not records:
             return
         await conn.copy_records_to_table(self.staging, records=records, columns=list(self.columns))

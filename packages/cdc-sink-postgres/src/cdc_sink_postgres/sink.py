@@ -33,7 +33,7 @@ from cdc_sink_postgres.config import PostgresSinkConfig
 from cdc_sink_postgres.ddl import COLUMNS_TABLE, LatestStateDdl
 from cdc_sink_postgres.errors import Redactor, is_bisectable, is_transient
 from cdc_sink_postgres.history import HistoryTable
-from cdc_sink_postgres.idents import qualify
+from cdc_sink_postgres.idents import qualify, quote_ident
 from cdc_sink_postgres.layout import ColumnLayout, TableLayout
 from cdc_sink_postgres.merge import LatestStateMerges, StagedMerge, latest_state_merges
 from cdc_sink_postgres.offsets import OffsetTable
@@ -403,12 +403,16 @@ class PostgresSink:
         missing = {m.staging: m.create_sql for m, _ in steps if m.staging not in known}
         if missing:
             await conn.execute(";\n".join(missing.values()))
-        used: set[str] = set()
+        used: dict[str, None] = {}
         for merge, records in steps:
             if merge.staging in used:  # two tables sharing a staging table: empty it first
                 await conn.execute(merge.truncate_sql)
-            used.add(merge.staging)
+            used[merge.staging] = None
             await merge.copy_and_merge(conn, records)
+        if used:
+            # Emptied in this transaction (see StagedMerge): committed rows never stay behind,
+            # and an aborted transaction leaves none either.
+            await conn.execute("TRUNCATE " + ", ".join(quote_ident(s) for s in used))
         return set(missing)
 
     def _steps(self, target: TableTarget, prepared: Any) -> list[tuple[StagedMerge, Sequence[Sequence[Any]]]]:
