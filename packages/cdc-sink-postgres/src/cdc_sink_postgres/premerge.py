@@ -467,7 +467,12 @@ class RecordFold:
         one of its values cannot be stored, or (optimistic mode only) :class:`NeedsEagerFold`."""
         plan = self.plan
         key_values = event.key
-        pk = tuple([conv(key_values[name]) for name, conv in plan.pk_conv])
+        pk_conv = plan.pk_conv
+        if len(pk_conv) == 1:  # the common single-column partition key: no comprehension frame
+            name, conv = pk_conv[0]
+            pk: Key = (conv(key_values[name]),)
+        else:
+            pk = tuple([conv(key_values[name]) for name, conv in pk_conv])
         if event.kind is not ChangeKind.ROW:
             self._add_deletion(event, pk)
             return
@@ -478,7 +483,14 @@ class RecordFold:
         else:
             side = plan.rows
             target = self.rows
-            key = pk + tuple([conv(key_values[name]) for name, conv in plan.ck_conv]) if plan.ck_conv else pk
+            ck_conv = plan.ck_conv
+            if not ck_conv:
+                key = pk
+            elif len(ck_conv) == 1:
+                name, conv = ck_conv[0]
+                key = (*pk, conv(key_values[name]))
+            else:
+                key = pk + tuple([conv(key_values[name]) for name, conv in ck_conv])
         marker = event.liveness
         deletion = event.row_deletion
         rec: list[Any] = [
@@ -611,8 +623,9 @@ class RecordFold:
                 if not check(columns[off]):
                     raise NeedsEagerFold
         k = side.key_len
-        # `is not None` per field would be a Python loop; count() runs in C.
-        present = tuple(i < k or col.count(None) != n for i, col in enumerate(columns))
+        # `is not None` per field would be a Python loop; count() runs in C (and is skipped when
+        # the first record sets the field: comparing Decimals or datetimes to None is not free).
+        present = tuple(i < k or col[0] is not None or col.count(None) != n for i, col in enumerate(columns))
         # Timestamp fields equal to the first present one (the marker's for an INSERT, every
         # cell of which carries its timestamp) are not staged: fewer COPY fields.
         anchor = -1
