@@ -340,7 +340,7 @@ class TablePlan:
         """``[self.mask_event(e) for e in events]``, column by column: the live values of each simple scalar
         column are gathered across the events and masked in one call (``_Node.many``), then the events rebuilt."""
         if not self._column_wise:
-            return [self._mask(event, None) for event in events]
+            return [self.mask_event(event) for event in events]
         if self._native is not None and events:
             done = self._mask_batch_native(events if type(events) is list else list(events))
             if done is not None:
@@ -395,7 +395,7 @@ class TablePlan:
                 )
                 for e, c in zip(events, new_cells, strict=True)
             ]
-        return [self._mask(event, row) for event, row in zip(events, zip(*columns, strict=True), strict=True)]
+        return [self.mask_event(event, row) for event, row in zip(events, zip(*columns, strict=True), strict=True)]
 
     def _mask_batch_native(self, events: list[ChangeEvent]) -> list[ChangeEvent | None] | None:
         """``mask_batch`` of a plan that masks only simple scalar columns, with cells, cell dicts and events
@@ -423,12 +423,11 @@ class TablePlan:
         cells = dicts_with(all_cells, self._batch_names, columns)
         return events_cls.evolve_many(events, {_SCHEMA_SLOT: self.schema}, {_CELLS_SLOT: cells})  # type: ignore[no-any-return]
 
-    def mask_event(self, event: ChangeEvent) -> ChangeEvent | None:
-        """The masked event, or None for a range deletion that cannot be masked faithfully (counted in ``dropped_ranges``)."""
-        return self._mask(event, None)
+    def mask_event(self, event: ChangeEvent, row: tuple[Cell | None, ...] | None = None) -> ChangeEvent | None:
+        """The masked event, or None for a range deletion that cannot be masked faithfully (counted in ``dropped_ranges``).
 
-    def _mask(self, event: ChangeEvent, row: tuple[Cell | None, ...] | None) -> ChangeEvent | None:
-        """``mask_event``; ``row``, if given, holds the already masked cells of ``_batch_cols`` (None: not masked yet)."""
+        ``row`` (from ``mask_batch``) holds the already masked cells of ``_batch_cols`` (None: not masked there).
+        """
         counts = self.counts
         key = event.key
         if self._key_cols:

@@ -100,6 +100,9 @@ class MaskingTransform:
             self._strategies[name] = strategy
         self.accelerator = "python" if native_module() is None else "native"  # cdc_masking_native in use (the strategies compile below)
         self.rules: tuple[CompiledRule, ...] = tuple(self._compile(i, r) for i, r in enumerate(rules))
+        # batches are masked table by table, column by column only where that pays: with the accelerator
+        # (native rebuild) or a strategy with a list form (Masker.batch)
+        self._column_wise = self.accelerator == "native" or any(r.masker.batch is not None for r in self.rules)
         self._counter = masked_values_counter(registry)
         self._dropped_counter = dropped_ranges_counter(registry)
         self._plans: dict[int, TablePlan] = {}
@@ -158,6 +161,8 @@ class MaskingTransform:
         )
 
     def apply(self, events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
+        if not self._column_wise:
+            return self._apply_by_event(events)
         plans = self._plans
         # the events of each table are masked together (column by column, see TablePlan.mask_batch),
         # then put back in their original order
@@ -185,6 +190,25 @@ class MaskingTransform:
         self._finish_batch()
         # None: a range deletion that cannot be masked faithfully (reported by _finish_batch)
         return [event for event in masked if event is not None]
+
+    def _apply_by_event(self, events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
+        """``apply`` without the accelerator: event by event (a Python loop per column would cost more)."""
+        plans = self._plans
+        out: list[ChangeEvent] = []
+        append = out.append
+        for event in events:
+            schema = event.schema
+            plan = plans.get(id(schema))
+            if plan is None or plan.source is not schema:
+                plan = self.plan_for(schema)
+            if plan.empty:
+                append(event)
+                continue
+            masked = plan.mask_event(event)
+            if masked is not None:  # None: a range deletion that cannot be masked faithfully (see _finish_batch)
+                append(masked)
+        self._finish_batch()
+        return out
 
     def audit(self) -> list[dict[str, object]]:
         """What the last ``apply`` masked: per table and rule, the columns and how many values — never a value."""
