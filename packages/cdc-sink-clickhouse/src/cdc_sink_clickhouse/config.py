@@ -55,7 +55,7 @@ class ClickHouseSinkConfig:
     request_timeout_s: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     connect_timeout_s: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     max_rows_per_insert: int = attrs.field(default=200_000, validator=attrs.validators.ge(1))
-    encode_chunk_events: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+    encode_chunk_events: int = attrs.field(default=20_000, validator=attrs.validators.ge(1))
     """Events encoded per INSERT; the next chunk is encoded while this one's INSERT runs."""
     compact_interval_s: float | None = attrs.field(default=_HOURLY, validator=_positive_or_none)
     """Latest mode: every this many seconds (after a batch is committed) the log rows older than
