@@ -72,13 +72,16 @@ async def chunked(stream: AsyncIterator[ReaderItem], size: int, wait: float) -> 
             chunk: list[ReaderItem] = [first]  # type: ignore[list-item]
             deadline = asyncio.get_running_loop().time() + wait
             while len(chunk) < size:
-                timeout = deadline - asyncio.get_running_loop().time()
-                if timeout <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(queue.get(), timeout)
-                except TimeoutError:
-                    break
+                if queue.empty():
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                    # cancellation that lands as the item arrives, and then shutdown hangs.
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            item = await queue.get()
+                    except TimeoutError:
+                        break
+                else:
+                    item = queue.get_nowait()
                 if item is _END:
                     ended = True
                     break

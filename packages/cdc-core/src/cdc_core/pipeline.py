@@ -318,7 +318,8 @@ class Pipeline:
                     return
                 # The commitlog keeps this lane's place: resume from its committed position.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), lane.config.restart_delay)
+                    async with asyncio.timeout(lane.config.restart_delay):
+                        await self._stopping.wait()
                 if self._stopping.is_set():
                     lane.status.state = "stopped"  # stopped while waiting to restart: a clean stop
                     return
@@ -404,10 +405,14 @@ class Pipeline:
                     timeout = deadline - time.monotonic()
                     if timeout <= 0:
                         break
-                    try:
-                        item = await asyncio.wait_for(items.get(), timeout)
-                    except TimeoutError:
-                        break
+                    if items.empty():
+                        try:  # not wait_for, which on 3.11 can swallow a concurrent cancellation
+                            async with asyncio.timeout(timeout):
+                                item = await items.get()
+                        except TimeoutError:
+                            break
+                    else:
+                        item = items.get_nowait()
                     if item is _END or isinstance(item, _Failure):
                         end_marker = item
                         ended = True
@@ -446,7 +451,8 @@ class Pipeline:
                 draining = True
                 producer.cancel()
                 try:
-                    await asyncio.wait_for(asyncio.shield(writer), self.config.stop_timeout)
+                    async with asyncio.timeout(self.config.stop_timeout):
+                        await asyncio.shield(writer)
                 except TimeoutError:
                     log.warning("stop timeout: abandoning in-flight batches", sink=lane.name, queued_events=lane.queued_events)
             if writer.done() and not writer.cancelled():
