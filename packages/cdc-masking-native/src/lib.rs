@@ -97,7 +97,9 @@ impl KeyedHmac {
             self.mask_bytes(b.as_bytes())
         } else {
             let Some(canonical) = &self.canonical else {
-                return Err(PyTypeError::new_err("KeyedHmac: value is not str or bytes and no canonical function was given"));
+                return Err(PyTypeError::new_err(
+                    "KeyedHmac: value is not str or bytes and no canonical function was given",
+                ));
             };
             let data = canonical.bind(py).call1((value,))?;
             let data = data
@@ -132,7 +134,14 @@ impl KeyedHmac {
         }
         let mut mac = HmacSha256::new_from_slice(key).map_err(|e| PyValueError::new_err(e.to_string()))?;
         mac.update(domain);
-        Ok(Self { mac, output, digest_bytes, length, prefix, canonical })
+        Ok(Self {
+            mac,
+            output,
+            digest_bytes,
+            length,
+            prefix,
+            canonical,
+        })
     }
 
     /// The masked form of one value.
@@ -157,7 +166,9 @@ impl KeyedHmac {
         let py = values.py();
         let mut out: Vec<Bound<'py, PyAny>> = Vec::with_capacity(values.len());
         for value in values.iter() {
-            let key = if value.is_exact_instance_of::<PyString>() || value.is_exact_instance_of::<PyInt>() || value.is_exact_instance_of::<PyBytes>()
+            let key = if value.is_exact_instance_of::<PyString>()
+                || value.is_exact_instance_of::<PyInt>()
+                || value.is_exact_instance_of::<PyBytes>()
             {
                 value.clone()
             } else {
@@ -225,7 +236,10 @@ impl SlotClass {
         if unsafe { (*cls.as_type_ptr()).tp_alloc.is_none() } {
             return Err(PyTypeError::new_err("SlotClass: the class has no tp_alloc"));
         }
-        Ok(Self { cls: cls.clone().unbind(), descriptors: descriptors.into_iter().map(Bound::unbind).collect() })
+        Ok(Self {
+            cls: cls.clone().unbind(),
+            descriptors: descriptors.into_iter().map(Bound::unbind).collect(),
+        })
     }
 
     /// For each object of `objs` (instances of exactly the class, or None), a copy whose slot `i`
@@ -245,7 +259,9 @@ impl SlotClass {
         }
         for (k, v) in columns.iter() {
             let i: usize = k.extract()?;
-            let list = v.downcast_into::<PyList>().map_err(|_| PyTypeError::new_err("columns values must be lists"))?;
+            let list = v
+                .downcast_into::<PyList>()
+                .map_err(|_| PyTypeError::new_err("columns values must be lists"))?;
             *sources.get_mut(i).ok_or_else(|| PyValueError::new_err("slot index out of range"))? = Source::Column(list, 0);
         }
         let cls = self.cls.bind(py).as_type_ptr();
@@ -257,7 +273,9 @@ impl SlotClass {
                 continue;
             }
             if unsafe { ffi::Py_TYPE(obj.as_ptr()) } != cls {
-                return Err(PyTypeError::new_err("evolve_many: an object is not an instance of exactly the class"));
+                return Err(PyTypeError::new_err(
+                    "evolve_many: an object is not an instance of exactly the class",
+                ));
             }
             // SAFETY: tp_alloc exists (checked in new) and returns a new, zeroed, owned object or NULL
             let new = unsafe { Bound::from_owned_ptr_or_err(py, ((*cls).tp_alloc.unwrap())(cls, 0))? };
@@ -273,7 +291,9 @@ impl SlotClass {
                     }
                     Source::Const(v) => v.clone(),
                     Source::Column(list, next) => {
-                        let v = list.get_item(*next).map_err(|_| PyValueError::new_err("a column has fewer values than objects"))?;
+                        let v = list
+                            .get_item(*next)
+                            .map_err(|_| PyValueError::new_err("a column has fewer values than objects"))?;
                         *next += 1;
                         v
                     }
@@ -300,7 +320,11 @@ impl SlotClass {
 /// For each mapping of `bases`: if every `columns[k][i]` is None, the mapping itself; else a new
 /// dict with its entries (`dict(base)`) and `names[k]` set to each non-None `columns[k][i]`.
 #[pyfunction]
-fn dicts_with<'py>(bases: &Bound<'py, PyList>, names: Vec<Bound<'py, PyString>>, columns: Vec<Bound<'py, PyList>>) -> PyResult<Bound<'py, PyList>> {
+fn dicts_with<'py>(
+    bases: &Bound<'py, PyList>,
+    names: Vec<Bound<'py, PyString>>,
+    columns: Vec<Bound<'py, PyList>>,
+) -> PyResult<Bound<'py, PyList>> {
     let py = bases.py();
     let n = bases.len();
     if names.len() != columns.len() || columns.iter().any(|c| c.len() != n) {
