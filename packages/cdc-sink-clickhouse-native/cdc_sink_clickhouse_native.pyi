@@ -10,6 +10,7 @@ KIND_INT: int
 KIND_TEXT: int
 KIND_DOUBLE: int
 KIND_BOOL: int
+KIND_TS: int
 HEX_CALL: int
 HEX_INT_ASC: int
 HEX_INT_DESC: int

@@ -10,13 +10,17 @@
 
 use pyo3::prelude::*;
 use pyo3::intern;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyType};
+use pyo3::types::{
+    timezone_utc, PyBool, PyDateAccess, PyDateTime, PyDict, PyFloat, PyInt, PyString, PyTimeAccess, PyType, PyTzInfoAccess,
+};
 
 const KIND_CALL: u8 = 0;
 const KIND_INT: u8 = 1;
 const KIND_TEXT: u8 = 2;
 const KIND_DOUBLE: u8 = 3;
 const KIND_BOOL: u8 = 4;
+/// A `datetime` as epoch milliseconds (`_ts_ms`), rejected outside `lo..=hi` (`_ts64_enc`).
+const KIND_TS: u8 = 5;
 const MAX_TEXT: &str = "9223372036854775807";
 
 struct Spec {
@@ -43,6 +47,62 @@ fn push_tsv(text: &str, out: &mut String) {
             c => out.push(c),
         }
     }
+}
+
+/// Decimal text of an unsigned integer, straight into `out` (no allocation per field).
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+fn push_i64(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    push_u64(out, v.unsigned_abs());
+}
+
+/// Sixteen lowercase hex digits (`"%016x"`).
+fn push_hex16(out: &mut String, v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(HEX[((v >> (shift * 4)) & 15) as usize] as char);
+    }
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Epoch milliseconds of a naive (taken as UTC) or UTC `datetime`, floored like `_ts_ms`; None for
+/// any other time zone (the Python encoder converts those).
+fn datetime_ms(value: &Bound<'_, PyAny>) -> Option<i64> {
+    let v = value.downcast_exact::<PyDateTime>().ok()?;
+    if let Some(tz) = v.get_tzinfo() {
+        if !tz.is(&timezone_utc(value.py())) {
+            return None;
+        }
+    }
+    let days = days_from_civil(i64::from(v.get_year()), i64::from(v.get_month()), i64::from(v.get_day()));
+    let secs = days * 86_400 + i64::from(v.get_hour()) * 3600 + i64::from(v.get_minute()) * 60 + i64::from(v.get_second());
+    let micros = secs * 1_000_000 + i64::from(v.get_microsecond());
+    Some(micros.div_euclid(1000))
 }
 
 fn exact_i64(obj: &Bound<'_, PyAny>) -> Option<i64> {
@@ -74,7 +134,7 @@ fn push_value(spec: &Spec, value: &Bound<'_, PyAny>, out: &mut String) -> Option
             if v < spec.lo || v > spec.hi {
                 return None;
             }
-            out.push_str(&v.to_string());
+            push_i64(out, v);
             return Some(());
         }
         KIND_TEXT => {
@@ -84,8 +144,17 @@ fn push_value(spec: &Spec, value: &Bound<'_, PyAny>, out: &mut String) -> Option
         }
         KIND_DOUBLE if value.is_exact_instance_of::<PyFloat>() => {
             let v: f64 = value.extract().ok()?;
-            out.push_str(&v.to_bits().to_string());
+            push_u64(out, v.to_bits());
             return Some(());
+        }
+        KIND_TS => {
+            if let Some(ms) = datetime_ms(value) {
+                if ms < spec.lo || ms > spec.hi {
+                    return None;
+                }
+                push_i64(out, ms);
+                return Some(());
+            }
         }
         KIND_BOOL if value.is_exact_instance_of::<PyBool>() => {
             out.push_str(if value.is_truthy().ok()? { "1" } else { "0" });
@@ -138,10 +207,10 @@ impl RowEncoder {
             }
         };
         out.push('\t');
-        out.push_str(&version.to_string());
+        push_i64(out, version);
         out.push('\t');
         match expiry {
-            Some(x) => out.push_str(&x.to_string()),
+            Some(x) => push_i64(out, x),
             None => out.push_str(MAX_TEXT),
         }
         Some(())
@@ -185,8 +254,8 @@ impl RowEncoder {
         for k in &self.ck {
             let value = key.get_item(k.name.bind(py)).ok()??;
             match k.hex_mode {
-                HEX_INT_ASC => out.push_str(&format!("{:016x}", (exact_i64(&value)? as u64) ^ (1u64 << 63))),
-                HEX_INT_DESC => out.push_str(&format!("{:016x}", !((exact_i64(&value)? as u64) ^ (1u64 << 63)))),
+                HEX_INT_ASC => push_hex16(&mut out, (exact_i64(&value)? as u64) ^ (1u64 << 63)),
+                HEX_INT_DESC => push_hex16(&mut out, !((exact_i64(&value)? as u64) ^ (1u64 << 63))),
                 _ => {
                     let text = k.hex.bind(py).call1((value,)).ok()?;
                     out.push_str(text.downcast_exact::<PyString>().ok()?.to_str().ok()?);
@@ -198,7 +267,7 @@ impl RowEncoder {
         if rd.is_none() {
             out.push_str(MIN_TEXT);
         } else {
-            out.push_str(&exact_i64(&rd.getattr(intern!(py, "timestamp")).ok()?)?.to_string());
+            push_i64(&mut out, exact_i64(&rd.getattr(intern!(py, "timestamp")).ok()?)?);
         }
         out.push('\t');
         let lv = event.getattr(intern!(py, "liveness")).ok()?;
@@ -207,14 +276,14 @@ impl RowEncoder {
             out.push('\t');
             out.push_str(MIN_TEXT);
         } else {
-            out.push_str(&exact_i64(&lv.getattr(intern!(py, "timestamp")).ok()?)?.to_string());
+            push_i64(&mut out, exact_i64(&lv.getattr(intern!(py, "timestamp")).ok()?)?);
             out.push('\t');
             let ttl = lv.getattr(intern!(py, "ttl")).ok()?;
             let ldt = lv.getattr(intern!(py, "local_deletion_time")).ok()?;
             if ttl.is_none() || ldt.is_none() {
                 out.push_str(MIN_TEXT);
             } else {
-                out.push_str(&exact_i64(&ldt)?.to_string());
+                push_i64(&mut out, exact_i64(&ldt)?);
             }
         }
         for spec in &self.cells {
@@ -280,6 +349,7 @@ fn cdc_sink_clickhouse_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KIND_TEXT", KIND_TEXT)?;
     m.add("KIND_DOUBLE", KIND_DOUBLE)?;
     m.add("KIND_BOOL", KIND_BOOL)?;
+    m.add("KIND_TS", KIND_TS)?;
     m.add("HEX_CALL", HEX_CALL)?;
     m.add("HEX_INT_ASC", HEX_INT_ASC)?;
     m.add("HEX_INT_DESC", HEX_INT_DESC)?;

@@ -93,6 +93,19 @@ ANY_VALUE = st.one_of(
     st.decimals(allow_nan=False, allow_infinity=False),
     st.integers(-(10**13), 10**14).map(lambda ms: _EPOCH + dt.timedelta(milliseconds=ms)),
     st.datetimes(),
+    st.datetimes(timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)), dt.timezone.min])),
+    st.sampled_from(
+        [
+            dt.datetime(1900, 1, 1, tzinfo=dt.UTC),
+            dt.datetime(1899, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
+            dt.datetime(2299, 12, 31, 23, 59, 59, 999999),
+            dt.datetime(2300, 1, 1),
+            dt.datetime(1969, 12, 31, 23, 59, 59, 999500, tzinfo=dt.UTC),
+            dt.datetime(1, 1, 1),
+            dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
+            dt.datetime(2000, 2, 29, 12, tzinfo=dt.timezone(dt.timedelta(0))),
+        ]
+    ),
     st.dates(),
     st.lists(st.text(max_size=3), max_size=2).map(tuple),
 )

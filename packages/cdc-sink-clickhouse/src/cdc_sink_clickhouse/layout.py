@@ -36,6 +36,8 @@ from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, RangeB
 from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
 from cdc_core.serialization import event_to_dict
 from cdc_sink_clickhouse.mapping import (
+    _DT64_MAX_MS,
+    _DT64_MIN_MS,
     _INT_NAMES,
     INT64_MAX,
     INT64_MIN,
@@ -592,8 +594,7 @@ class TableLayout:
         self._ck_hex = [(k.name, order_key_hex_function(k.schema.cql_type, k.schema.clustering_order is desc)) for k in self.ck]
         self._native_row = self._native_encoder()
 
-    @staticmethod
-    def _native_kind(c: _Col) -> tuple[int, int, int]:
+    def _native_kind(self, c: _Col) -> tuple[int, int, int]:
         """(native value encoder, lo, hi) of a simple column; KIND_CALL calls its Python encoder."""
         assert _native is not None and c.mapping is not None
         cql = c.schema.cql_type.name
@@ -603,6 +604,8 @@ class TableLayout:
             return _native.KIND_DOUBLE, 0, 0
         if cql == "boolean":
             return _native.KIND_BOOL, 0, 0
+        if cql == "timestamp":  # epoch ms; DateTime64 engines reject values outside its range
+            return (_native.KIND_TS, *((_DT64_MIN_MS, _DT64_MAX_MS) if self.features.datetime64 else (INT64_MIN, INT64_MAX)))
         if cql in _INT_RANGES:
             return _native.KIND_INT, *_INT_RANGES[cql]
         return _native.KIND_CALL, 0, 0
