@@ -27,7 +27,7 @@ class RowEncoder:
     column's order-key hex function (``HEX_CALL``) unless ``hex_mode`` does integers natively.
     ``known``: every column name of the table. ``row_kind``: ``ChangeKind.ROW``; ``cell_type``:
     ``Cell``; write timestamps must lie strictly inside ``±version_limit``; ``no_elem``: the empty
-    element fields that end the line.
+    element fields that end the line (after a tab), or ``""`` when the table has none.
     """
 
     def __init__(

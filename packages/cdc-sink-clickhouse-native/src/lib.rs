@@ -294,8 +294,10 @@ impl RowEncoder {
                 Some(change) => self.cell(spec, &change, &mut out)?,
             }
         }
-        out.push('\t');
-        out.push_str(&self.no_elem);
+        if !self.no_elem.is_empty() {
+            out.push('\t');
+            out.push_str(&self.no_elem);
+        }
         Some(out)
     }
 }

@@ -170,6 +170,37 @@ async def test_schema_change_while_another_agent_writes_loses_nothing(harness: C
     await _assert_state(harness, s2, events)
 
 
+async def test_first_collection_column_adds_the_element_columns(harness: ClickHouseHarness) -> None:
+    # Tables without non-frozen collections have no element wire columns; the first such column
+    # (regular and static) adds them by ALTER while an agent on the old schema keeps inserting.
+    name = _table("firstcoll")
+    s1 = _schema(name, {"v": "text"}, static={"s": "int"})
+    s2 = _schema(name, {"v": "text", "l": "list<int>"}, static={"s": "int", "m": "map<text, int>"})
+    tu = uuid.UUID("e0b5c8c0-1dd2-11b2-8080-808080808080")
+    old, new = await harness.make_sink(), await harness.make_sink()
+    events = [
+        _row(s1, {"pk": 1, "ck": 1}, {"v": Cell(timestamp=10, value="a")}, liveness=Liveness(timestamp=10)),
+        _row(s1, {"pk": 1}, {"s": Cell(timestamp=10, value=1)}, static=True),
+    ]
+    try:
+        await old.write(_batch(events))
+        layout = await old.ensure_table(s1)
+        assert not any(n.startswith("i__") and n[3:] in ("col", "ps", "ev") for n, _ in layout.rows_wire() + layout.parts_wire())
+        later = [
+            _row(s2, {"pk": 1, "ck": 1}, {"l": ComplexChange(elements=(ElementChange(path=tu, cell=Cell(timestamp=20, value=5)),))}),
+            _row(s2, {"pk": 1}, {"m": ComplexChange(elements=(ElementChange(path="k", cell=Cell(timestamp=20, value=6)),))}, static=True),
+        ]
+        await new.write(_batch(later))
+        events += later
+        still_old = [_row(s1, {"pk": 2, "ck": 1}, {"v": Cell(timestamp=30, value="b")}, liveness=Liveness(timestamp=30))]
+        await old.write(_batch(still_old))  # the old agent's layout (no element columns) keeps working
+        events += still_old
+    finally:
+        await old.close()
+        await new.close()
+    await _assert_state(harness, s2, events)
+
+
 async def test_a_row_logged_twice_and_compacted_twice_is_counted_once(harness: ClickHouseHarness) -> None:
     # A compaction that crashed between its INSERT of states and its DELETE from the log leaves
     # every row both compacted and logged; a second compaction adds the same states again, and

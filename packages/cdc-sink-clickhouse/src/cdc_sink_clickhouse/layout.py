@@ -181,6 +181,10 @@ class TableLayout:
         self.regular = [self._col(c) for c in schema.value_columns if c.kind is ColumnKind.REGULAR]
         self.static = [self._col(c) for c in schema.value_columns if c.kind is ColumnKind.STATIC]
         self.by_name = {c.name: c for c in self.keys + self.regular + self.static}
+        # The collection-element wire columns only where a non-frozen collection can use them (each
+        # column costs the server per row and part); added by ALTER when one appears.
+        self._rows_elem = any(c.complex for c in self.regular)
+        self._parts_elem = any(c.complex for c in self.static)
         self._compile()
 
     def _col(self, c: ColumnSchema) -> _Col:
@@ -234,13 +238,13 @@ class TableLayout:
     def rows_wire(self) -> list[tuple[str, str]]:
         cols = [(f"_i_{k.name}", k.mapping.wire) for k in self.keys if k.mapping is not None]
         cols += [("i__ck", "String"), ("i__rd", "Int64"), ("i__lv", "Int64"), ("i__lx", "Int64")]
-        return cols + self._value_wire(self.regular) + list(self._ELEM_WIRE)
+        return cols + self._value_wire(self.regular) + (list(self._ELEM_WIRE) if self._rows_elem else [])
 
     def parts_wire(self) -> list[tuple[str, str]]:
         cols = [(f"_i_{k.name}", k.mapping.wire) for k in self.pk if k.mapping is not None]
         cols += [("i__pd", "Int64"), ("i__srd", "Int64"), ("i__rs", "String"), ("i__rsk", "UInt8"), ("i__re", "String")]
         cols += [("i__rek", "UInt8"), ("i__rts", "Int64")]
-        return cols + self._value_wire(self.static) + list(self._ELEM_WIRE)
+        return cols + self._value_wire(self.static) + (list(self._ELEM_WIRE) if self._parts_elem else [])
 
     def _value_storage(self, cols: Sequence[_Col]) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -634,7 +638,7 @@ class TableLayout:
             kind, lo, hi = self._native_kind(c)
             cells.append((name, kind, enc, default, absent, lo, hi))
         known = frozenset(self.by_name)
-        return _native.RowEncoder(pk, ck, cells, known, ChangeKind.ROW, Cell, _VERSION_LIMIT, _NO_ELEM)
+        return _native.RowEncoder(pk, ck, cells, known, ChangeKind.ROW, Cell, _VERSION_LIMIT, _NO_ELEM if self._rows_elem else "")
 
     @staticmethod
     def _keys(encoders: Sequence[tuple[str, Callable[[Any], str]]], key: Mapping[str, Any], out: list[str]) -> None:
@@ -771,7 +775,7 @@ class TableLayout:
                 values, elements = self._cells(self._static_specs, event)
             else:
                 srd, values = _MIN_TEXT, [self._static_sentinel] if self._static_specs else []
-            parts.append("\t".join([*pk_fields, pd, srd, *rng, *values, _NO_ELEM]))
+            parts.append("\t".join([*pk_fields, pd, srd, *rng, *values, *([_NO_ELEM] if self._parts_elem else [])]))
             if elements:
                 sentinel = [self._static_sentinel] if self._static_specs else []
                 base = [*pk_fields, _MIN_TEXT, _MIN_TEXT, "", "0", "", "0", _MIN_TEXT, *sentinel]
@@ -792,7 +796,8 @@ class TableLayout:
             line.append(f"{liveness.timestamp}\t{_MIN_TEXT if liveness.ttl is None or ldt is None else ldt}")
         values, elements = self._cells(self._reg_specs, event)
         line += values
-        line.append(_NO_ELEM)
+        if self._rows_elem:
+            line.append(_NO_ELEM)
         rows.append("\t".join(line))
         if elements:
             sentinel = [self._reg_sentinel] if self._reg_specs else []
