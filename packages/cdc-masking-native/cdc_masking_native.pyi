@@ -46,3 +46,7 @@ class SlotClass:
 def dicts_with(bases: list[Mapping[str, Any]], names: Sequence[str], columns: Sequence[list[Any]]) -> list[Mapping[str, Any]]:
     """Per mapping: itself if every ``columns[k][i]`` is None, else ``dict(base)`` with ``names[k]`` set to the
     non-None ``columns[k][i]``."""
+
+def live_cells(bases: list[Mapping[str, Any]], name: str, cls: type) -> tuple[list[Any], list[Any]] | None:
+    """Per mapping, its entry ``name`` if that is a live ``cls`` (exact class, ``value`` not None, not a
+    ``tombstone``) else None, and those cells' values; None if an entry is neither None nor exactly ``cls``."""

@@ -359,11 +359,53 @@ fn dicts_with<'py>(
     PyList::new(py, out)
 }
 
+/// The entry `name` of each mapping of `bases` where it is a live cell — an instance of exactly
+/// `cls` whose `value` is not None and whose `tombstone` is false — else None, and the values of
+/// those cells in order; None if some entry is neither None nor an instance of exactly `cls`.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn live_cells<'py>(
+    bases: &Bound<'py, PyList>,
+    name: &Bound<'py, PyString>,
+    cls: &Bound<'py, PyType>,
+) -> PyResult<Option<(Bound<'py, PyList>, Bound<'py, PyList>)>> {
+    let py = bases.py();
+    let value_attr = pyo3::intern!(py, "value");
+    let tombstone_attr = pyo3::intern!(py, "tombstone");
+    let mut cells: Vec<Bound<'py, PyAny>> = Vec::with_capacity(bases.len());
+    let mut values: Vec<Bound<'py, PyAny>> = Vec::with_capacity(bases.len());
+    for base in bases.iter() {
+        let entry = match base.downcast_exact::<PyDict>() {
+            Ok(dict) => dict.get_item(name)?,
+            Err(_) => Some(base.call_method1(pyo3::intern!(py, "get"), (name,))?),
+        };
+        let cell = match entry {
+            Some(cell) if !cell.is_none() => cell,
+            _ => {
+                cells.push(py.None().into_bound(py));
+                continue;
+            }
+        };
+        if !cell.get_type().is(cls) {
+            return Ok(None);
+        }
+        let value = cell.getattr(value_attr)?;
+        if value.is_none() || cell.getattr(tombstone_attr)?.is_truthy()? {
+            cells.push(py.None().into_bound(py));
+        } else {
+            cells.push(cell);
+            values.push(value);
+        }
+    }
+    Ok(Some((PyList::new(py, cells)?, PyList::new(py, values)?)))
+}
+
 #[pymodule]
 fn cdc_masking_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KeyedHmac>()?;
     m.add_class::<SlotClass>()?;
     m.add_function(wrap_pyfunction!(dicts_with, m)?)?;
+    m.add_function(wrap_pyfunction!(live_cells, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

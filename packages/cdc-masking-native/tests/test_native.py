@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
+from frozendict import frozendict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -192,6 +193,23 @@ def test_dicts_with() -> None:
     out = cdc_masking_native.dicts_with([base, base], ["b", "a"], [[None, 3], [None, 4]])
     assert out[0] is base
     assert out[1] == {"a": 4, "b": 3} and list(out[1]) == ["a", "b"] and out[1] is not base
+
+
+def test_live_cells() -> None:
+    live = Cell(timestamp=1, value="a")
+    bases: list[Any] = [
+        {"c": live},
+        {},
+        {"c": Cell(timestamp=1, value=None, tombstone=True)},
+        frozendict({"c": Cell(timestamp=2, value=0)}),  # any mapping; a falsy value is live
+        {"c": None},
+    ]
+    found = cdc_masking_native.live_cells(bases, "c", Cell)
+    assert found is not None
+    cells, values = found
+    assert cells == [live, None, None, bases[3]["c"], None] and cells[0] is live
+    assert values == ["a", 0]
+    assert cdc_masking_native.live_cells([{"c": live}, {"c": Liveness(timestamp=1)}], "c", Cell) is None
 
 
 # --- whole transform: native and pure Python give equal events and audits ----------------------------

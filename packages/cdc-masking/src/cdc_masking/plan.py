@@ -250,11 +250,11 @@ _DIRECT = tuple(a.name for a in attrs.fields(ChangeEvent)) == _EVENT_FIELDS and 
 _VALUE_SLOT = _CELL_FIELDS.index("value")
 _SCHEMA_SLOT = _EVENT_FIELDS.index("schema")
 _CELLS_SLOT = _EVENT_FIELDS.index("cells")
-_builders: dict[int, tuple[Any, Any, Any]] = {}
+_builders: dict[int, tuple[Any, Any, Any, Any]] = {}
 
 
-def _native_builders() -> tuple[Any, Any, Any] | None:
-    """The accelerator's ``(SlotClass(Cell), SlotClass(ChangeEvent), dicts_with)``, or None without it.
+def _native_builders() -> tuple[Any, Any, Any, Any] | None:
+    """The accelerator's ``(SlotClass(Cell), SlotClass(ChangeEvent), dicts_with, live_cells)``, or None without it.
 
     ``SlotClass`` copies an object slot by slot; ``cdc_core.fastobj.slot_setters`` is the core's own
     check (raising otherwise) that filling every slot is the same as calling ``__init__``.
@@ -270,6 +270,7 @@ def _native_builders() -> tuple[Any, Any, Any] | None:
             native.SlotClass(Cell, [Cell.__dict__[name] for name in _CELL_FIELDS]),
             native.SlotClass(ChangeEvent, [ChangeEvent.__dict__[name] for name in _EVENT_FIELDS]),
             native.dicts_with,
+            native.live_cells,
         )
     return built
 
@@ -400,16 +401,14 @@ class TablePlan:
     def _mask_batch_native(self, events: list[ChangeEvent]) -> list[ChangeEvent | None] | None:
         """``mask_batch`` of a plan that masks only simple scalar columns, with cells, cell dicts and events
         rebuilt by the accelerator; None (nothing counted) for a batch it does not handle exactly."""
-        cells_cls, events_cls, dicts_with = self._native  # type: ignore[misc]
-        n = len(events)
+        cells_cls, events_cls, dicts_with, live_cells = self._native  # type: ignore[misc]
         all_cells = [event.cells for event in events]
         gathered = []
         for name, index, many in self._batch_cols:
-            olds = [cells.get(name) for cells in all_cells]
-            live = [c if type(c) is Cell and c.value is not None and not c.tombstone else None for c in olds]
-            values = [c.value for c in live if c is not None]
-            if len(values) != n - olds.count(None) and any(c is not None and type(c) is not Cell for c in olds):
+            found = live_cells(all_cells, name, Cell)  # per event: the live Cell (else None), and their values
+            if found is None:
                 return None  # a non-Cell in a simple column (never from the decoder): the general path decides
+            live, values = found
             gathered.append((index, many, live, values))
         columns = []
         for _index, many, live, values in gathered:
