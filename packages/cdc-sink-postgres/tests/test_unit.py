@@ -318,19 +318,36 @@ def test_fast_fold_matches_the_reference_fold(events: list[Any]) -> None:
     expected_rows = {k: row_record(k, d, layout.regular) for k, d in ref.rows.items()}
     expected_statics = {k: row_record(k, d, layout.static) for k, d in ref.statics.items()}
     plan = FoldPlan(layout)
-    for eager in (False, True):
+
+    def fold_with(eager: bool, batch: bool) -> tuple[set[int], list[Any]] | None:
+        """Event by event (``add``) or all at once (``add_all``, the sink's path); None when
+        the optimistic fold asks for an eager one."""
         fold = RecordFold(plan, eager=eager)
         rejected = set()
         try:
-            for i, e in enumerate(events):
-                try:
-                    fold.add(e)
-                except ValueRejected:
-                    rejected.add(i)
-            staged = [fold.staged_rows() if fold.rows else None, fold.staged_statics() if fold.statics else None]
+            if batch:
+                rejected = {i for i, _ in fold.add_all(events)}
+            else:
+                for i, e in enumerate(events):
+                    try:
+                        fold.add(e)
+                    except ValueRejected:
+                        rejected.add(i)
+            return rejected, [fold.staged_rows() if fold.rows else None, fold.staged_statics() if fold.statics else None]
         except NeedsEagerFold:
+            return None
+
+    for eager in (False, True):
+        one, every = fold_with(eager, batch=False), fold_with(eager, batch=True)
+        assert (one is None) == (every is None)
+        if one is None or every is None:
             assert not eager
             continue
+        rejected, staged = one
+        assert every[0] == rejected
+        assert [None if s is None else (s.present, s.aliases, s.records) for s in every[1]] == [
+            None if s is None else (s.present, s.aliases, s.records) for s in staged
+        ]
         assert rejected == ref_rejected
         for got, expected in zip(staged, (expected_rows, expected_statics), strict=True):
             if got is None:

@@ -565,6 +565,69 @@ class RecordFold:
                         raise NeedsEagerFold from None
         _merge_records(acc, rec, side)
 
+    def add_all(self, events: Sequence[ChangeEvent]) -> list[tuple[int, ValueRejected]]:
+        """:meth:`add` every event; returns (index, error) of the rejected ones. The common event
+        — a row of a table keyed by one or two columns, first of its key in the batch, writing
+        only simple cells of this table — is folded inline (no call, lookups hoisted out of the
+        loop); any other goes through :meth:`add`, with the same result. Raises
+        :class:`NeedsEagerFold` like :meth:`add`."""
+        rejected: list[tuple[int, ValueRejected]] = []
+        plan = self.plan
+        side = plan.rows
+        target = self.rows
+        fast = side.fast_eager if self.eager else side.fast_lazy
+        padding = side.padding
+        keys = plan.pk_conv + plan.ck_conv
+        add = self.add
+        row = ChangeKind.ROW
+        cell_type = Cell
+        inline = len(keys) in (1, 2)
+        first: tuple[str, Any] = keys[0] if keys else ("", None)
+        second: tuple[str, Any] = keys[-1] if keys else ("", None)
+        name1, conv1 = first
+        name2, conv2 = second
+        for i, event in enumerate(events):
+            rec: list[Any] | None = None
+            if inline and event.kind is row and not event.static:
+                try:
+                    key_values = event.key
+                    key: Key = (conv1(key_values[name1]),) if len(keys) == 1 else (conv1(key_values[name1]), conv2(key_values[name2]))
+                    if key not in target:
+                        marker = event.liveness
+                        deletion = event.row_deletion
+                        rec = [
+                            *key,
+                            None if marker is None else marker.timestamp,
+                            None if marker is None or marker.ttl is None else marker.local_deletion_time,
+                            None if deletion is None else deletion.timestamp,
+                            *padding,
+                        ]
+                        for name, change in event.cells.items():
+                            hot = fast.get(name)
+                            if hot is None or type(change) is not cell_type:
+                                rec = None  # anything else: the general path
+                                break
+                            off, conv = hot
+                            value = change.value
+                            if value is None or change.tombstone:
+                                rec[off + 1] = change.timestamp
+                                continue
+                            rec[off] = value if conv is None else conv(value)
+                            rec[off + 1] = change.timestamp
+                            if change.ttl is not None:
+                                rec[off + 2] = change.local_deletion_time
+                except ValueRejected as exc:
+                    rejected.append((i, exc))
+                    continue
+            if rec is not None:
+                target[key] = rec
+                continue
+            try:
+                add(event)
+            except ValueRejected as exc:
+                rejected.append((i, exc))
+        return rejected
+
     def _add_deletion(self, event: ChangeEvent, pk: Key) -> None:
         if event.kind is ChangeKind.PARTITION_DELETE:
             if event.partition_deletion is not None:

@@ -484,17 +484,14 @@ class PostgresSink:
         # every value, again converting each value as it comes (rejecting exactly the culprits).
         for eager in (False, True):
             fold = RecordFold(target.plan, eager=eager)
-            add = fold.add
-            bad: list[Rejected] = []
-            ok: list[ChangeEvent] = []
             try:
-                for event in events:
-                    try:
-                        add(event)
-                    except ValueRejected as exc:
-                        bad.append(Rejected(event=event, error=str(exc)))
-                    else:
-                        ok.append(event)
+                failed = fold.add_all(events)
+                bad = [Rejected(event=events[i], error=str(exc)) for i, exc in failed]
+                if failed:
+                    refused = {i for i, _ in failed}
+                    ok = [e for i, e in enumerate(events) if i not in refused]
+                else:
+                    ok = list(events)
                 rows = fold.staged_rows() if fold.rows else None
                 statics = fold.staged_statics() if fold.statics else None
             except NeedsEagerFold:
