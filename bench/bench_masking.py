@@ -1,7 +1,7 @@
 """Masking throughput: events/s through the ``masking`` transform on one core.
 
 A 10-column row (text partition key, int clustering column, 8 regular columns) of which 3 are
-masked: ``email`` (hmac), ``ssn`` (hmac) and ``phone`` (tokenize). Two workloads:
+masked: ``email`` (hmac), ``ssn`` (hmac) and ``phone`` (tokenize). Three workloads:
 
 * ``unique``   — every event carries new values (worst case: every value is hashed);
 * ``repeated`` — values drawn from a pool of 10,000 people, each written 3 times in a row as a
