@@ -201,6 +201,29 @@ async def test_first_collection_column_adds_the_element_columns(harness: ClickHo
     await _assert_state(harness, s2, events)
 
 
+async def test_an_agent_on_an_older_schema_does_not_compact_away_newer_columns(harness: ClickHouseHarness) -> None:
+    name = _table("oldcompact")
+    s1 = _schema(name, {"v": "text"}, static={"s": "int"})
+    s2 = _schema(name, {"v": "text", "w": "int"}, static={"s": "int", "t": "text"})
+    old, new = await harness.make_sink(), await harness.make_sink()
+    events = [_row(s1, {"pk": 1, "ck": 1}, {"v": Cell(timestamp=10, value="a")}, liveness=Liveness(timestamp=10))]
+    try:
+        await old.write(_batch(events))
+        newer = [
+            _row(s2, {"pk": 1, "ck": 1}, {"w": Cell(timestamp=20, value=5)}),
+            _row(s2, {"pk": 1}, {"t": Cell(timestamp=20, value="tt")}, static=True),
+        ]
+        await new.write(_batch(newer))
+        events += newer
+        await old.compact(s1, margin_s=-5)  # knows neither w nor t: must not fold and delete their cells
+        await _assert_state(harness, s2, events)
+        await new.compact(s2, margin_s=-5)  # an agent that knows every column does compact
+    finally:
+        await old.close()
+        await new.close()
+    await _assert_state(harness, s2, events)
+
+
 async def test_a_row_logged_twice_and_compacted_twice_is_counted_once(harness: ClickHouseHarness) -> None:
     # A compaction that crashed between its INSERT of states and its DELETE from the log leaves
     # every row both compacted and logged; a second compaction adds the same states again, and

@@ -379,8 +379,18 @@ class ClickHouseSink:
         if layout.mode != "latest":
             return
         margin = self.config.compact_margin_s if margin_s is None else margin_s
-        where = f"i__at < toDateTime({int(time.time() - margin)})"
         try:
+            # One cut-off literal for both statements, from the server's clock (it stamps i__at).
+            server_now = int((await self.transport.select("SELECT toUInt32(now())")).decode().strip())
+            where = f"i__at < toDateTime({int(server_now - margin)})"
+            existing = await self._existing_columns(layout)
+            for kind, wire in (("__rows", layout.rows_wire()), ("__parts", layout.parts_wire())):
+                # An agent still on an older schema would fold only the columns it knows and then
+                # delete the rows, newer columns' cells included: it leaves the log alone.
+                unknown = existing.get(layout.base + kind + "_in", set()) - {n for n, _ in wire} - {"i__at"}
+                if unknown:
+                    self._log.info("clickhouse compaction skipped: the log has newer columns", table=layout.base, columns=sorted(unknown))
+                    return
             for kind in ("__rows", "__parts"):
                 storage = layout.rows_storage() if kind == "__rows" else layout.parts_storage()
                 cols = ", ".join(quote(n) for n, _ in storage)
