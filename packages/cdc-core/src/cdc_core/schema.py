@@ -26,7 +26,7 @@ class ClusteringOrder(enum.Enum):
     NONE = "none"
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, cache_hash=True)
 class ColumnSchema:
     """One column: its name, CQL type string, kind and place among the key columns."""
 
@@ -41,7 +41,9 @@ class ColumnSchema:
         return parse_type(self.type)
 
 
-@attrs.frozen(kw_only=True)
+# Schemas key per-table dicts on every event's hot path (plans, shapes, refusals): without a
+# cached hash each lookup re-hashes every column (≈4 µs for 10 columns).
+@attrs.frozen(kw_only=True, cache_hash=True)
 class TableSchema:
     """A table's columns. ``dropped`` maps a dropped column's name to its drop time (µs)."""
 
