@@ -224,6 +224,35 @@ async def test_an_agent_on_an_older_schema_does_not_compact_away_newer_columns(h
     await _assert_state(harness, s2, events)
 
 
+async def test_periodic_compaction_runs_after_batches_and_its_failure_does_not_fail_them(harness: ClickHouseHarness) -> None:
+    schema = _schema(_table("periodic"), {"v": "text"})
+    events = [
+        _row(schema, {"pk": 1, "ck": i}, {"v": Cell(timestamp=10 + i, value=f"v{i}")}, liveness=Liveness(timestamp=5)) for i in range(4)
+    ]
+    sink = await harness.make_sink(compact_interval_s=0.001, compact_margin_s=0.0)
+    calls: list[str] = []
+    original = sink.compact
+
+    async def compact(schema: TableSchema, margin_s: float | None = None) -> None:
+        calls.append(schema.table)
+        if len(calls) == 1:
+            raise TransientError("compaction refused")  # must not fail the batch
+        await original(schema, margin_s)
+
+    sink.compact = compact  # type: ignore[method-assign]
+    try:
+        for e in events:
+            await asyncio.sleep(0.002)
+            result = await sink.write(_batch([e]))
+            assert not result.rejected
+        positions = await sink.committed_positions()
+    finally:
+        await sink.close()
+    assert len(calls) >= 3
+    assert positions["n1"] == events[-1].position
+    await _assert_state(harness, schema, events)
+
+
 async def test_a_row_logged_twice_and_compacted_twice_is_counted_once(harness: ClickHouseHarness) -> None:
     # A compaction that crashed between its INSERT of states and its DELETE from the log leaves
     # every row both compacted and logged; a second compaction adds the same states again, and

@@ -267,7 +267,12 @@ class ClickHouseSink:
         if interval is not None and time.monotonic() - self._last_compaction >= interval:
             self._last_compaction = time.monotonic()
             for layout in list(self._layouts.values()):
-                await self.compact(layout.schema)
+                try:
+                    await self.compact(layout.schema)
+                except (TransientError, PermanentError) as exc:
+                    # The batch is written and committed; compaction only bounds read cost and is
+                    # retried at the next interval, so its failure must not fail the batch.
+                    log_.warning("clickhouse compaction failed", table=layout.base, error=str(exc)[:300])
         log_.debug(
             "clickhouse batch written",
             events=len(batch.events),
@@ -472,6 +477,3 @@ def decode_collection(text: str, typ: CqlType) -> Any:
     if typ.name == "udt":
         return {f: value_from_json(obj.get(f), t) for f, t in zip(typ.field_names, typ.params, strict=True)}
     raise PermanentError(f"not a multi-cell type: {typ}")
-
-
-_ = TransientError  # re-exported for callers matching on it
