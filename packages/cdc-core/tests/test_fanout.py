@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from cdc_core.fanout import Detached, SharedSource
+from cdc_core.fanout import Detached, SharedSource, get_by
 from cdc_core.positions import Position
 from cdc_core.readers import Progress, ReaderItem
 
@@ -105,3 +105,18 @@ def test_a_rejoining_lane_gets_exactly_what_it_has_not_read(
     chunks = -(-len(items) // chunk_size)
     fast_chunks = capacity + 1 + round(fast_fraction * max(0, chunks - capacity - 1))  # enough to detach "late"
     asyncio.run(_scenario(items, fast_chunks, round(read_fraction * len(items)), capacity, chunk_size))
+
+
+async def test_get_by_takes_a_waiting_item_even_past_the_deadline_and_times_out_when_empty() -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    past = asyncio.get_running_loop().time() - 1
+    queue.put_nowait(7)
+    assert await get_by(queue, past) == 7
+    start = asyncio.get_running_loop().time()
+    try:
+        await get_by(queue, start + 0.05)
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("an empty queue must time out")
+    assert asyncio.get_running_loop().time() - start >= 0.04

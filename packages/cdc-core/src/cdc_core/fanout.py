@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import attrs
 
 from cdc_core.positions import Position
 from cdc_core.readers import ReaderItem
 
-__all__ = ["Detached", "SharedSource", "chunked"]
+__all__ = ["Detached", "SharedSource", "chunked", "get_by"]
 
 Chunk = Sequence[ReaderItem]
 
@@ -45,6 +46,21 @@ def _last_positions(items: Sequence[ReaderItem]) -> dict[str, Position]:
 
 class Detached(Exception):
     """This lane fell too far behind the shared read: it must read on its own."""
+
+
+T = TypeVar("T")
+
+
+async def get_by(queue: asyncio.Queue[T], deadline: float) -> T:
+    """The queue's next item: at once if there is one, else waiting until ``deadline`` (loop time).
+
+    ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` can swallow a cancellation
+    that lands just as the item arrives, and a cancelled pipeline then never shuts down.
+    """
+    if not queue.empty():
+        return queue.get_nowait()
+    async with asyncio.timeout_at(deadline):
+        return await queue.get()
 
 
 async def chunked(stream: AsyncIterator[ReaderItem], size: int, wait: float) -> AsyncGenerator[list[ReaderItem], None]:
@@ -72,16 +88,10 @@ async def chunked(stream: AsyncIterator[ReaderItem], size: int, wait: float) -> 
             chunk: list[ReaderItem] = [first]  # type: ignore[list-item]
             deadline = asyncio.get_running_loop().time() + wait
             while len(chunk) < size:
-                if queue.empty():
-                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
-                    # cancellation that lands as the item arrives, and then shutdown hangs.
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            item = await queue.get()
-                    except TimeoutError:
-                        break
-                else:
-                    item = queue.get_nowait()
+                try:
+                    item = await get_by(queue, deadline)
+                except TimeoutError:
+                    break
                 if item is _END:
                     ended = True
                     break

@@ -29,7 +29,7 @@ from cdc_core.dlq import DeadLetterQueue
 from cdc_core.errors import ConfigError, PermanentError
 from cdc_core.events import ChangeEvent
 from cdc_core.factories import ComponentContext
-from cdc_core.fanout import Detached, SharedSource, chunked
+from cdc_core.fanout import Detached, SharedSource, chunked, get_by
 from cdc_core.observability import Metrics, tracer
 from cdc_core.offsets import OffsetStore
 from cdc_core.plugins import PluginRegistry
@@ -400,19 +400,12 @@ class Pipeline:
                     end_marker = first
                     break
                 pending: list[ReaderItem] = [first]
-                deadline = time.monotonic() + bc.max_wait
+                deadline = asyncio.get_running_loop().time() + bc.max_wait
                 while len(pending) < bc.max_events:
-                    timeout = deadline - time.monotonic()
-                    if timeout <= 0:
+                    try:
+                        item = await get_by(items, deadline)
+                    except TimeoutError:
                         break
-                    if items.empty():
-                        try:  # not wait_for, which on 3.11 can swallow a concurrent cancellation
-                            async with asyncio.timeout(timeout):
-                                item = await items.get()
-                        except TimeoutError:
-                            break
-                    else:
-                        item = items.get_nowait()
                     if item is _END or isinstance(item, _Failure):
                         end_marker = item
                         ended = True
