@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 
+import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -113,10 +114,6 @@ async def test_get_by_takes_a_waiting_item_even_past_the_deadline_and_times_out_
     queue.put_nowait(7)
     assert await get_by(queue, past) == 7
     start = asyncio.get_running_loop().time()
-    try:
+    with pytest.raises(TimeoutError):
         await get_by(queue, start + 0.05)
-    except TimeoutError:
-        pass
-    else:
-        raise AssertionError("an empty queue must time out")
     assert asyncio.get_running_loop().time() - start >= 0.04
