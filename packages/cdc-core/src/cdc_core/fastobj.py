@@ -24,7 +24,17 @@ import attrs
 from cdc_core.events import Cell, ChangeEvent, ComplexChange, Deletion, ElementChange, Liveness
 from cdc_core.positions import Position
 
-__all__ = ["CELL_FIELDS", "new_cell", "new_element", "new_event", "new_liveness", "new_position", "new_uuid", "slot_constructor"]
+__all__ = [
+    "CELL_FIELDS",
+    "new_cell",
+    "new_element",
+    "new_event",
+    "new_liveness",
+    "new_position",
+    "new_uuid",
+    "slot_constructor",
+    "slot_setters",
+]
 
 
 def slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
