@@ -17,6 +17,7 @@ import attrs
 from cdc_sink_postgres.ddl import MERGE_FUNCTION
 from cdc_sink_postgres.idents import qualify, quote_ident
 from cdc_sink_postgres.layout import DELETED_TS, MARKER_EXP, MARKER_TS, ColumnLayout, TableLayout, pg_name
+from cdc_sink_postgres.native import encode_copy, one_chunk
 
 __all__ = ["RowMergeShapes", "StagedMerge", "latest_state_merges"]
 
@@ -62,8 +63,18 @@ class StagedMerge:
         (``truncate_sql``) in the same transaction, before reusing it and before committing."""
         if not records:
             return
-        await conn.copy_records_to_table(self.staging, records=records, columns=list(self.columns))
+        await self.copy_in(conn, records)
         await conn.fetch(self.merge_sql)
+
+    async def copy_in(self, conn: Any, records: Sequence[Sequence[Any]]) -> None:
+        """COPY ``records`` into the staging table: the binary payload built by the optional
+        accelerator in one call when it encodes every value, else asyncpg's per-value encoders
+        (the same bytes; see cdc_sink_postgres.native)."""
+        payload = encode_copy(records, self.column_types)
+        if payload is not None:
+            await conn.copy_to_table(self.staging, source=one_chunk(payload), columns=list(self.columns), format="binary")
+        else:
+            await conn.copy_records_to_table(self.staging, records=records, columns=list(self.columns))
 
 
 def _cast(c: ColumnLayout, expr: str) -> str:

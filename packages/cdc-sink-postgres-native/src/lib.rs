@@ -1,0 +1,339 @@
+//! Optional accelerator of `cdc-sink-postgres`: the binary `COPY` payload of a batch's staging
+//! records, built in one call.
+//!
+//! The reference is asyncpg's `copy_records_to_table` (its per-type binary encoders in
+//! `asyncpg/pgproto/codecs`): for every value accepted here the bytes are the ones asyncpg sends.
+//! Anything else — a type code not listed, a Python value of an unexpected class, an int out of
+//! range, a non-finite Decimal, a datetime not in `datetime.timezone.utc`, text with lone
+//! surrogates — makes `encode_copy` return `None`, and the caller sends the records through
+//! asyncpg instead (which then raises, or encodes, exactly as before).
+//!
+//! Format (PostgreSQL docs, "COPY … Binary Format"): the 11-byte signature `PGCOPY\n\377\r\n\0`, an
+//! int32 flags field and an int32 header-extension length (both 0); per tuple an int16 field count,
+//! then per field an int32 length (-1 for NULL) and the value in the type's `send` format
+//! (big-endian); the trailer is an int16 -1.
+
+use pyo3::prelude::*;
+use pyo3::types::{
+    timezone_utc, PyBool, PyByteArray, PyBytes, PyDate, PyDateAccess, PyDateTime, PyFloat, PyList, PyString, PyTimeAccess, PyTuple, PyType,
+    PyTzInfoAccess,
+};
+
+/// Type codes (the order of `TYPE_CODES` in the stub).
+const INT2: u8 = 0;
+const INT4: u8 = 1;
+const INT8: u8 = 2;
+const FLOAT4: u8 = 3;
+const FLOAT8: u8 = 4;
+const BOOL: u8 = 5;
+const TEXT: u8 = 6;
+const BYTEA: u8 = 7;
+const UUID: u8 = 8;
+const TIMESTAMPTZ: u8 = 9;
+const DATE: u8 = 10;
+const NUMERIC: u8 = 11;
+const LAST_CODE: u8 = NUMERIC;
+
+const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+/// Days from 0001-01-01 (ordinal 1) to 2000-01-01 (PostgreSQL's epoch): `date(2000, 1, 1).toordinal()`.
+const PG_EPOCH_ORDINAL: i64 = 730_120;
+/// asyncpg maps these two instants (µs since 2000-01-01) to ±infinity (`_encode_time`).
+const INFINITY_TS: i64 = 252_455_615_999_999_999;
+const NEGATIVE_INFINITY_TS: i64 = -63_082_281_600_000_000;
+/// asyncpg maps `date.max` / `date.min` to ±infinity (`date_encode`).
+const MAX_DATE_ORDINAL: i64 = 3_652_059;
+const MIN_DATE_ORDINAL: i64 = 1;
+const NUMERIC_NEG: u16 = 0x4000;
+const MAX_DSCALE: i64 = 0x3FFF;
+
+/// Not encodable here: the caller falls back to asyncpg.
+struct Decline;
+
+type Enc<T> = Result<T, Decline>;
+
+fn ordinal(year: i64, month: i64, day: i64) -> i64 {
+    // Proleptic Gregorian, as datetime.date.toordinal (0001-01-01 is 1).
+    const BEFORE_MONTH: [i64; 13] = [0, 0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let y = year - 1;
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    y * 365 + y / 4 - y / 100 + y / 400 + BEFORE_MONTH[month as usize] + i64::from(leap && month > 2) + day
+}
+
+struct Types<'py> {
+    uuid: Bound<'py, PyType>,
+    decimal: Bound<'py, PyType>,
+    utc: Bound<'py, PyAny>,
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize) -> Enc<()> {
+    let n = i32::try_from(n).map_err(|_| Decline)?;
+    out.extend_from_slice(&n.to_be_bytes());
+    Ok(())
+}
+
+fn int_of<T: for<'a> FromPyObject<'a>>(v: &Bound<'_, PyAny>) -> Enc<T> {
+    // asyncpg accepts ints (and bools, which are ints); other classes it converts with __int__:
+    // left to asyncpg.
+    if v.is_instance_of::<pyo3::types::PyInt>() {
+        v.extract::<T>().map_err(|_| Decline)
+    } else {
+        Err(Decline)
+    }
+}
+
+fn encode_numeric(out: &mut Vec<u8>, text: &str) -> Enc<()> {
+    // `str(Decimal)`: [-]digits[.digits][E[+-]n] (NaN/Infinity declined: asyncpg encodes them).
+    let bytes = text.as_bytes();
+    let (negative, rest) = match bytes.first() {
+        Some(b'-') => (true, &bytes[1..]),
+        _ => (false, bytes),
+    };
+    let mut digits: Vec<u8> = Vec::with_capacity(rest.len());
+    let mut frac: i64 = 0;
+    let mut seen_point = false;
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i] {
+            c @ b'0'..=b'9' => {
+                digits.push(c - b'0');
+                if seen_point {
+                    frac += 1;
+                }
+            }
+            b'.' if !seen_point => seen_point = true,
+            b'E' | b'e' => break,
+            _ => return Err(Decline),
+        }
+        i += 1;
+    }
+    let mut exponent: i64 = 0;
+    if i < rest.len() {
+        exponent = std::str::from_utf8(&rest[i + 1..])
+            .map_err(|_| Decline)?
+            .trim_start_matches('+')
+            .parse()
+            .map_err(|_| Decline)?;
+    }
+    if digits.is_empty() {
+        return Err(Decline);
+    }
+    exponent -= frac;
+    // The coefficient as Decimal.as_tuple() gives it: no leading zeros, at least one digit.
+    let first = digits.iter().position(|&d| d != 0).unwrap_or(digits.len() - 1);
+    let digits = &digits[first..];
+    // asyncpg's numeric_encode_binary, step by step.
+    if exponent < 0 && -exponent > MAX_DSCALE {
+        return Err(Decline);
+    }
+    let n = digits.len() as i64;
+    let dweight = n + exponent - 1;
+    let weight = if dweight >= 0 {
+        (dweight + 4) / 4 - 1
+    } else {
+        -((-dweight - 1) / 4 + 1)
+    };
+    if weight > 0xFFFF {
+        return Err(Decline);
+    }
+    let padding = (weight + 1) * 4 - (dweight + 1);
+    let ngroups = (n + padding + 3) / 4;
+    if ngroups > 0xFFFF {
+        return Err(Decline);
+    }
+    let dscale: i64 = if exponent < 0 { -exponent } else { 0 };
+    put_len(out, 8 + 2 * ngroups as usize)?;
+    out.extend_from_slice(&(ngroups as i16).to_be_bytes());
+    out.extend_from_slice(&(weight as i16).to_be_bytes());
+    out.extend_from_slice(&(if negative { NUMERIC_NEG } else { 0 }).to_be_bytes());
+    out.extend_from_slice(&(dscale as i16).to_be_bytes());
+    // Digit j of the padded sequence (4 zeros, the digits, 4 zeros) as asyncpg indexes it.
+    let at = |j: i64| -> i16 {
+        let k = j - 4;
+        if (0..n).contains(&k) {
+            i16::from(digits[k as usize])
+        } else {
+            0
+        }
+    };
+    let mut j = 4 - padding;
+    for _ in 0..ngroups {
+        let g = at(j) * 1000 + at(j + 1) * 100 + at(j + 2) * 10 + at(j + 3);
+        out.extend_from_slice(&g.to_be_bytes());
+        j += 4;
+    }
+    Ok(())
+}
+
+fn encode_value(out: &mut Vec<u8>, code: u8, v: &Bound<'_, PyAny>, types: &Types<'_>) -> Enc<()> {
+    if v.is_none() {
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        return Ok(());
+    }
+    match code {
+        INT2 => {
+            out.extend_from_slice(&2i32.to_be_bytes());
+            out.extend_from_slice(&int_of::<i16>(v)?.to_be_bytes());
+        }
+        INT4 => {
+            out.extend_from_slice(&4i32.to_be_bytes());
+            out.extend_from_slice(&int_of::<i32>(v)?.to_be_bytes());
+        }
+        INT8 => {
+            out.extend_from_slice(&8i32.to_be_bytes());
+            out.extend_from_slice(&int_of::<i64>(v)?.to_be_bytes());
+        }
+        FLOAT4 | FLOAT8 => {
+            // asyncpg: PyFloat_AsDouble (floats and ints); anything else is left to it.
+            let d: f64 = if let Ok(f) = v.downcast::<PyFloat>() {
+                f.value()
+            } else if v.is_instance_of::<pyo3::types::PyInt>() {
+                v.extract::<f64>().map_err(|_| Decline)?
+            } else {
+                return Err(Decline);
+            };
+            if code == FLOAT4 {
+                let f = d as f32;
+                if f.is_infinite() && !d.is_infinite() {
+                    return Err(Decline); // asyncpg raises "value out of float32 range"
+                }
+                out.extend_from_slice(&4i32.to_be_bytes());
+                out.extend_from_slice(&f.to_bits().to_be_bytes());
+            } else {
+                out.extend_from_slice(&8i32.to_be_bytes());
+                out.extend_from_slice(&d.to_bits().to_be_bytes());
+            }
+        }
+        BOOL => {
+            let b = v.downcast::<PyBool>().map_err(|_| Decline)?;
+            out.extend_from_slice(&1i32.to_be_bytes());
+            out.push(u8::from(b.is_true()));
+        }
+        TEXT => {
+            let s = v.downcast::<PyString>().map_err(|_| Decline)?;
+            let s = s.to_str().map_err(|_| Decline)?; // lone surrogates: asyncpg raises
+            put_len(out, s.len())?;
+            out.extend_from_slice(s.as_bytes());
+        }
+        BYTEA => {
+            if let Ok(b) = v.downcast::<PyBytes>() {
+                put_len(out, b.as_bytes().len())?;
+                out.extend_from_slice(b.as_bytes());
+            } else if let Ok(b) = v.downcast::<PyByteArray>() {
+                let data = b.to_vec();
+                put_len(out, data.len())?;
+                out.extend_from_slice(&data);
+            } else {
+                return Err(Decline);
+            }
+        }
+        UUID => {
+            if !v.is_instance(&types.uuid).map_err(|_| Decline)? {
+                return Err(Decline);
+            }
+            let n: u128 = v
+                .getattr(pyo3::intern!(v.py(), "int"))
+                .and_then(|i| i.extract())
+                .map_err(|_| Decline)?;
+            out.extend_from_slice(&16i32.to_be_bytes());
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        TIMESTAMPTZ => {
+            if !v.is_exact_instance_of::<PyDateTime>() {
+                return Err(Decline);
+            }
+            let d = v.downcast::<PyDateTime>().map_err(|_| Decline)?;
+            match d.get_tzinfo() {
+                Some(tz) if tz.is(&types.utc) => {}
+                _ => return Err(Decline), // naive or another zone: asyncpg converts it
+            }
+            let days = ordinal(i64::from(d.get_year()), i64::from(d.get_month()), i64::from(d.get_day())) - PG_EPOCH_ORDINAL;
+            let secs = days * 86_400 + i64::from(d.get_hour()) * 3600 + i64::from(d.get_minute()) * 60 + i64::from(d.get_second());
+            let mut ts = secs * 1_000_000 + i64::from(d.get_microsecond());
+            if ts == INFINITY_TS {
+                ts = i64::MAX;
+            } else if ts == NEGATIVE_INFINITY_TS {
+                ts = i64::MIN;
+            }
+            out.extend_from_slice(&8i32.to_be_bytes());
+            out.extend_from_slice(&ts.to_be_bytes());
+        }
+        DATE => {
+            if !v.is_exact_instance_of::<PyDate>() {
+                return Err(Decline);
+            }
+            let d = v.downcast::<PyDate>().map_err(|_| Decline)?;
+            let ord = ordinal(i64::from(d.get_year()), i64::from(d.get_month()), i64::from(d.get_day()));
+            let pg: i32 = if ord == MAX_DATE_ORDINAL {
+                i32::MAX
+            } else if ord == MIN_DATE_ORDINAL {
+                i32::MIN
+            } else {
+                (ord - PG_EPOCH_ORDINAL) as i32
+            };
+            out.extend_from_slice(&4i32.to_be_bytes());
+            out.extend_from_slice(&pg.to_be_bytes());
+        }
+        NUMERIC => {
+            if !v.get_type().is(&types.decimal) {
+                return Err(Decline);
+            }
+            let text = v.str().map_err(|_| Decline)?;
+            encode_numeric(out, text.to_str().map_err(|_| Decline)?)?;
+        }
+        _ => return Err(Decline),
+    }
+    Ok(())
+}
+
+fn encode_record(out: &mut Vec<u8>, fields: &[Bound<'_, PyAny>], codes: &[u8], types: &Types<'_>) -> Enc<()> {
+    if fields.len() != codes.len() {
+        return Err(Decline);
+    }
+    out.extend_from_slice(&(codes.len() as i16).to_be_bytes());
+    for (v, &code) in fields.iter().zip(codes) {
+        encode_value(out, code, v, types)?;
+    }
+    Ok(())
+}
+
+/// The whole binary COPY payload (header, one tuple per record, trailer) of ``records`` (tuples
+/// or lists, one field per type code), or None when a value is not encodable here.
+#[pyfunction]
+fn encode_copy<'py>(py: Python<'py>, records: &Bound<'py, PyAny>, codes: &[u8]) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    if codes.len() > i16::MAX as usize || codes.iter().any(|&c| c > LAST_CODE) {
+        return Ok(None);
+    }
+    let types = Types {
+        uuid: py.import("uuid")?.getattr("UUID")?.downcast_into::<PyType>()?,
+        decimal: py.import("decimal")?.getattr("Decimal")?.downcast_into::<PyType>()?,
+        utc: timezone_utc(py).into_any(),
+    };
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    out.extend_from_slice(SIGNATURE);
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    let mut fields: Vec<Bound<'py, PyAny>> = Vec::with_capacity(codes.len());
+    for rec in records.try_iter()? {
+        let rec = rec?;
+        fields.clear();
+        if let Ok(t) = rec.downcast::<PyTuple>() {
+            fields.extend(t.iter());
+        } else if let Ok(l) = rec.downcast::<PyList>() {
+            fields.extend(l.iter());
+        } else {
+            return Ok(None);
+        }
+        if encode_record(&mut out, &fields, codes, &types).is_err() {
+            return Ok(None);
+        }
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    Ok(Some(PyBytes::new(py, &out)))
+}
+
+#[pymodule]
+fn cdc_sink_postgres_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(encode_copy, m)?)?;
+    Ok(())
+}

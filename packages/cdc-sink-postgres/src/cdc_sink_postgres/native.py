@@ -1,0 +1,83 @@
+"""The optional compiled accelerator ``cdc_sink_postgres_native`` (packages/cdc-sink-postgres-native).
+
+When it is importable (and ``CDC_SINK_POSTGRES_NATIVE`` is not ``0``/``false``/``no``/``off``),
+staging records whose columns all have a type it knows are encoded into the binary ``COPY``
+payload by one native call instead of asyncpg's per-value encoders; the bytes are the ones asyncpg
+would send. A value it cannot vouch for makes it decline (``None``) and the records go through
+asyncpg as before — the pure-Python path is the reference and the fallback.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from collections.abc import AsyncIterator, Sequence
+from types import ModuleType
+from typing import Any
+
+__all__ = ["TYPE_CODES", "copy_codes", "encode_copy", "native_module", "one_chunk"]
+
+# PostgreSQL type (as the staging tables are declared) → the accelerator's type code.
+TYPE_CODES: dict[str, int] = {
+    "smallint": 0,
+    "integer": 1,
+    "bigint": 2,
+    "real": 3,
+    "double precision": 4,
+    "boolean": 5,
+    "text": 6,
+    "bytea": 7,
+    "uuid": 8,
+    "timestamptz": 9,
+    "date": 10,
+    "numeric": 11,
+}
+
+_OFF = ("0", "false", "no", "off")
+
+
+def _import_native() -> ModuleType | None:
+    try:
+        return importlib.import_module("cdc_sink_postgres_native")
+    except ImportError:
+        return None
+
+
+_native = _import_native()
+
+
+def native_module() -> ModuleType | None:
+    """The accelerator if it is installed and not disabled by ``CDC_SINK_POSTGRES_NATIVE=0``
+    (read on every call)."""
+    if _native is None or os.environ.get("CDC_SINK_POSTGRES_NATIVE", "").strip().lower() in _OFF:
+        return None
+    return _native
+
+
+@functools.lru_cache(maxsize=4096)
+def copy_codes(column_types: tuple[str, ...]) -> bytes | None:
+    """The type codes of a staging table's columns, or None if one has a type not encoded natively."""
+    codes = [TYPE_CODES.get(t) for t in column_types]
+    if any(c is None for c in codes):
+        return None
+    return bytes(c for c in codes if c is not None)
+
+
+def encode_copy(records: Sequence[Sequence[Any]], column_types: tuple[str, ...]) -> bytes | None:
+    """The binary COPY payload of ``records``, or None (no accelerator, a column type it does not
+    encode, or a value it declines): then use asyncpg's ``copy_records_to_table``."""
+    module = native_module()
+    if module is None:
+        return None
+    codes = copy_codes(column_types)
+    if codes is None:
+        return None
+    payload: bytes | None = module.encode_copy(records, codes)
+    return payload
+
+
+async def one_chunk(payload: bytes) -> AsyncIterator[bytes]:
+    """``payload`` as the async iterable ``copy_to_table`` sends as it is (bytes alone would be
+    taken for a file path)."""
+    yield payload
