@@ -127,16 +127,12 @@ async def run_split(url: str, database: str, evs: list[ChangeEvent], batch: int)
         layout = await sink.ensure_table(evs[0].schema)
         t0, c0 = time.perf_counter(), time.process_time()
         payloads: list[tuple[str, bytes]] = []
-        for start in range(0, len(evs), batch):
-            rows: list[str] = []
-            parts: list[str] = []
-            for e in evs[start : start + batch]:
-                r, p = layout.encode_latest(e)
-                rows += r
-                parts += p
-            for suffix, lines in (("__rows_in", rows), ("__parts_in", parts)):
-                if lines:
-                    payloads.append((suffix, ("\n".join(lines) + "\n").encode()))
+        step = min(batch, cfg.encode_chunk_events)
+        for start in range(0, len(evs), step):  # as write() does: one payload per chunk and table
+            rows, parts, _ = sink._encode_latest(layout, evs[start : start + step])
+            for suffix, body in (("__rows_in", rows), ("__parts_in", parts)):
+                if body:
+                    payloads.append((suffix, body.data))
         encode = len(evs) / (time.perf_counter() - t0)
         encode_cpu = (time.process_time() - c0) * 1e6 / len(evs)
         cols = {s: [quote(n) for n, _ in w] for s, w in (("__rows_in", layout.rows_wire()), ("__parts_in", layout.parts_wire()))}

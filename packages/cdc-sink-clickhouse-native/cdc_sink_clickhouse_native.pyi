@@ -25,8 +25,10 @@ class RowEncoder:
     encoder (``KIND_*``; ``encode``, the Python encoder, handles ``KIND_CALL`` and any value outside
     the native fast path), ``lo``/``hi`` bound ``KIND_INT`` values, ``hex`` is the clustering
     column's order-key hex function (``HEX_CALL``) unless ``hex_mode`` does integers natively.
-    ``known``: every column name of the table. ``row_kind``: ``ChangeKind.ROW``; ``cell_type``:
-    ``Cell``; write timestamps must lie strictly inside ``±version_limit``; ``no_elem``: the empty
+    ``known``: every column name of the table. ``row_kind``: ``ChangeKind.ROW``; ``types``:
+    ``(ChangeEvent, Cell, Liveness, Deletion)``, attrs classes with ``__slots__`` whose fields are
+    read straight from the instance (an object of any other class, subclasses included, is
+    declined; a class without those slot fields raises ``TypeError``); write timestamps must lie strictly inside ``±version_limit``; ``no_elem``: the empty
     element fields that end the line (after a tab), or ``""`` when the table has none.
     """
 
@@ -37,9 +39,13 @@ class RowEncoder:
         cells: Sequence[tuple[str, int, Callable[[Any], str], str, str, int, int]],
         known: Set[str],
         row_kind: object,
-        cell_type: type,
+        types: tuple[type, type, type, type],
         version_limit: int,
         no_elem: str,
     ) -> None: ...
     def encode(self, event: Any) -> str | None:
         """The line, or ``None`` when the Python encoder must handle the event (it may reject it)."""
+    def encode_chunk(self, events: list[Any]) -> tuple[bytes, list[int], list[int]]:
+        """``(payload, ends, declined)``: the UTF-8 of every line ``encode`` gives, each followed by a
+        newline, in list order; ``ends[j]`` is the byte offset just after the j-th taken event's
+        line; ``declined``: the indexes of the events ``encode`` declines (not in the payload)."""

@@ -64,7 +64,20 @@ def _same(schema: TableSchema, events: list[ChangeEvent]) -> int:
             assert _outcome(fast, event) == _outcome(slow, event), event
             if fast._native_row is not None and fast._native_row.encode(event) is not None:
                 taken += 1
+        if fast._native_row is not None:
+            _same_chunk(fast._native_row, events)
     return taken
+
+
+def _same_chunk(native: Any, events: list[ChangeEvent]) -> None:
+    """``encode_chunk`` of a list (also repeated and reordered) is ``encode`` of each event, joined."""
+    for chunk in (events, events[::-1] + events, []):
+        lines = [native.encode(e) for e in chunk]
+        data, ends, declined = native.encode_chunk(chunk)
+        assert declined == [i for i, line in enumerate(lines) if line is None]
+        parts = [(line + "\n").encode("utf-8") for line in lines if line is not None]
+        assert data == b"".join(parts)
+        assert ends == [sum(len(p) for p in parts[: j + 1]) for j in range(len(parts))]
 
 
 @native_only

@@ -347,7 +347,8 @@ async def test_rejected_events_are_dead_lettered_before_the_offsets_move(harness
     server_poison = _row(schema, {"pk": 1, "ck": 3}, {"n": Cell(timestamp=5, value=3)})  # the server refuses it
     sink = await harness.make_sink()
     layout = await sink.ensure_table(schema)
-    original = layout.encode_latest
+    layout._native_row = None  # every event through the Python encoder, patched below
+    original = layout.encode_latest_python
 
     def corrupt(event: ChangeEvent) -> tuple[list[str], list[str]]:
         rows, parts = original(event)
@@ -355,7 +356,7 @@ async def test_rejected_events_are_dead_lettered_before_the_offsets_move(harness
             rows = [rows[0].replace("\t", "\tnot-a-number\t", 1)]
         return rows, parts
 
-    layout.encode_latest = corrupt  # type: ignore[method-assign]
+    layout.encode_latest_python = corrupt  # type: ignore[method-assign]
 
     async def failing_dlq(rejected: Sequence[Any]) -> None:
         raise OSError("DLQ disk full")

@@ -229,7 +229,8 @@ async def test_server_side_data_error_is_bisected_to_the_event(harness: ClickHou
     events = [_event(schema, i + 1, {"pk": 1, "ck": i}, {"v": Cell(timestamp=5, value=f"v{i}")}) for i in range(6)]
     sink = await harness.make_sink()
     layout = await sink.ensure_table(schema)
-    original = layout.encode_latest
+    layout._native_row = None  # every event through the Python encoder, patched below
+    original = layout.encode_latest_python
 
     def corrupt(event: ChangeEvent) -> tuple[list[str], list[str]]:
         rows, parts = original(event)
@@ -237,7 +238,7 @@ async def test_server_side_data_error_is_bisected_to_the_event(harness: ClickHou
             rows = [rows[0].replace("\t", "\tnot-a-number\t", 1)]  # shifts the fields: the server refuses it
         return rows, parts
 
-    layout.encode_latest = corrupt  # type: ignore[method-assign]
+    layout.encode_latest_python = corrupt  # type: ignore[method-assign]
     try:
         result = await sink.write(_batch(events))
     finally:

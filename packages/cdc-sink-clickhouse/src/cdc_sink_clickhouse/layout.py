@@ -32,7 +32,7 @@ import orjson
 
 from cdc_core.cqltypes import CqlType, value_to_json
 from cdc_core.errors import PermanentError
-from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, RangeBound
+from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deletion, Liveness, RangeBound
 from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
 from cdc_core.serialization import event_to_dict
 from cdc_sink_clickhouse.mapping import (
@@ -638,7 +638,11 @@ class TableLayout:
             kind, lo, hi = self._native_kind(c)
             cells.append((name, kind, enc, default, absent, lo, hi))
         known = frozenset(self.by_name)
-        return _native.RowEncoder(pk, ck, cells, known, ChangeKind.ROW, Cell, _VERSION_LIMIT, _NO_ELEM if self._rows_elem else "")
+        types = (ChangeEvent, Cell, Liveness, Deletion)
+        try:
+            return _native.RowEncoder(pk, ck, cells, known, ChangeKind.ROW, types, _VERSION_LIMIT, _NO_ELEM if self._rows_elem else "")
+        except TypeError:  # an event class without __slots__ fields (or an older module): pure Python
+            return None
 
     @staticmethod
     def _keys(encoders: Sequence[tuple[str, Callable[[Any], str]]], key: Mapping[str, Any], out: list[str]) -> None:
@@ -750,6 +754,16 @@ class TableLayout:
             line = self._native_row.encode(event)
             if line is not None:  # the same bytes as below (tests/test_native.py)
                 return [line], []
+        return self.encode_latest_python(event)
+
+    @property
+    def native_rows(self) -> Any:
+        """The compiled encoder of plain ``__rows_in`` lines (``encode_chunk`` encodes a whole list
+        of events into one payload and names the events it declines), or None."""
+        return self._native_row
+
+    def encode_latest_python(self, event: ChangeEvent) -> tuple[list[str], list[str]]:
+        """``encode_latest`` without the compiled encoder (the reference it must match)."""
         by_name = self.by_name
         for name in event.cells:
             if name not in by_name:

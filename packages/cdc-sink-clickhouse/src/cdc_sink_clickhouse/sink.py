@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,55 @@ __all__ = ["ClickHouseSink"]
 log = structlog.get_logger()
 
 _Item = tuple[ChangeEvent, list[str]]  # an event and its TSV lines for one input table
+
+
+class _Body:
+    """The body of one INSERT and the events it holds: the lines of ``events[i]`` are
+    ``data[ends[i - 1]:ends[i]]`` (each ending with a newline), ``lines[i]`` counts the lines of
+    ``events[:i + 1]``. Slices of it are the smaller INSERTs (row limit, bisecting)."""
+
+    __slots__ = ("data", "ends", "events", "lines")
+
+    def __init__(self, events: list[ChangeEvent], data: bytes, ends: list[int], lines: list[int]) -> None:
+        self.events = events
+        self.data = data
+        self.ends = ends
+        self.lines = lines
+
+    @classmethod
+    def of(cls, items: Sequence[_Item]) -> _Body:
+        chunks = [("\n".join(lines) + "\n").encode("utf-8") for _, lines in items]
+        return cls(
+            [e for e, _ in items], b"".join(chunks), list(accumulate(map(len, chunks))), list(accumulate(len(ls) for _, ls in items))
+        )
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __add__(self, other: _Body) -> _Body:
+        if not other.events:
+            return self
+        if not self.events:
+            return other
+        n, m = len(self.data), self.lines[-1]
+        return _Body(
+            self.events + other.events,
+            self.data + other.data,
+            self.ends + [e + n for e in other.ends],
+            self.lines + [c + m for c in other.lines],
+        )
+
+    def slice(self, a: int, b: int) -> _Body:
+        start, before = (self.ends[a - 1], self.lines[a - 1]) if a else (0, 0)
+        return _Body(
+            self.events[a:b],
+            self.data[start : self.ends[b - 1]],
+            [e - start for e in self.ends[a:b]],
+            [c - before for c in self.lines[a:b]],
+        )
+
+
+_EMPTY = _Body([], b"", [], [])
 
 
 def _sql_error(exc: ClickHouseError, what: str) -> Exception:
@@ -211,13 +261,13 @@ class ClickHouseSink:
         tasks: list[asyncio.Task[list[Rejected]]] = []
         chunk_size = self.config.encode_chunk_events
 
-        async def run(layout: TableLayout, suffix: str, cols: list[str], items: list[_Item], token: str) -> list[Rejected]:
+        async def run(layout: TableLayout, suffix: str, cols: list[str], body: _Body, token: str) -> list[Rejected]:
             async with semaphore:
-                return await self._insert(layout, suffix, cols, items, token)
+                return await self._insert(layout, suffix, cols, body, token)
 
-        def start(layout: TableLayout, suffix: str, cols: list[str], items: list[_Item]) -> None:
+        def start(layout: TableLayout, suffix: str, cols: list[str], body: _Body) -> None:
             token = f"{batch.batch_id}-{len(tasks)}"
-            tasks.append(asyncio.ensure_future(run(layout, suffix, cols, items, token)))
+            tasks.append(asyncio.ensure_future(run(layout, suffix, cols, body, token)))
 
         try:
             for key, events in by_table.items():
@@ -283,25 +333,39 @@ class ClickHouseSink:
         return WriteResult(rejected=rejected)
 
     @staticmethod
-    def _encode_latest(layout: TableLayout, events: Sequence[ChangeEvent]) -> tuple[list[_Item], list[_Item], list[Rejected]]:
-        rows: list[_Item] = []
+    def _encode_latest(layout: TableLayout, events: list[ChangeEvent]) -> tuple[_Body, _Body, list[Rejected]]:
+        rows = _EMPTY
+        rest = events
+        native = layout.native_rows
+        if native is not None:
+            # One native call for the whole chunk: the payload of every plain row write, in order;
+            # the events it declines go through the Python encoder (which may reject them).
+            data, ends, declined = native.encode_chunk(events)
+            if declined:
+                skip = set(declined)
+                taken = [e for i, e in enumerate(events) if i not in skip]
+                rest = [events[i] for i in declined]
+            else:
+                taken, rest = events, []
+            rows = _Body(taken, data, ends, list(range(1, len(taken) + 1)))
+        py_rows: list[_Item] = []
         parts: list[_Item] = []
         rejected: list[Rejected] = []
-        encode = layout.encode_latest
-        for event in events:
+        encode = layout.encode_latest_python
+        for event in rest:
             try:
                 r, p = encode(event)
             except (ValueRejected, TypeError, ValueError, AttributeError, KeyError) as exc:
                 rejected.append(Rejected(event=event, error=f"{layout.view}: {exc}", error_type="ValueRejected"))
                 continue
             if r:
-                rows.append((event, r))
+                py_rows.append((event, r))
             if p:
                 parts.append((event, p))
-        return rows, parts, rejected
+        return rows + _Body.of(py_rows), _Body.of(parts), rejected
 
     @staticmethod
-    def _encode_history(layout: TableLayout, events: Sequence[ChangeEvent]) -> tuple[list[_Item], list[Rejected]]:
+    def _encode_history(layout: TableLayout, events: Sequence[ChangeEvent]) -> tuple[_Body, list[Rejected]]:
         hist: list[_Item] = []
         rejected: list[Rejected] = []
         for event in events:
@@ -309,27 +373,22 @@ class ClickHouseSink:
                 hist.append((event, [layout.encode_history(event)]))
             except (ValueRejected, TypeError, ValueError, AttributeError, KeyError) as exc:
                 rejected.append(Rejected(event=event, error=f"{layout.view}: {exc}", error_type="ValueRejected"))
-        return hist, rejected
+        return _Body.of(hist), rejected
 
     async def _insert(
-        self, layout: TableLayout, suffix: str, columns: list[str], items: Sequence[_Item], token: str, *, top: bool = True
+        self, layout: TableLayout, suffix: str, columns: list[str], body: _Body, token: str, *, top: bool = True
     ) -> list[Rejected]:
-        """Insert the lines of ``items``; on a non-transient server error bisect down to the events at fault."""
+        """Insert ``body``; on a non-transient server error bisect down to the events at fault."""
         limit = self.config.max_rows_per_insert
-        if sum(len(lines) for _, lines in items) > limit and len(items) > 1:
+        if body.lines[-1] > limit and len(body) > 1:
             out: list[Rejected] = []
-            chunk: list[tuple[ChangeEvent, list[str]]] = []
-            count = 0
-            for item in items:
-                if chunk and count + len(item[1]) > limit:
-                    out += await self._insert(layout, suffix, columns, chunk, f"{token}-{len(out)}")
-                    chunk, count = [], 0
-                chunk.append(item)
-                count += len(item[1])
-            return out + await self._insert(layout, suffix, columns, chunk, f"{token}-c")
-        lines_ = [line for _, lines in items for line in lines]
-        lines_.append("")
-        payload = "\n".join(lines_).encode("utf-8")
+            first = 0
+            for i in range(1, len(body)):
+                if body.lines[i] - (body.lines[first - 1] if first else 0) > limit:
+                    out += await self._insert(layout, suffix, columns, body.slice(first, i), f"{token}-{len(out)}")
+                    first = i
+            return out + await self._insert(layout, suffix, columns, body.slice(first, len(body)), f"{token}-c")
+        payload = body.data
         settings = {"insert_deduplication_token": token} if self.features.dedup_token else {}
         try:
             await self.transport.insert(layout.q(suffix), columns, payload, settings)
@@ -341,16 +400,16 @@ class ClickHouseSink:
             # as data errors): bisect down to them. Only when *every* event of the insert fails on
             # its own with an error that is not a data error is the failure the batch's (a missing
             # grant, a broken table): then nothing is rejected and the whole batch is permanent.
-            if len(items) == 1:
+            if len(body) == 1:
                 if top and not exc.is_data_error:
                     raise _sql_error(exc, f"inserting into {layout.q(suffix)}") from None
-                self._log.warning("clickhouse rejected an event", table=layout.base, code=exc.code, position=str(items[0][0].position))
+                self._log.warning("clickhouse rejected an event", table=layout.base, code=exc.code, position=str(body.events[0].position))
                 kind = "ClickHouseDataError" if exc.is_data_error else "ClickHouseError"
-                return [Rejected(event=items[0][0], error=f"{layout.q(suffix)}: {exc}", error_type=kind)]
-            half = len(items) // 2
-            culprits = await self._insert(layout, suffix, columns, items[:half], f"{token}-a", top=False)
-            culprits += await self._insert(layout, suffix, columns, items[half:], f"{token}-b", top=False)
-            if top and len(culprits) == len(items) and not any(r.error_type == "ClickHouseDataError" for r in culprits):
+                return [Rejected(event=body.events[0], error=f"{layout.q(suffix)}: {exc}", error_type=kind)]
+            half = len(body) // 2
+            culprits = await self._insert(layout, suffix, columns, body.slice(0, half), f"{token}-a", top=False)
+            culprits += await self._insert(layout, suffix, columns, body.slice(half, len(body)), f"{token}-b", top=False)
+            if top and len(culprits) == len(body) and not any(r.error_type == "ClickHouseDataError" for r in culprits):
                 raise _sql_error(exc, f"inserting into {layout.q(suffix)}") from None
             return culprits
 
