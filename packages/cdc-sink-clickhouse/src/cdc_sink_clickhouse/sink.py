@@ -247,12 +247,18 @@ class ClickHouseSink:
         started = time.perf_counter()
         by_table: dict[tuple[str, str], list[ChangeEvent]] = {}
         schemas: dict[tuple[str, str], list[TableSchema]] = {}
+        last: TableSchema | None = None
+        bucket: list[ChangeEvent] = []
         for event in batch.events:
-            key = (event.schema.keyspace, event.schema.table)
-            by_table.setdefault(key, []).append(event)
-            versions = schemas.setdefault(key, [])
-            if not any(s is event.schema for s in versions):
-                versions.append(event.schema)
+            schema = event.schema
+            if schema is not last:  # runs of events share one schema object: look it up once per run
+                key = (schema.keyspace, schema.table)
+                bucket = by_table.setdefault(key, [])
+                versions = schemas.setdefault(key, [])
+                if not any(s is schema for s in versions):
+                    versions.append(schema)
+                last = schema
+            bucket.append(event)
         rejected: list[Rejected] = []
         # Encoding is pure Python on the event loop; the server works on another core. Events are
         # encoded in chunks and each chunk's INSERTs start before the next chunk is encoded, so
