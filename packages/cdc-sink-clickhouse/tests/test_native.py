@@ -8,7 +8,6 @@ encoder may decline an event (None) and leave it to Python, never produce differ
 from __future__ import annotations
 
 import datetime as dt
-import os
 import uuid
 from typing import Any
 
@@ -27,15 +26,8 @@ from cdc_sink_clickhouse.mapping import Features
 FEATURES = [Features.from_version("18.16.1"), Features.from_version("26.9.1")]
 
 
-def _required() -> bool:
-    return bool(os.environ.get("CI")) or os.environ.get("CDC_REQUIRE_SERVICES") == "1"
-
-
-def test_native_encoder_is_installed_where_required() -> None:
-    # CI (and CDC_REQUIRE_SERVICES=1) must exercise the compiled encoder, not silently fall back.
-    if not _required():
-        pytest.skip("the compiled encoder is optional outside CI (CI or CDC_REQUIRE_SERVICES=1 require it)")
-    assert NATIVE, "cdc_sink_clickhouse_native is not importable: install packages/cdc-sink-clickhouse-native (make venv)"
+# The guard that CI really uses the compiled encoder is in packages/cdc-sink-clickhouse-native/tests
+# (this package's tests also run in the isolation venv, where the accelerator is absent on purpose).
 
 
 native_only = pytest.mark.skipif(not NATIVE, reason="cdc-sink-clickhouse-native is not installed")
