@@ -46,6 +46,7 @@ from cdc_core.schema import ColumnKind, ColumnSchema, TableSchema
 from cdc_core.secrets import Secret
 from cdc_core.sinks import Batch
 from cdc_sink_postgres.config import PostgresSinkConfig
+from cdc_sink_postgres.native import native_module
 from cdc_sink_postgres.sink import PostgresSink
 
 COLUMNS = {
@@ -140,7 +141,9 @@ async def run_sink(dsn: str, rows: int, batch_size: int, workers: int) -> dict[s
         for kind, ts in (("insert", 10), ("update", 20), ("delete", 30)):
             batches = _batches(_events(kind, rows, ts), batch_size)
             gc.collect()
+            cpu = time.process_time()
             results[kind] = await _timed(lambda batches=batches: _spread(batches, workers, sink.write), rows)
+            results[f"{kind} cpu"] = (time.process_time() - cpu) / rows * 1e6  # client CPU µs per row
     finally:
         await sink.close()
         conn = await asyncpg.connect(dsn)
@@ -260,6 +263,10 @@ async def main() -> None:
     await conn.close()
     print(f"# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z {platform.node()} {_machine()}, PostgreSQL {version} {settings}")
     print(f"# rows per run: {args.rows}, median of {args.repeat} runs, rows/s; load average at start {os.getloadavg()}")
+    module = native_module()
+    encoding = "native (cdc_sink_postgres_native)" if module is not None else "asyncpg (CDC_SINK_POSTGRES_NATIVE=0 or not installed)"
+    print(f"# COPY encoding: {encoding}")
+    print("# ins/upd cpu: the benchmark process's CPU time per row (µs) while the sink inserts/updates (client side only)")
     print(
         "# x/COPY: ratio to raw COPY (same batch size, connections and run); x/naive: to the naive baseline of the same operation;"
         " x/staged: to the plain staged upsert (insert, update)"
@@ -267,8 +274,8 @@ async def main() -> None:
     kinds = ("insert", "update", "delete")
     head = " | ".join(f"sink {k} | {k} x/COPY | {k} x/naive" + (f" | {k} x/staged" if k != "delete" else "") for k in kinds)
     base_cols = ("naive insert", "naive update", "naive delete", "staged insert", "staged update", "raw COPY")
-    print(f"| batch | conns | {head} | {' | '.join(base_cols)} | load |")
-    print("|---:|---:|" + "---:|" * (len(kinds) * 3 + 2 + len(base_cols) + 1))
+    print(f"| batch | conns | {head} | ins cpu | upd cpu | {' | '.join(base_cols)} | load |")
+    print("|---:|---:|" + "---:|" * (len(kinds) * 3 + 2 + 2 + len(base_cols) + 1))
     for size in (int(s) for s in args.batch_sizes.split(",")):
         for workers in (int(w) for w in args.workers.split(",")):
             runs: dict[str, list[float]] = {}
@@ -289,6 +296,7 @@ async def main() -> None:
                 cells += [f"{med[k]:,.0f}", f"{med[f'{k}/copy']:.2f}", f"{med[f'{k}/naive']:.2f}"]
                 if k != "delete":
                     cells.append(f"{med[f'{k}/staged']:.2f}")
+            cells += [f"{med['insert cpu']:.2f}", f"{med['update cpu']:.2f}"]
             cells += [f"{med[k]:,.0f}" for k in base_cols]
             print(f"| {size} | {workers} | " + " | ".join(cells) + f" | {os.getloadavg()[0]:.1f} |", flush=True)
 

@@ -14,3 +14,14 @@ def encode_copy(records: Iterable[Sequence[Any]], codes: bytes) -> bytes | None:
     None when a value is not encoded here (an unexpected class, an int out of range, a non-finite
     Decimal, a datetime not in ``datetime.timezone.utc`` …): the caller then uses asyncpg.
     """
+
+def check_field(records: Iterable[Sequence[Any]], offset: int, kind: int, bits: int) -> bool:
+    """``typemap.bulk_check``'s verdict on field ``offset`` of ``records``: True only if every
+    non-None value passes the check of ``kind`` (0 text, 1 int in ``[-(2**bits), 2**bits)``,
+    2 float, 3 bool, 4 uuid — exact classes —, 5 datetime with a tzinfo, 6 finite Decimal in
+    PostgreSQL numeric's range); see ``cdc_sink_postgres.native.check_spec``."""
+
+def staged_shape(records: list[list[Any]], width: int, key_len: int, ts_fields: list[int]) -> tuple[list[bool], list[tuple[int, int]]]:
+    """The staged shape of the fold's records (``RecordFold._stage``): per field whether it is a
+    key field or set (not None) in some record, and the (field, anchor) pairs of ``ts_fields``
+    equal record by record to the first present one of them."""

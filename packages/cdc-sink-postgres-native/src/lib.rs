@@ -296,6 +296,172 @@ fn encode_record(out: &mut Vec<u8>, fields: &[Bound<'_, PyAny>], codes: &[u8], t
     Ok(())
 }
 
+// --- the optimistic fold's column checks (typemap.bulk_check) and the staged shape -------------
+
+/// Check kinds (the order of `CHECK_KINDS` in cdc_sink_postgres.native).
+const CHECK_TEXT: u8 = 0;
+const CHECK_INT: u8 = 1;
+const CHECK_FLOAT: u8 = 2;
+const CHECK_BOOL: u8 = 3;
+const CHECK_UUID: u8 = 4;
+const CHECK_TIMESTAMP: u8 = 5;
+const CHECK_DECIMAL: u8 = 6;
+
+fn field<'py>(rec: &Bound<'py, PyAny>, offset: usize) -> PyResult<Bound<'py, PyAny>> {
+    if let Ok(l) = rec.downcast::<PyList>() {
+        return l.get_item(offset);
+    }
+    rec.get_item(offset)
+}
+
+/// The coefficient's digit count (as Decimal.as_tuple gives it) and the exponent of a finite
+/// Decimal's str(); None for NaN/Infinity (or anything unexpected).
+fn decimal_parts(text: &str) -> Option<(i64, i64)> {
+    let rest = text.strip_prefix('-').unwrap_or(text).as_bytes();
+    let mut digits: i64 = 0;
+    let mut leading = true;
+    let mut frac: i64 = 0;
+    let mut seen_point = false;
+    let mut any = false;
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i] {
+            c @ b'0'..=b'9' => {
+                any = true;
+                if !(leading && c == b'0') {
+                    leading = false;
+                    digits += 1;
+                }
+                if seen_point {
+                    frac += 1;
+                }
+            }
+            b'.' if !seen_point => seen_point = true,
+            b'E' | b'e' => break,
+            _ => return None,
+        }
+        i += 1;
+    }
+    if !any {
+        return None;
+    }
+    let mut exponent: i64 = 0;
+    if i < rest.len() {
+        exponent = std::str::from_utf8(&rest[i + 1..]).ok()?.trim_start_matches('+').parse().ok()?;
+    }
+    Some((digits.max(1), exponent - frac))
+}
+
+/// ``typemap.bulk_check``'s verdict on field ``offset`` of ``records``: True only if every
+/// non-None value passes the check of ``kind`` (``bits``: the int range, -(2**bits) ≤ v < 2**bits).
+#[pyfunction]
+fn check_field(py: Python<'_>, records: &Bound<'_, PyAny>, offset: usize, kind: u8, bits: u32) -> PyResult<bool> {
+    let uuid_type = py.import("uuid")?.getattr("UUID")?;
+    let decimal_type = py.import("decimal")?.getattr("Decimal")?;
+    let limit: i128 = 1i128 << bits.min(100);
+    for rec in records.try_iter()? {
+        let v = field(&rec?, offset)?;
+        if v.is_none() {
+            continue;
+        }
+        let ok = match kind {
+            CHECK_TEXT => match v.downcast_exact::<PyString>() {
+                Ok(s) => match s.to_str() {
+                    Ok(text) => !text.as_bytes().contains(&0),
+                    Err(_) => false,
+                },
+                Err(_) => false,
+            },
+            CHECK_INT => {
+                v.is_exact_instance_of::<pyo3::types::PyInt>()
+                    && match v.extract::<i128>() {
+                        Ok(n) => -limit <= n && n < limit,
+                        Err(_) => false,
+                    }
+            }
+            CHECK_FLOAT => v.is_exact_instance_of::<PyFloat>(),
+            CHECK_BOOL => v.is_exact_instance_of::<PyBool>(),
+            CHECK_UUID => v.get_type().is(&uuid_type),
+            CHECK_TIMESTAMP => match v.downcast_exact::<PyDateTime>() {
+                Ok(d) => d.get_tzinfo().is_some(),
+                Err(_) => false,
+            },
+            CHECK_DECIMAL => {
+                v.get_type().is(&decimal_type)
+                    && match decimal_parts(v.str()?.to_str()?) {
+                        Some((n, exponent)) => {
+                            let adjusted = exponent + n - 1;
+                            adjusted > -16000 && adjusted < 131_000 && exponent > -16383
+                        }
+                        None => false,
+                    }
+            }
+            _ => false,
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The staged shape of ``records`` (RecordFold._stage): ``present[i]`` is True for the first
+/// ``key_len`` fields and for every field some record sets (not None); ``aliases`` lists
+/// (field, anchor) for the fields of ``ts_fields`` (in order) that are present and equal, record
+/// by record, to the first present one of them (the anchor).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn staged_shape(
+    records: &Bound<'_, PyList>,
+    width: usize,
+    key_len: usize,
+    ts_fields: Vec<usize>,
+) -> PyResult<(Vec<bool>, Vec<(usize, usize)>)> {
+    let mut present: Vec<bool> = (0..width).map(|i| i < key_len).collect();
+    let mut missing: Vec<usize> = (key_len..width).collect();
+    let rows: Vec<Bound<'_, PyList>> = records.iter().map(|r| r.downcast_into::<PyList>()).collect::<Result<_, _>>()?;
+    for rec in &rows {
+        if missing.is_empty() {
+            break;
+        }
+        if rec.len() != width {
+            return Err(pyo3::exceptions::PyValueError::new_err("a record of another width"));
+        }
+        missing.retain(|&i| match rec.get_item(i) {
+            Ok(v) if !v.is_none() => {
+                present[i] = true;
+                false
+            }
+            _ => true,
+        });
+    }
+    let mut aliases = Vec::new();
+    let mut anchor: Option<usize> = None;
+    for &f in &ts_fields {
+        if f >= width || !present[f] {
+            continue;
+        }
+        match anchor {
+            None => anchor = Some(f),
+            Some(a) => {
+                let mut same = true;
+                for rec in &rows {
+                    let x = rec.get_item(f)?;
+                    let y = rec.get_item(a)?;
+                    if !(x.is(&y) || x.eq(&y)?) {
+                        same = false;
+                        break;
+                    }
+                }
+                if same {
+                    aliases.push((f, a));
+                }
+            }
+        }
+    }
+    Ok((present, aliases))
+}
+
 /// The whole binary COPY payload (header, one tuple per record, trailer) of ``records`` (tuples
 /// or lists, one field per type code), or None when a value is not encodable here.
 #[pyfunction]
@@ -335,5 +501,7 @@ fn encode_copy<'py>(py: Python<'py>, records: &Bound<'py, PyAny>, codes: &[u8]) 
 fn cdc_sink_postgres_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(encode_copy, m)?)?;
+    m.add_function(wrap_pyfunction!(check_field, m)?)?;
+    m.add_function(wrap_pyfunction!(staged_shape, m)?)?;
     Ok(())
 }

@@ -1,10 +1,11 @@
 """The optional compiled accelerator ``cdc_sink_postgres_native`` (packages/cdc-sink-postgres-native).
 
-When it is importable (and ``CDC_SINK_POSTGRES_NATIVE`` is not ``0``/``false``/``no``/``off``),
-staging records whose columns all have a type it knows are encoded into the binary ``COPY``
-payload by one native call instead of asyncpg's per-value encoders; the bytes are the ones asyncpg
-would send. A value it cannot vouch for makes it decline (``None``) and the records go through
-asyncpg as before — the pure-Python path is the reference and the fallback.
+When it is importable (and ``CDC_SINK_POSTGRES_NATIVE`` is not ``0``/``false``/``no``/``off``), it
+computes the optimistic fold's column checks and the staged shape (premerge), and encodes staging
+records whose columns all have a type it knows into the binary ``COPY`` payload in one call
+instead of asyncpg's per-value encoders; the bytes are the ones asyncpg would send. A value it
+cannot vouch for makes it decline (``None``) and the records go through asyncpg as before — the
+pure-Python path is the reference and the fallback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from types import ModuleType
 from typing import Any
 
-__all__ = ["TYPE_CODES", "copy_codes", "encode_copy", "native_module", "one_chunk"]
+__all__ = ["TYPE_CODES", "check_spec", "copy_codes", "encode_copy", "native_module", "one_chunk"]
 
 # PostgreSQL type (as the staging tables are declared) → the accelerator's type code.
 TYPE_CODES: dict[str, int] = {
@@ -32,6 +33,27 @@ TYPE_CODES: dict[str, int] = {
     "timestamptz": 9,
     "date": 10,
     "numeric": 11,
+}
+
+# CQL type name → (kind, bits) of the accelerator's check_field, the same verdict as
+# typemap.bulk_check for that type (kinds: 0 text, 1 int in [-(2**bits), 2**bits), 2 float,
+# 3 bool, 4 uuid (exact classes), 5 datetime with a tzinfo, 6 finite Decimal in numeric's range).
+_CHECKS: dict[str, tuple[int, int]] = {
+    "ascii": (0, 0),
+    "text": (0, 0),
+    "varchar": (0, 0),
+    "tinyint": (1, 15),
+    "smallint": (1, 15),
+    "int": (1, 31),
+    "bigint": (1, 63),
+    "counter": (1, 63),
+    "float": (2, 0),
+    "double": (2, 0),
+    "boolean": (3, 0),
+    "uuid": (4, 0),
+    "timeuuid": (4, 0),
+    "timestamp": (5, 0),
+    "decimal": (6, 0),
 }
 
 _OFF = ("0", "false", "no", "off")
@@ -53,6 +75,11 @@ def native_module() -> ModuleType | None:
     if _native is None or os.environ.get("CDC_SINK_POSTGRES_NATIVE", "").strip().lower() in _OFF:
         return None
     return _native
+
+
+def check_spec(cql_name: str) -> tuple[int, int] | None:
+    """The accelerator's column check for a CQL type with a ``typemap.bulk_check`` (None: none)."""
+    return _CHECKS.get(cql_name)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -21,6 +21,7 @@ import orjson
 from cdc_core.cqltypes import CqlType, value_to_json
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Liveness, RangeBound
 from cdc_sink_postgres.layout import ColumnLayout, TableLayout
+from cdc_sink_postgres.native import check_spec, native_module
 from cdc_sink_postgres.typemap import (
     ValueRejected,
     bulk_check,
@@ -335,6 +336,9 @@ class _Side:
     fast_lazy: dict[str, tuple[int, Any]]
     fast_eager: dict[str, tuple[int, Any]]
     padding: tuple[None, ...]  # the value fields of an empty record
+    # (offset, kind, bits) of each lazily checked field for the accelerator's check_field, or
+    # None when one of them has no native check (then the Python checks run).
+    native_checks: tuple[tuple[int, int, int], ...] | None = None
 
 
 def _side(layout: TableLayout, key_len: int, cols: Sequence[ColumnLayout]) -> _Side:
@@ -342,6 +346,7 @@ def _side(layout: TableLayout, key_len: int, cols: Sequence[ColumnLayout]) -> _S
     simple: list[int] = []
     complex_: list[int] = []
     bulk: list[tuple[int, Any, Any]] = []
+    native_checks: list[tuple[int, int, int]] | None = []
     off = key_len + 3
     for c in cols:
         if not c.dropped:
@@ -349,6 +354,11 @@ def _side(layout: TableLayout, key_len: int, cols: Sequence[ColumnLayout]) -> _S
             slots[c.name] = (off, c.convert, c.multicell, check is not None)
             if check is not None:
                 bulk.append((off, check, c.convert))
+                spec = check_spec(c.cql.name)
+                if spec is None or native_checks is None:
+                    native_checks = None
+                else:
+                    native_checks.append((off, *spec))
         (complex_ if c.multicell else simple).append(off)
         off += 2 if c.multicell else 3
     # Columns of the other table an event may carry are converted (and checked) but not written.
@@ -365,6 +375,7 @@ def _side(layout: TableLayout, key_len: int, cols: Sequence[ColumnLayout]) -> _S
         {n: (o, None if lazy else conv) for n, (o, conv, lazy) in fast.items()},
         {n: (o, conv) for n, (o, conv, _lazy) in fast.items()},
         (None,) * (off - key_len - 3),
+        tuple(native_checks) if native_checks is not None else None,
     )
 
 
@@ -669,23 +680,28 @@ class RecordFold:
                     cs = rec[off]
                     if cs is not None:
                         rec[off], rec[off + 1] = cs.record()
-        if not self.eager:
-            for off, check, _convert in side.bulk:
-                if not check([rec[off] for rec in out]):
-                    raise NeedsEagerFold
+        if not self.eager and not _bulk_ok(out, side, None):
+            raise NeedsEagerFold
         return out
 
     def _stage(self, records: dict[Key, list[Any]], side: _Side) -> StagingRecords:
         out = list(records.values())
         if self._has_complex and side.complex:
             self._finish(records, side)
+        k = side.key_len
+        module = native_module()
+        if module is not None and side.native_checks is not None:
+            # The accelerator: the same checks and the same shape, without transposing the records.
+            if not self.eager and not _bulk_ok(out, side, module):
+                raise NeedsEagerFold
+            flags, found = module.staged_shape(out, side.width, k, [k, *(off + 1 for off in side.simple)])
+            return _narrowed(out, tuple(flags), [tuple(a) for a in found])
         n = len(out)
         columns = list(zip(*out, strict=True))
         if not self.eager:
             for off, check, _convert in side.bulk:
                 if not check(columns[off]):
                     raise NeedsEagerFold
-        k = side.key_len
         # `is not None` per field would be a Python loop; count() runs in C (and is skipped when
         # the first record sets the field: comparing Decimals or datetimes to None is not free).
         present = tuple(i < k or col[0] is not None or col.count(None) != n for i, col in enumerate(columns))
@@ -700,10 +716,26 @@ class RecordFold:
                 anchor = f
             elif columns[f] == columns[anchor]:
                 aliases.append((f, anchor))
-        if all(present) and not aliases:
-            return StagingRecords(present, list(map(tuple, out)))
-        aliased = {f for f, _ in aliases}
-        keep = [i for i, p in enumerate(present) if p and i not in aliased]
-        if len(keep) == 1:
-            return StagingRecords(present, [(v,) for v in columns[keep[0]]], tuple(aliases))
-        return StagingRecords(present, list(map(itemgetter(*keep), out)), tuple(aliases))
+        return _narrowed(out, present, aliases, columns)
+
+
+def _bulk_ok(out: list[list[Any]], side: _Side, module: Any) -> bool:
+    """Whether every lazily checked field of ``out`` passes its column check (typemap.bulk_check),
+    with the accelerator's check_field when ``module`` is given and covers them all."""
+    if module is not None and side.native_checks is not None:
+        return all(module.check_field(out, off, kind, bits) for off, kind, bits in side.native_checks)
+    return all(check([rec[off] for rec in out]) for off, check, _convert in side.bulk)
+
+
+def _narrowed(
+    out: list[list[Any]], present: tuple[bool, ...], aliases: list[tuple[int, int]], columns: list[tuple[Any, ...]] | None = None
+) -> StagingRecords:
+    """The records of ``out`` holding only the present, not aliased fields."""
+    if all(present) and not aliases:
+        return StagingRecords(present, list(map(tuple, out)))
+    aliased = {f for f, _ in aliases}
+    keep = [i for i, p in enumerate(present) if p and i not in aliased]
+    if len(keep) == 1:
+        only = columns[keep[0]] if columns is not None else [rec[keep[0]] for rec in out]
+        return StagingRecords(present, [(v,) for v in only], tuple(aliases))
+    return StagingRecords(present, list(map(itemgetter(*keep), out)), tuple(aliases))
