@@ -28,8 +28,9 @@ class RowEncoder:
     ``known``: every column name of the table. ``row_kind``: ``ChangeKind.ROW``; ``types``:
     ``(ChangeEvent, Cell, Liveness, Deletion)``, attrs classes with ``__slots__`` whose fields are
     read straight from the instance (an object of any other class, subclasses included, is
-    declined; a class without those slot fields raises ``TypeError``); write timestamps must lie strictly inside ``±version_limit``; ``no_elem``: the empty
-    element fields that end the line (after a tab), or ``""`` when the table has none.
+    declined; a class without those slot fields raises ``TypeError``); write timestamps must lie
+    strictly inside ``±version_limit``; ``no_elem``: the empty element fields that end the line
+    (after a tab), or ``""`` when the table has none.
     """
 
     def __init__(
