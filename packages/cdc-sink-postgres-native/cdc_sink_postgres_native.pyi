@@ -10,7 +10,7 @@ def encode_copy(records: Iterable[Sequence[Any]], codes: bytes) -> bytes | None:
 
     ``records`` are tuples or lists with one field per type code; codes: 0 smallint, 1 integer,
     2 bigint, 3 real, 4 double precision, 5 boolean, 6 text, 7 bytea, 8 uuid, 9 timestamptz,
-    10 date, 11 numeric. The bytes equal what asyncpg's ``copy_records_to_table`` sends. Returns
+    10 date, 11 numeric. It mirrors asyncpg's ``copy_records_to_table`` encoders (tested: same staged values). Returns
     None when a value is not encoded here (an unexpected class, an int out of range, a non-finite
     Decimal, a datetime not in ``datetime.timezone.utc`` …): the caller then uses asyncpg.
     """

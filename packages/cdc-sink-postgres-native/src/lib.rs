@@ -2,7 +2,8 @@
 //! records, built in one call.
 //!
 //! The reference is asyncpg's `copy_records_to_table` (its per-type binary encoders in
-//! `asyncpg/pgproto/codecs`): for every value accepted here the bytes are the ones asyncpg sends.
+//! `asyncpg/pgproto/codecs`): every value accepted here is encoded the way asyncpg encodes it
+//! (the tests compare the staged values of both through the real server).
 //! Anything else — a type code not listed, a Python value of an unexpected class, an int out of
 //! range, a non-finite Decimal, a datetime not in `datetime.timezone.utc`, text with lone
 //! surrogates — makes `encode_copy` return `None`, and the caller sends the records through

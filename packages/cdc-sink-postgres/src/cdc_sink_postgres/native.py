@@ -3,7 +3,7 @@
 When it is importable (and ``CDC_SINK_POSTGRES_NATIVE`` is not ``0``/``false``/``no``/``off``), it
 computes the optimistic fold's column checks and the staged shape (premerge), and encodes staging
 records whose columns all have a type it knows into the binary ``COPY`` payload in one call
-instead of asyncpg's per-value encoders; the bytes are the ones asyncpg would send. A value it
+instead of asyncpg's per-value encoders; its encoding mirrors asyncpg's (tests compare the staged values). A value it
 cannot vouch for makes it decline (``None``) and the records go through asyncpg as before — the
 pure-Python path is the reference and the fallback.
 """
