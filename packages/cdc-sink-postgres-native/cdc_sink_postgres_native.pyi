@@ -5,10 +5,11 @@ from typing import Any
 
 __version__: str
 
-def encode_copy(records: Iterable[Sequence[Any]], codes: bytes) -> bytes | None:
+def encode_copy(records: Iterable[Sequence[Any]], codes: bytes, fields: Sequence[int] | None = None) -> bytes | None:
     """The PostgreSQL binary ``COPY`` payload (signature, header, one tuple per record, trailer).
 
-    ``records`` are tuples or lists with one field per type code; codes: 0 smallint, 1 integer,
+    ``records`` are tuples or lists with one field per type code (with ``fields``: the fields at
+    those indexes of each record, one per type code); codes: 0 smallint, 1 integer,
     2 bigint, 3 real, 4 double precision, 5 boolean, 6 text, 7 bytea, 8 uuid, 9 timestamptz,
     10 date, 11 numeric. It mirrors asyncpg's ``copy_records_to_table`` encoders (tested: same staged values). Returns
     None when a value is not encoded here (an unexpected class, an int out of range, a non-finite

@@ -464,10 +464,20 @@ fn staged_shape(
 }
 
 /// The whole binary COPY payload (header, one tuple per record, trailer) of ``records`` (tuples
-/// or lists, one field per type code), or None when a value is not encodable here.
+/// or lists, one field per type code; with ``fields``, the fields at those indexes of each
+/// record), or None when a value is not encodable here.
 #[pyfunction]
-fn encode_copy<'py>(py: Python<'py>, records: &Bound<'py, PyAny>, codes: &[u8]) -> PyResult<Option<Bound<'py, PyBytes>>> {
+#[pyo3(signature = (records, codes, fields=None))]
+fn encode_copy<'py>(
+    py: Python<'py>,
+    records: &Bound<'py, PyAny>,
+    codes: &[u8],
+    fields: Option<Vec<usize>>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
     if codes.len() > i16::MAX as usize || codes.iter().any(|&c| c > LAST_CODE) {
+        return Ok(None);
+    }
+    if fields.as_ref().is_some_and(|f| f.len() != codes.len()) {
         return Ok(None);
     }
     let types = Types {
@@ -479,18 +489,38 @@ fn encode_copy<'py>(py: Python<'py>, records: &Bound<'py, PyAny>, codes: &[u8]) 
     out.extend_from_slice(SIGNATURE);
     out.extend_from_slice(&0i32.to_be_bytes());
     out.extend_from_slice(&0i32.to_be_bytes());
-    let mut fields: Vec<Bound<'py, PyAny>> = Vec::with_capacity(codes.len());
+    let mut values: Vec<Bound<'py, PyAny>> = Vec::with_capacity(codes.len());
     for rec in records.try_iter()? {
         let rec = rec?;
-        fields.clear();
+        values.clear();
         if let Ok(t) = rec.downcast::<PyTuple>() {
-            fields.extend(t.iter());
+            match &fields {
+                None => values.extend(t.iter()),
+                Some(f) => {
+                    for &i in f {
+                        match t.get_item(i) {
+                            Ok(v) => values.push(v),
+                            Err(_) => return Ok(None),
+                        }
+                    }
+                }
+            }
         } else if let Ok(l) = rec.downcast::<PyList>() {
-            fields.extend(l.iter());
+            match &fields {
+                None => values.extend(l.iter()),
+                Some(f) => {
+                    for &i in f {
+                        match l.get_item(i) {
+                            Ok(v) => values.push(v),
+                            Err(_) => return Ok(None),
+                        }
+                    }
+                }
+            }
         } else {
             return Ok(None);
         }
-        if encode_record(&mut out, &fields, codes, &types).is_err() {
+        if encode_record(&mut out, &values, codes, &types).is_err() {
             return Ok(None);
         }
     }

@@ -303,3 +303,31 @@ def test_text_with_nul_is_refused_by_the_server_either_way(postgres_dsn: str) ->
 
     reference, accelerated = asyncio.run(run())
     assert accelerated is reference
+
+
+@settings(max_examples=100, deadline=None)
+@given(records=_records, data=st.data())
+def test_encoding_selected_fields_equals_encoding_their_tuples(records: list[tuple[Any, ...]], data: st.DataObject) -> None:
+    width = len(COLUMNS)
+    keep = data.draw(st.lists(st.integers(0, width - 1), min_size=2, max_size=width, unique=True))
+    codes = native.copy_codes(tuple(COLUMNS[i][0] for i in keep)) or b""
+    full = [list(r) for r in records]
+    projected = native.ProjectedRecords(full, keep)
+    tuples = [tuple(r[i] for i in keep) for r in records]
+    assert len(projected) == len(tuples) and list(projected) == tuples and projected == tuples
+    if tuples:
+        assert projected[0] == tuples[0] and projected[1:] == tuples[1:]
+    assert repr(projected) == repr(tuples)
+    assert cdc_sink_postgres_native.encode_copy(full, codes, keep) == cdc_sink_postgres_native.encode_copy(tuples, codes)
+    assert cdc_sink_postgres_native.encode_copy(records, codes, keep) == cdc_sink_postgres_native.encode_copy(tuples, codes)
+    # native.encode_copy takes the fields straight from the source
+    assert native.encode_copy(projected, tuple(COLUMNS[i][0] for i in keep)) == cdc_sink_postgres_native.encode_copy(tuples, codes)
+
+
+def test_selected_fields_out_of_range_or_miscounted_decline() -> None:
+    codes = native.copy_codes(("bigint", "bigint")) or b""
+    assert cdc_sink_postgres_native.encode_copy([[1, 2]], codes, [0, 5]) is None
+    assert cdc_sink_postgres_native.encode_copy([(1, 2)], codes, [0, 5]) is None
+    assert cdc_sink_postgres_native.encode_copy([[1, 2]], codes, [0]) is None
+    with pytest.raises(ValueError, match="two fields"):
+        native.ProjectedRecords([[1]], [0])

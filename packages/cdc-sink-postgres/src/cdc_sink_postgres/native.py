@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from operator import itemgetter
 from types import ModuleType
-from typing import Any
+from typing import Any, overload
 
-__all__ = ["TYPE_CODES", "check_spec", "copy_codes", "encode_copy", "native_module", "one_chunk"]
+__all__ = ["TYPE_CODES", "ProjectedRecords", "check_spec", "copy_codes", "encode_copy", "native_module", "one_chunk"]
 
 # PostgreSQL type (as the staging tables are declared) → the accelerator's type code.
 TYPE_CODES: dict[str, int] = {
@@ -91,6 +92,46 @@ def copy_codes(column_types: tuple[str, ...]) -> bytes | None:
     return bytes(c for c in codes if c is not None)
 
 
+class ProjectedRecords(Sequence[tuple[Any, ...]]):
+    """The fields ``keep`` (at least two) of each record of ``source``, as tuples made on demand:
+    the accelerator encodes them straight from ``source``, without the tuples."""
+
+    __slots__ = ("_get", "keep", "source")
+
+    def __init__(self, source: Sequence[Sequence[Any]], keep: Sequence[int]) -> None:
+        if len(keep) < 2:
+            raise ValueError("ProjectedRecords needs at least two fields")
+        self.source = source
+        self.keep = list(keep)
+        self._get = itemgetter(*keep)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return map(self._get, self.source)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[Any, ...]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[Any, ...]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[Any, ...] | list[tuple[Any, ...]]:
+        if isinstance(index, slice):
+            return list(map(self._get, self.source[index]))
+        got: tuple[Any, ...] = self._get(self.source[index])
+        return got
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
 def encode_copy(records: Sequence[Sequence[Any]], column_types: tuple[str, ...]) -> bytes | None:
     """The binary COPY payload of ``records``, or None (no accelerator, a column type it does not
     encode, or a value it declines): then use asyncpg's ``copy_records_to_table``."""
@@ -100,7 +141,11 @@ def encode_copy(records: Sequence[Sequence[Any]], column_types: tuple[str, ...])
     codes = copy_codes(column_types)
     if codes is None:
         return None
-    payload: bytes | None = module.encode_copy(records, codes)
+    payload: bytes | None
+    if isinstance(records, ProjectedRecords):
+        payload = module.encode_copy(records.source, codes, records.keep)
+    else:
+        payload = module.encode_copy(records, codes)
     return payload
 
 

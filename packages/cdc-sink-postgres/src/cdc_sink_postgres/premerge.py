@@ -21,7 +21,7 @@ import orjson
 from cdc_core.cqltypes import CqlType, value_to_json
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Liveness, RangeBound
 from cdc_sink_postgres.layout import ColumnLayout, TableLayout
-from cdc_sink_postgres.native import check_spec, native_module
+from cdc_sink_postgres.native import ProjectedRecords, check_spec, native_module
 from cdc_sink_postgres.typemap import (
     ValueRejected,
     bulk_check,
@@ -435,7 +435,7 @@ class StagingRecords:
 
     __slots__ = ("aliases", "present", "records")
 
-    def __init__(self, present: tuple[bool, ...], records: list[tuple[Any, ...]], aliases: tuple[tuple[int, int], ...] = ()) -> None:
+    def __init__(self, present: tuple[bool, ...], records: Sequence[tuple[Any, ...]], aliases: tuple[tuple[int, int], ...] = ()) -> None:
         self.present = present
         self.records = records
         self.aliases = aliases
@@ -695,7 +695,7 @@ class RecordFold:
             if not self.eager and not _bulk_ok(out, side, module):
                 raise NeedsEagerFold
             flags, found = module.staged_shape(out, side.width, k, [k, *(off + 1 for off in side.simple)])
-            return _narrowed(out, tuple(flags), [tuple(a) for a in found])
+            return _narrowed(out, tuple(flags), [tuple(a) for a in found], projected=True)
         n = len(out)
         columns = list(zip(*out, strict=True))
         if not self.eager:
@@ -728,9 +728,15 @@ def _bulk_ok(out: list[list[Any]], side: _Side, module: Any) -> bool:
 
 
 def _narrowed(
-    out: list[list[Any]], present: tuple[bool, ...], aliases: list[tuple[int, int]], columns: list[tuple[Any, ...]] | None = None
+    out: list[list[Any]],
+    present: tuple[bool, ...],
+    aliases: list[tuple[int, int]],
+    columns: list[tuple[Any, ...]] | None = None,
+    *,
+    projected: bool = False,
 ) -> StagingRecords:
-    """The records of ``out`` holding only the present, not aliased fields."""
+    """The records of ``out`` holding only the present, not aliased fields (``projected``: as a
+    :class:`~cdc_sink_postgres.native.ProjectedRecords` view the accelerator encodes directly)."""
     if all(present) and not aliases:
         return StagingRecords(present, list(map(tuple, out)))
     aliased = {f for f, _ in aliases}
@@ -738,4 +744,6 @@ def _narrowed(
     if len(keep) == 1:
         only = columns[keep[0]] if columns is not None else [rec[keep[0]] for rec in out]
         return StagingRecords(present, [(v,) for v in only], tuple(aliases))
+    if projected:
+        return StagingRecords(present, ProjectedRecords(out, keep), tuple(aliases))
     return StagingRecords(present, list(map(itemgetter(*keep), out)), tuple(aliases))
