@@ -26,3 +26,20 @@ def staged_shape(records: list[list[Any]], width: int, key_len: int, ts_fields: 
     """The staged shape of the fold's records (``RecordFold._stage``): per field whether it is a
     key field or set (not None) in some record, and the (field, anchor) pairs of ``ts_fields``
     equal record by record to the first present one of them."""
+
+def fold_inline(
+    events: list[Any],
+    start: int,
+    target: dict[tuple[Any, ...], list[Any]],
+    keys: list[tuple[str, Any]],
+    fast: dict[str, tuple[int, Any]],
+    width: int,
+    row_kind: Any,
+    cell_type: type,
+    rejected_type: type[BaseException],
+    rejected: list[tuple[int, Any]],
+) -> int:
+    """``RecordFold.add_all``'s inline path from event ``start`` on (row events of a new key writing
+    only simple cells of ``fast`` columns become staging records in ``target``; a converter raising
+    ``rejected_type`` appends (index, error) to ``rejected``); returns the index of the first event
+    left to the general path (``len(events)`` if none)."""

@@ -16,8 +16,8 @@
 
 use pyo3::prelude::*;
 use pyo3::types::{
-    timezone_utc, PyBool, PyByteArray, PyBytes, PyDate, PyDateAccess, PyDateTime, PyFloat, PyList, PyString, PyTimeAccess, PyTuple, PyType,
-    PyTzInfoAccess,
+    timezone_utc, PyBool, PyByteArray, PyBytes, PyDate, PyDateAccess, PyDateTime, PyDict, PyFloat, PyList, PyString, PyTimeAccess, PyTuple,
+    PyType, PyTzInfoAccess,
 };
 
 /// Type codes (the order of `TYPE_CODES` in the stub).
@@ -463,6 +463,134 @@ fn staged_shape(
     Ok((present, aliases))
 }
 
+/// The inline fast path of ``RecordFold.add_all`` from event ``start`` on: each row event of a
+/// new key (not static) writing only simple cells of columns in ``fast`` becomes its staging
+/// record in ``target`` (key, marker ts, marker expiry, deletion ts, then per column value, ts,
+/// exp); a converter raising ``rejected_type`` rejects that event (appended to ``rejected`` as
+/// (index, error)). Returns the index of the first event it leaves to the caller's general path
+/// (``len(events)`` when none), exactly where the Python loop would have called ``add``.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn fold_inline<'py>(
+    py: Python<'py>,
+    events: &Bound<'py, PyList>,
+    start: usize,
+    target: &Bound<'py, PyDict>,
+    keys: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    fast: &Bound<'py, PyDict>,
+    width: usize,
+    row_kind: &Bound<'py, PyAny>,
+    cell_type: &Bound<'py, PyAny>,
+    rejected_type: &Bound<'py, PyAny>,
+    rejected: &Bound<'py, PyList>,
+) -> PyResult<usize> {
+    let kind_s = pyo3::intern!(py, "kind");
+    let static_s = pyo3::intern!(py, "static");
+    let key_s = pyo3::intern!(py, "key");
+    let liveness_s = pyo3::intern!(py, "liveness");
+    let row_deletion_s = pyo3::intern!(py, "row_deletion");
+    let cells_s = pyo3::intern!(py, "cells");
+    let timestamp_s = pyo3::intern!(py, "timestamp");
+    let ttl_s = pyo3::intern!(py, "ttl");
+    let ldt_s = pyo3::intern!(py, "local_deletion_time");
+    let value_s = pyo3::intern!(py, "value");
+    let tombstone_s = pyo3::intern!(py, "tombstone");
+    let none = py.None().into_bound(py);
+    let key_len = keys.len();
+    if !(key_len == 1 || key_len == 2) || width < key_len + 3 {
+        return Ok(start);
+    }
+    let n = events.len();
+    let mut i = start;
+    'events: while i < n {
+        let event = events.get_item(i)?;
+        if !event.getattr(kind_s)?.is(row_kind) || event.getattr(static_s)?.is_truthy()? {
+            return Ok(i);
+        }
+        let key_values = event.getattr(key_s)?;
+        let mut key_parts: Vec<Bound<'py, PyAny>> = Vec::with_capacity(key_len);
+        for (name, conv) in &keys {
+            match conv.call1((key_values.get_item(name)?,)) {
+                Ok(v) => key_parts.push(v),
+                Err(e) if e.is_instance(py, rejected_type) => {
+                    rejected.append((i, e.value(py)))?;
+                    i += 1;
+                    continue 'events;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let key = PyTuple::new(py, &key_parts)?;
+        if target.contains(&key)? {
+            return Ok(i);
+        }
+        let mut rec: Vec<Bound<'py, PyAny>> = Vec::with_capacity(width);
+        rec.extend(key_parts.iter().cloned());
+        let marker = event.getattr(liveness_s)?;
+        if marker.is_none() {
+            rec.push(none.clone());
+            rec.push(none.clone());
+        } else {
+            rec.push(marker.getattr(timestamp_s)?);
+            rec.push(if marker.getattr(ttl_s)?.is_none() {
+                none.clone()
+            } else {
+                marker.getattr(ldt_s)?
+            });
+        }
+        let deletion = event.getattr(row_deletion_s)?;
+        rec.push(if deletion.is_none() {
+            none.clone()
+        } else {
+            deletion.getattr(timestamp_s)?
+        });
+        rec.resize(width, none.clone());
+        let cells = event.getattr(cells_s)?;
+        let cells = match cells.downcast::<PyDict>() {
+            Ok(d) => d.clone(),
+            Err(_) => return Ok(i),
+        };
+        for (name, change) in cells.iter() {
+            let hot = match fast.get_item(&name)? {
+                Some(h) => h,
+                None => return Ok(i),
+            };
+            if !change.get_type().is(cell_type) {
+                return Ok(i);
+            }
+            let (off, conv): (usize, Bound<'py, PyAny>) = hot.extract()?;
+            if off + 2 >= width {
+                return Ok(i);
+            }
+            let value = change.getattr(value_s)?;
+            if value.is_none() || change.getattr(tombstone_s)?.is_truthy()? {
+                rec[off + 1] = change.getattr(timestamp_s)?;
+                continue;
+            }
+            rec[off] = if conv.is_none() {
+                value
+            } else {
+                match conv.call1((value,)) {
+                    Ok(v) => v,
+                    Err(e) if e.is_instance(py, rejected_type) => {
+                        rejected.append((i, e.value(py)))?;
+                        i += 1;
+                        continue 'events;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            rec[off + 1] = change.getattr(timestamp_s)?;
+            if !change.getattr(ttl_s)?.is_none() {
+                rec[off + 2] = change.getattr(ldt_s)?;
+            }
+        }
+        target.set_item(key, PyList::new(py, &rec)?)?;
+        i += 1;
+    }
+    Ok(n)
+}
+
 /// The whole binary COPY payload (header, one tuple per record, trailer) of ``records`` (tuples
 /// or lists, one field per type code; with ``fields``, the fields at those indexes of each
 /// record), or None when a value is not encodable here.
@@ -534,5 +662,6 @@ fn cdc_sink_postgres_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_copy, m)?)?;
     m.add_function(wrap_pyfunction!(check_field, m)?)?;
     m.add_function(wrap_pyfunction!(staged_shape, m)?)?;
+    m.add_function(wrap_pyfunction!(fold_inline, m)?)?;
     Ok(())
 }

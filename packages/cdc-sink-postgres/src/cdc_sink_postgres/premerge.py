@@ -597,6 +597,22 @@ class RecordFold:
         second: tuple[str, Any] = keys[-1] if keys else ("", None)
         name1, conv1 = first
         name2, conv2 = second
+        module = native_module() if inline else None
+        if module is not None:
+            # The accelerator runs the same inline path; each event it leaves goes through add().
+            listed = events if type(events) is list else list(events)
+            n = len(listed)
+            i = 0
+            while i < n:
+                i = module.fold_inline(listed, i, target, list(keys), fast, side.width, row, cell_type, ValueRejected, rejected)
+                if i >= n:
+                    break
+                try:
+                    add(listed[i])
+                except ValueRejected as exc:
+                    rejected.append((i, exc))
+                i += 1
+            return rejected
         for i, event in enumerate(events):
             rec: list[Any] | None = None
             if inline and event.kind is row and not event.static:
