@@ -17,7 +17,8 @@ timestamp, decimal) it measures rows/s, per batch size, for:
 * raw COPY: ``copy_records_to_table`` of whole rows into an UNLOGGED table (the floor).
 
 Swept over batch sizes and 1 vs 2 connections (baselines: batches spread over the connections;
-sink: that many batches in flight, each one transaction, as the engine runs them). Each figure is
+sink: that many batches in flight, each one transaction — the engine itself writes one batch of a
+sink at a time, so its figures are the 1-connection ones). Each figure is
 the median of ``--repeat`` runs, every run in a fresh schema; ratios are computed within each
 repetition (same machine load) and their median reported, with the load average.
 """
@@ -129,7 +130,7 @@ async def _spread(items: list[Any], workers: int, apply: Callable[[Any], Awaitab
 
 
 async def run_sink(dsn: str, rows: int, batch_size: int, workers: int) -> dict[str, float]:
-    """The sink, ``workers`` batches in flight (each its own transaction, as the engine does)."""
+    """The sink, ``workers`` batches in flight, each its own transaction (the engine: one at a time)."""
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     sink = PostgresSink("bench", PostgresSinkConfig(dsn=Secret(dsn), schema=schema, pool_min_size=workers, pool_max_size=workers))
     await sink.start()
