@@ -248,8 +248,9 @@ def main() -> None:
     for batch in args.batch:
         show(f"plain TSV POST batch={batch}", [asyncio.run(plain_post(url, lines, batch)) for _ in range(args.repeat)])
     targets = [("server", url)]
-    if args.chdb:
-        targets.append(("chdb", f"chdb://{tempfile.mkdtemp(prefix='bench-chdb-')}"))
+    chdb_dir = tempfile.TemporaryDirectory(prefix="bench-chdb-") if args.chdb else None  # removed at exit
+    if chdb_dir is not None:
+        targets.append(("chdb", f"chdb://{chdb_dir.name}"))
     for kind in args.kinds:
         for label, target in targets:
             for batch in args.batch:
@@ -271,6 +272,8 @@ def main() -> None:
             f"server {med(cpu) if cpu else float('nan'):.2f} us (incl. merges within 0.5 s)"
         )
     print(f"# load at end={load()}")
+    if chdb_dir is not None:
+        chdb_dir.cleanup()
 
 
 if __name__ == "__main__":
