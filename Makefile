@@ -17,9 +17,11 @@ NATIVE_PACKAGES := $(wildcard packages/*-native)
 NATIVE_SOURCES := $(foreach p,$(NATIVE_PACKAGES),$(p)/pyproject.toml $(p)/Cargo.toml $(wildcard $(p)/src/*.rs))
 # Rust builds are cached outside the repository so a fresh clone rebuilds only what changed.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/cdc-cargo-target
+# rustup installs into ~/.cargo/bin, which a non-login shell (CI) may not have on its PATH.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv quickstart lint typecheck isolation services-up services-down test test-unit bench clean
+.PHONY: help venv quickstart lint typecheck isolation services-up services-down native-check test test-unit bench clean
 
 help:
 	@echo "make quickstart  - run the main job on an embedded default (no servers)"
@@ -31,7 +33,10 @@ $(STAMP): $(foreach p,$(PACKAGES),$(p)/pyproject.toml) $(NATIVE_SOURCES) $(EXAMP
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(foreach p,$(PACKAGES),-e $(p)) -e '$(word 5,$(PACKAGES))[embedded]' -e $(EXAMPLE_PLUGIN) -r requirements-dev.txt
-	$(if $(NATIVE_PACKAGES),$(BIN)/python -m pip install --quiet $(NATIVE_PACKAGES))
+	@if [ -n "$(NATIVE_PACKAGES)" ]; then \
+		if command -v cargo >/dev/null; then $(BIN)/python -m pip install --quiet $(NATIVE_PACKAGES); \
+		else echo "note: cargo (Rust) not found: the optional accelerators are not built; everything runs in pure Python, slower"; fi; \
+	fi
 	@touch $@
 
 venv: $(STAMP)
@@ -70,8 +75,12 @@ services-up:
 services-down:
 	bash scripts/services.sh down
 
+# The test suite checks the compiled accelerators too (their tests fail where they are missing).
+native-check:
+	@command -v cargo >/dev/null || { echo "make test: cargo (Rust, e.g. from rustup) is needed to build $(NATIVE_PACKAGES)" >&2; exit 1; }
+
 # Every test, against the real servers; a missing server fails the run (CDC_REQUIRE_SERVICES).
-test: $(STAMP) lint typecheck isolation services-up
+test: native-check $(STAMP) lint typecheck isolation services-up
 	eval "$$(bash scripts/services.sh env)" && CDC_REQUIRE_SERVICES=1 $(BIN)/pytest -p no:cacheprovider -q
 
 test-unit: $(STAMP)
