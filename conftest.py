@@ -135,27 +135,10 @@ def _cassandra_node(prefix: str, default_version: int) -> CassandraNode:
     port = int(_env(f"{prefix}_PORT", what))
     cdc_raw = Path(_env(f"{prefix}_CDC_RAW", what))
     version = int(os.environ.get(f"{prefix}_COMMITLOG_VERSION", str(default_version)))
-    _remove_completed_segments(cdc_raw)
+    from cdc_core.testing.segments import release_completed_segments
+
+    release_completed_segments(cdc_raw)  # leftovers of earlier runs (cdc_total_space is small)
     return CassandraNode(hosts=hosts, port=port, cdc_raw=cdc_raw, commitlog_version=version)
-
-
-def _remove_completed_segments(cdc_raw: Path) -> None:
-    """Delete segments an earlier run left COMPLETED in cdc_raw over 10 minutes ago (what a consumer does).
-
-    The test servers live across runs and cdc_total_space is small: without this, cdc_raw fills up
-    after a few runs and Cassandra rejects writes to CDC tables.
-    """
-    if not cdc_raw.is_dir():
-        return
-    cutoff = time.time() - 600  # leave recent ones: another test session may be reading them
-    for idx in cdc_raw.glob("CommitLog-*_cdc.idx"):
-        try:
-            completed = idx.stat().st_mtime < cutoff and "COMPLETED" in idx.read_text()
-        except OSError:
-            continue
-        if completed:
-            idx.with_name(idx.name.replace("_cdc.idx", ".log")).unlink(missing_ok=True)
-            idx.unlink(missing_ok=True)
 
 
 def _connect_cassandra(node: CassandraNode) -> tuple[Cluster, Session]:

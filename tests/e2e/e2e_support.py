@@ -26,6 +26,7 @@ from cdc_core.schema import TableSchema
 from cdc_core.secrets import Secret
 from cdc_core.serialization import events_from_jsonl
 from cdc_core.testing.model import TableState, latest_state
+from cdc_core.testing.segments import release_completed_segments
 from cdc_sink_clickhouse.config import ClickHouseSinkConfig
 from cdc_sink_clickhouse.sink import ClickHouseSink
 from cdc_sink_postgres.testing import PostgresHarness
@@ -50,7 +51,6 @@ __all__ = [
     "pipeline_config",
     "postgres_offsets",
     "postgres_state",
-    "remove_old_completed_segments",
     "reset_destination_offsets",
     "same_value",
     "sink_states",
@@ -397,24 +397,6 @@ def create_items_table(node: NodeUnderTest) -> None:
     node.session.execute(node.cql(ITEMS_DDL), timeout=60)
 
 
-def remove_old_completed_segments(cdc_raw: Path, *, older_than: float = 600.0) -> int:
-    """The root conftest's policy, applied mid-session: delete segments Cassandra marked COMPLETED
-    more than ``older_than`` seconds ago (another session may still read recent ones). Returns how
-    many were deleted."""
-    cutoff = time.time() - older_than
-    removed = 0
-    for idx in cdc_raw.glob("CommitLog-*_cdc.idx"):
-        try:
-            completed = idx.stat().st_mtime < cutoff and "COMPLETED" in idx.read_text()
-        except OSError:
-            continue
-        if completed:
-            idx.with_name(idx.name.replace("_cdc.idx", ".log")).unlink(missing_ok=True)
-            idx.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 def execute_cdc_write(session: Any, stmt: str, label: str = "write", *, cdc_raw: Path | None = None, within: float = 20.0) -> None:
     """Execute one write to a CDC table. A node rejects such writes while cdc_raw is at
     cdc_total_space (the test nodes' cdc_raw is small and shared by every test: each dropped
@@ -431,7 +413,7 @@ def execute_cdc_write(session: Any, stmt: str, label: str = "write", *, cdc_raw:
             rejected = "failed to execute write" in str(exc)
             if rejected and time.monotonic() < deadline:
                 if cdc_raw is not None:
-                    remove_old_completed_segments(cdc_raw)
+                    release_completed_segments(cdc_raw)
                 time.sleep(0.5)
                 continue
             hint = "\n(the node rejects writes to CDC tables while cdc_raw is at cdc_total_space: see its system.log)" if rejected else ""
