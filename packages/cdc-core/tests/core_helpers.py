@@ -102,8 +102,62 @@ class ControlledSink(MemorySink):
         return WriteResult(rejected=rejected)
 
 
+@attrs.frozen(kw_only=True)
+class OverlappingSinkConfig:
+    overlap: int = 2
+    # Per write call (by call number, cycling): seconds spent before waiting for the turn.
+    delays: tuple[float, ...] = (0.0,)
+    # Write calls (by call number) that fail transiently, before or after their turn came.
+    fail_calls: tuple[int, ...] = ()
+    fail_after_turn: bool = False
+
+
+class OverlappingSink(MemorySink):
+    """A memory sink that declares ``overlapping_writes`` and keeps commits in order with
+    ``Batch.wait_turn``, recording what overlapped and the order of its commits."""
+
+    def __init__(self, name: str, config: OverlappingSinkConfig) -> None:
+        super().__init__(name, DESTINATIONS.setdefault(name, MemoryDestination()))
+        self.config = config
+        self.overlapping_writes = config.overlap
+        self.calls = 0
+        self.writing = 0
+        self.most_writing = 0
+        self.commits: list[Mapping[str, Position]] = []  # committed positions, in commit order
+        self.cancelled = 0
+
+    async def write(self, batch: Batch) -> WriteResult:
+        call = self.calls
+        self.calls += 1
+        self.writing += 1
+        self.most_writing = max(self.most_writing, self.writing)
+        try:
+            delays = self.config.delays
+            await asyncio.sleep(delays[call % len(delays)])  # private work: folding, staging
+            if call in self.config.fail_calls and not self.config.fail_after_turn:
+                raise TransientError(f"write {call} failed before its turn (simulated)")
+            await batch.wait_turn()
+            if call in self.config.fail_calls:
+                raise TransientError(f"write {call} failed after its turn (simulated)")
+            result = await super().write(batch)
+            self.commits.append(dict(batch.positions))
+            return result
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.writing -= 1
+
+
 DESTINATIONS: dict[str, MemoryDestination] = {}
 SINKS: dict[str, ControlledSink] = {}
+OVERLAPPING: dict[str, OverlappingSink] = {}
+
+
+def _create_overlapping(config: OverlappingSinkConfig, ctx: Any) -> OverlappingSink:
+    sink = OverlappingSink(ctx.instance_name, config)
+    OVERLAPPING[ctx.instance_name] = sink
+    return sink
 
 
 def _create(config: TestSinkConfig, ctx: Any) -> ControlledSink:
@@ -153,7 +207,10 @@ class CountingTransform:
 class TestPlugin:
     @hookimpl
     def cdc_register_sinks(self) -> list[SinkFactory[Any]]:
-        return [SinkFactory(name="controlled", config_type=TestSinkConfig, create=_create, description="test sink")]
+        return [
+            SinkFactory(name="controlled", config_type=TestSinkConfig, create=_create, description="test sink"),
+            SinkFactory(name="overlapping", config_type=OverlappingSinkConfig, create=_create_overlapping, description="test sink"),
+        ]
 
     @hookimpl
     def cdc_register_readers(self) -> list[ReaderFactory[Any]]:

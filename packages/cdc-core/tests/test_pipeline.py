@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from core_helpers import DESTINATIONS, SINKS, TEST_PLUGIN, CountingReader, CountingTransform, make_events, write_events
+from core_helpers import (
+    DESTINATIONS,
+    OVERLAPPING,
+    SINKS,
+    TEST_PLUGIN,
+    CountingReader,
+    CountingTransform,
+    make_events,
+    write_events,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cdc_core.pipeline import Pipeline
 from cdc_core.plugins import PluginRegistry
@@ -20,6 +32,7 @@ from cdc_core.positions import Position
 def _clean() -> None:
     DESTINATIONS.clear()
     SINKS.clear()
+    OVERLAPPING.clear()
 
 
 def _config(tmp_path: Path, sinks: dict[str, Any], *, follow: bool = False) -> dict[str, Any]:
@@ -350,3 +363,116 @@ async def test_the_jsonl_sink_drops_a_half_written_last_line_after_a_crash(tmp_p
     await p.run()
     await p.close()
     assert [orjson.loads(line)["key"]["id"] for line in out.read_bytes().splitlines()] == list(range(6))
+
+
+# --- overlapping writes (sinks declaring overlapping_writes > 1) ------------------------------------
+
+
+def _assert_commits_in_order(commits: list[Any]) -> None:
+    for before, after in itertools.pairwise(commits):
+        assert all(before[n] < after[n] for n in before.keys() & after.keys()), (before, after)
+
+
+async def test_overlapping_writes_run_together_and_commit_in_order(tmp_path: Path) -> None:
+    write_events(tmp_path / "events.jsonl", make_events(60))
+    # Every other write finishes its private work at once, the one before it takes 30 ms: without
+    # the turn, the later batch of each pair would commit first.
+    batch = {"max_events": 10, "max_in_flight": 2, "max_wait": 0.01}
+    p = _pipeline(tmp_path, {"s": {"type": "overlapping", "overlap": 2, "delays": [0.03, 0.0], "batch": batch}})
+    summary = await p.run()
+    await p.close()
+    sink = OVERLAPPING["s"]
+    assert sink.most_writing == 2  # the writes really overlapped
+    assert len(sink.commits) == 6
+    _assert_commits_in_order(sink.commits)
+    assert summary.lanes["s"].applied_events == 60
+    assert sorted(e.key["id"] for e in DESTINATIONS["s"].all_events()) == list(range(60))
+    assert summary.lanes["s"].committed == DESTINATIONS["s"].offsets == {"n1": make_events(60)[-1].position}
+
+
+async def test_overlap_is_bounded_by_max_in_flight(tmp_path: Path) -> None:
+    write_events(tmp_path / "events.jsonl", make_events(40))
+    batch = {"max_events": 5, "max_in_flight": 1, "max_wait": 0.01}
+    p = _pipeline(tmp_path, {"s": {"type": "overlapping", "overlap": 4, "delays": [0.01], "batch": batch}})
+    await p.run()
+    await p.close()
+    assert OVERLAPPING["s"].most_writing == 1
+    assert len(DESTINATIONS["s"].all_events()) == 40
+
+
+async def test_a_failed_write_is_retried_in_its_place(tmp_path: Path) -> None:
+    write_events(tmp_path / "events.jsonl", make_events(40))
+    batch = {"max_events": 10, "max_in_flight": 3, "max_wait": 0.01}
+    retry = {"attempts": 5, "base_delay": 0.001, "max_delay": 0.01}
+    sinks = {
+        "s": {
+            "type": "overlapping",
+            "overlap": 3,
+            "delays": [0.02, 0.0, 0.0],
+            "fail_calls": [0, 1],
+            "fail_after_turn": True,
+            "retry": retry,
+        }
+    }
+    p = _pipeline(tmp_path, {k: {**v, "batch": batch} for k, v in sinks.items()})
+    summary = await p.run()
+    await p.close()
+    sink = OVERLAPPING["s"]
+    _assert_commits_in_order(sink.commits)
+    assert len(sink.commits) == 4  # each batch committed exactly once
+    assert summary.lanes["s"].applied_events == 40
+    assert DESTINATIONS["s"].offsets == {"n1": make_events(40)[-1].position}
+
+
+async def test_a_failed_lane_cancels_the_writes_waiting_for_their_turn(tmp_path: Path) -> None:
+    write_events(tmp_path / "events.jsonl", make_events(30))
+    batch = {"max_events": 10, "max_in_flight": 2, "max_wait": 0.01}
+    retry = {"attempts": 1, "base_delay": 0.001, "max_delay": 0.001}
+    # The first write fails for good after the second one is waiting for its turn.
+    sink = {"type": "overlapping", "overlap": 2, "delays": [0.05, 0.0], "fail_calls": [0], "fail_after_turn": True}
+    p = _pipeline(tmp_path, {"s": {**sink, "retry": retry, "batch": batch, "on_failure": "stop"}})
+    summary = await p.run()
+    await p.close()
+    assert summary.lanes["s"].state == "failed"
+    assert OVERLAPPING["s"].cancelled == 1  # the second write, before it committed anything
+    assert OVERLAPPING["s"].commits == []
+    assert DESTINATIONS["s"].offsets == {}
+    assert await p.committed() == {"s": {}}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    overlap=st.integers(1, 4),
+    max_events=st.integers(1, 12),
+    delays=st.lists(st.sampled_from([0.0, 0.0, 0.001, 0.005]), min_size=1, max_size=6),
+    fail_calls=st.lists(st.integers(0, 15), max_size=4),
+    fail_after_turn=st.booleans(),
+)
+def test_overlapping_writes_lose_nothing_and_commit_in_order(
+    tmp_path_factory: pytest.TempPathFactory,
+    overlap: int,
+    max_events: int,
+    delays: list[float],
+    fail_calls: list[int],
+    fail_after_turn: bool,
+) -> None:
+    DESTINATIONS.clear()
+    OVERLAPPING.clear()
+    tmp_path = tmp_path_factory.mktemp("overlap")
+    events = make_events(40)
+    write_events(tmp_path / "events.jsonl", events)
+    retry = {"attempts": 20, "base_delay": 0.0001, "max_delay": 0.0001}
+    batch = {"max_events": max_events, "max_in_flight": 4, "max_wait": 0.001}
+    sink = {"type": "overlapping", "overlap": overlap, "delays": delays, "fail_calls": fail_calls, "fail_after_turn": fail_after_turn}
+
+    async def run() -> None:
+        p = _pipeline(tmp_path, {"s": {**sink, "retry": retry, "batch": batch}})
+        summary = await asyncio.wait_for(p.run(), 30)
+        await p.close()
+        assert summary.lanes["s"].applied_events == 40
+        _assert_commits_in_order(OVERLAPPING["s"].commits)
+        assert OVERLAPPING["s"].most_writing <= overlap
+        assert sorted(e.key["id"] for e in DESTINATIONS["s"].all_events()) == list(range(40))
+        assert DESTINATIONS["s"].offsets == summary.lanes["s"].committed == {"n1": events[-1].position}
+
+    asyncio.run(run())

@@ -2,7 +2,10 @@
 
 Each sink has its own lane: its own read cursor (starting at the sink's committed position),
 a bounded queue of read items, a batcher that applies the transforms, a bounded queue of at most
-``max_in_flight`` batches, and a writer that retries, dead-letters and commits. A lane that
+``max_in_flight`` batches, and a writer that retries, dead-letters and commits. A sink declaring
+``overlapping_writes`` > 1 is handed the next batch while the previous one is still being
+written (up to that many, and at most ``max_in_flight``); it commits them in order by awaiting
+``Batch.wait_turn``, and the writer records them in order. A lane that
 lags or fails never blocks another: the commitlog on disk is the buffer, and each lane reads it
 at its own pace, so memory stays bounded by the queue sizes whatever a sink does.
 
@@ -418,19 +421,71 @@ class Pipeline:
                     await batches.put(batch)
             await batches.put(end_marker)  # only on a normal end or a failure: a cancelled lane needs none
 
+        async def committed(batch: Batch, rejected: list[Rejected]) -> bool:
+            """Bookkeeping of a written batch, in lane order; True once the run's target is reached."""
+            await self._record(lane, batch, rejected)
+            lane.queued_events -= len(batch.events)
+            self.metrics.backlog_depth.labels(lane.name).set(lane.queued_events + items.qsize())
+            return self._lane_reached(lane, count, until)
+
         async def write() -> None:
+            overlap = min(max(1, int(getattr(lane.sink, "overlapping_writes", 1))), bc.max_in_flight)
+            if overlap > 1:
+                await write_overlapping(overlap)
+                return
             while True:
                 batch = await batches.get()
                 if batch is _END:
                     return
                 if isinstance(batch, _Failure):
                     raise batch.error
-                await self._apply(lane, batch)
-                lane.queued_events -= len(batch.events)
-                self.metrics.backlog_depth.labels(lane.name).set(lane.queued_events + items.qsize())
-                if self._lane_reached(lane, count, until):
+                if await committed(batch, await self._write(lane, batch)):
                     done.set()
                     return
+
+        async def write_overlapping(overlap: int) -> None:
+            # Up to ``overlap`` writes at once; each waits (Batch.wait_turn) for the one before
+            # it to finish before committing, and the bookkeeping runs in lane order here.
+            slots = asyncio.Semaphore(overlap)
+            started: asyncio.Queue[Any] = asyncio.Queue()
+            tasks: list[asyncio.Task[list[Rejected]]] = []
+
+            async def start_writes() -> None:
+                previous: asyncio.Future[None] | None = None
+                while True:
+                    await slots.acquire()
+                    batch = await batches.get()
+                    if batch is _END or isinstance(batch, _Failure):
+                        started.put_nowait(batch)
+                        return
+                    finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    task = asyncio.create_task(self._write_in_turn(lane, batch, previous, finished))
+                    tasks.append(task)
+                    started.put_nowait((batch, task))
+                    previous = finished
+
+            starter = asyncio.create_task(start_writes())
+            try:
+                while True:
+                    item = await started.get()
+                    if item is _END:
+                        return
+                    if isinstance(item, _Failure):
+                        raise item.error
+                    batch, task = item
+                    rejected = await task
+                    tasks.remove(task)
+                    slots.release()
+                    if await committed(batch, rejected):
+                        done.set()
+                        return
+            finally:
+                # A failed or finished lane: later writes still waiting for their turn are
+                # cancelled before they commit anything.
+                starter.cancel()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(starter, *tasks, return_exceptions=True)
 
         producer = asyncio.create_task(produce())
         batcher = asyncio.create_task(batch_up())
@@ -501,7 +556,27 @@ class Pipeline:
             return None
         return Batch(batch_id=_batch_id(lane.name, positions, first, len(events)), events=events, positions=positions)
 
-    async def _apply(self, lane: _Lane, batch: Batch) -> None:
+    async def _write_in_turn(
+        self, lane: _Lane, batch: Batch, previous: asyncio.Future[None] | None, finished: asyncio.Future[None]
+    ) -> list[Rejected]:
+        """:meth:`_write` of a batch whose turn comes when ``previous`` is done; ``finished``
+        is resolved when this one is (or cancelled, which cancels the writes waiting on it)."""
+
+        async def turn() -> None:
+            if previous is not None:
+                await asyncio.shield(previous)
+
+        try:
+            rejected = await self._write(lane, attrs.evolve(batch, turn=turn))
+        except BaseException:
+            finished.cancel()
+            raise
+        finished.set_result(None)
+        return rejected
+
+    async def _write(self, lane: _Lane, batch: Batch) -> list[Rejected]:
+        """Write ``batch`` with retries, dead-lettering what the sink refuses; returns the
+        events that went to the DLQ."""
         blog = log.bind(sink=lane.name, batch_id=batch.batch_id)
         attempts = 1
         dead: dict[int, Rejected] = {}  # id(event) -> what is durably in the DLQ already
@@ -550,7 +625,12 @@ class Pipeline:
             # Nothing to write but positions moved (skipped tables, filtered events): sinks that
             # keep offsets with their data commit them through an empty write.
             await with_retry(lambda: lane.sink.write(batch), lane.config.retry)
-        rejected = list(dead.values())
+        return list(dead.values())
+
+    async def _record(self, lane: _Lane, batch: Batch, rejected: list[Rejected]) -> None:
+        """After a batch is written: the core offsets (sinks not storing their own), status,
+        metrics, the committed hook and the reader's cleanup."""
+        blog = log.bind(sink=lane.name, batch_id=batch.batch_id)
         if not lane.sink.stores_offsets:
             await self.offsets.commit(lane.name, batch.positions)
         lane.status.committed.update(batch.positions)

@@ -31,12 +31,26 @@ class Batch:
     ``batch.dead_letter(rejected)`` *before* it commits the batch's positions, so a crash between
     the two can never lose the refused events (they are in the DLQ, durably, first). It may be
     called more than once; it is ``None`` when nobody listens (tests, ``cdc dlq replay``).
+
+    ``turn``: set by the engine for a sink declaring ``overlapping_writes > 1`` (see
+    :class:`Sink`), which may then be handed a batch while the lane's previous one is still being
+    written. Such a sink awaits :meth:`wait_turn` before anything that must follow the previous
+    batch's commit (taking locks on destination rows, moving offsets, committing); what is private
+    to its own session (folding, staging into a temporary table) may run before. It returns once
+    every earlier batch of the lane is applied; if one of them fails, the waiting write is
+    cancelled instead (it must then commit nothing).
     """
 
     batch_id: str
     events: Sequence[ChangeEvent]
     positions: Mapping[str, Position]
     dead_letter: Callable[[Sequence[Rejected]], Awaitable[None]] | None = attrs.field(default=None, eq=False, repr=False)
+    turn: Callable[[], Awaitable[None]] | None = attrs.field(default=None, eq=False, repr=False)
+
+    async def wait_turn(self) -> None:
+        """Wait until every earlier batch of the lane is applied (immediately without ``turn``)."""
+        if self.turn is not None:
+            await self.turn()
 
 
 @attrs.frozen(kw_only=True)
@@ -61,6 +75,10 @@ class Sink(Protocol):
 
     name: str
     stores_offsets: bool
+    # Optional (read with getattr, default 1): how many batches of one lane the sink may be
+    # writing at once. Above 1, the engine hands it the next batch before the previous one has
+    # committed, and the sink keeps commits in order with ``Batch.wait_turn``.
+    # overlapping_writes: int
 
     async def start(self) -> None:
         """Connect and prepare; called once before anything else."""
