@@ -17,8 +17,9 @@ timestamp, decimal) it measures rows/s, per batch size, for:
 * raw COPY: ``copy_records_to_table`` of whole rows into an UNLOGGED table (the floor).
 
 Swept over batch sizes and 1 vs 2 connections (baselines: batches spread over the connections;
-sink: that many batches in flight, each one transaction — the engine itself writes one batch of a
-sink at a time, so its figures are the 1-connection ones). Each figure is
+sink: ``overlapping_writes`` = that many, driven by ``cdc_core.turns.write_overlapping`` exactly
+as the engine drives it — the next batch folds and stages while the previous one merges, and
+commits strictly after it). Each figure is
 the median of ``--repeat`` runs, every run in a fresh schema; ratios are computed within each
 repetition (same machine load) and their median reported, with the load average.
 """
@@ -46,6 +47,7 @@ from cdc_core.positions import Position
 from cdc_core.schema import ColumnKind, ColumnSchema, TableSchema
 from cdc_core.secrets import Secret
 from cdc_core.sinks import Batch
+from cdc_core.turns import write_overlapping
 from cdc_sink_postgres.config import PostgresSinkConfig
 from cdc_sink_postgres.native import native_module
 from cdc_sink_postgres.sink import PostgresSink
@@ -130,9 +132,10 @@ async def _spread(items: list[Any], workers: int, apply: Callable[[Any], Awaitab
 
 
 async def run_sink(dsn: str, rows: int, batch_size: int, workers: int) -> dict[str, float]:
-    """The sink, ``workers`` batches in flight, each its own transaction (the engine: one at a time)."""
+    """The sink with ``overlapping_writes = workers``, written to as the engine does."""
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    sink = PostgresSink("bench", PostgresSinkConfig(dsn=Secret(dsn), schema=schema, pool_min_size=workers, pool_max_size=workers))
+    config = PostgresSinkConfig(dsn=Secret(dsn), schema=schema, pool_min_size=workers, pool_max_size=workers, overlapping_writes=workers)
+    sink = PostgresSink("bench", config)
     await sink.start()
     results: dict[str, float] = {}
     try:
@@ -143,7 +146,7 @@ async def run_sink(dsn: str, rows: int, batch_size: int, workers: int) -> dict[s
             batches = _batches(_events(kind, rows, ts), batch_size)
             gc.collect()
             cpu = time.process_time()
-            results[kind] = await _timed(lambda batches=batches: _spread(batches, workers, sink.write), rows)
+            results[kind] = await _timed(lambda batches=batches: write_overlapping(sink.write, batches, workers), rows)
             results[f"{kind} cpu"] = (time.process_time() - cpu) / rows * 1e6  # client CPU µs per row
     finally:
         await sink.close()
@@ -256,7 +259,7 @@ async def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-sizes", default="1000,5000,20000")
-    parser.add_argument("--workers", default="1,2", help="connections (baselines) / batches in flight (sink)")
+    parser.add_argument("--workers", default="1,2", help="connections (baselines) / overlapping_writes (sink)")
     args = parser.parse_args()
     conn = await asyncpg.connect(args.dsn)
     version = await conn.fetchval("SHOW server_version")

@@ -66,3 +66,23 @@ def batch(events: list[ChangeEvent]) -> Batch:
         if p is None or e.position > p:
             positions[e.position.node] = e.position
     return Batch(batch_id=uuid.uuid4().hex, events=events, positions=positions)
+
+
+def collections_schema() -> TableSchema:
+    """A fresh table with clustering, collections, a decimal and a static column."""
+    return TableSchema(
+        keyspace="ks",
+        table=f"conv_{uuid.uuid4().hex[:8]}",
+        id=uuid.uuid4(),
+        columns=(
+            ColumnSchema(name="pk", type="int", kind=ColumnKind.PARTITION_KEY, position=0),
+            ColumnSchema(name="ck0", type="text", kind=ColumnKind.CLUSTERING, position=0, clustering_order=ClusteringOrder.DESC),
+            ColumnSchema(name="ck1", type="bigint", kind=ColumnKind.CLUSTERING, position=1, clustering_order=ClusteringOrder.ASC),
+            ColumnSchema(name="l", type="list<int>", kind=ColumnKind.REGULAR, position=-1),
+            ColumnSchema(name="st", type="set<text>", kind=ColumnKind.REGULAR, position=-1),
+            ColumnSchema(name="m", type="map<text, int>", kind=ColumnKind.REGULAR, position=-1),
+            ColumnSchema(name="t", type="text", kind=ColumnKind.REGULAR, position=-1),
+            ColumnSchema(name="d", type="decimal", kind=ColumnKind.REGULAR, position=-1),
+            ColumnSchema(name="s0", type="int", kind=ColumnKind.STATIC, position=-1),
+        ),
+    )

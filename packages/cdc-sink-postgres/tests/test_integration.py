@@ -21,7 +21,7 @@ import structlog
 from frozendict import frozendict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pg_sink_helpers import batch, partition_delete, pos, schema, upsert
+from pg_sink_helpers import batch, collections_schema, partition_delete, pos, schema, upsert
 
 from cdc_core.cqltypes import Duration
 from cdc_core.errors import PermanentError, TransientError
@@ -617,29 +617,10 @@ async def _crash_and_resume(h: PostgresHarness, batches: list[Batch], data: st.D
 # --- latest state: convergence, crashes, concurrency -----------------------------------------
 
 
-def _collections_schema() -> TableSchema:
-    return TableSchema(
-        keyspace="ks",
-        table=f"conv_{uuid.uuid4().hex[:8]}",
-        id=uuid.uuid4(),
-        columns=(
-            ColumnSchema(name="pk", type="int", kind=ColumnKind.PARTITION_KEY, position=0),
-            ColumnSchema(name="ck0", type="text", kind=ColumnKind.CLUSTERING, position=0, clustering_order=ClusteringOrder.DESC),
-            ColumnSchema(name="ck1", type="bigint", kind=ColumnKind.CLUSTERING, position=1, clustering_order=ClusteringOrder.ASC),
-            ColumnSchema(name="l", type="list<int>", kind=ColumnKind.REGULAR, position=-1),
-            ColumnSchema(name="st", type="set<text>", kind=ColumnKind.REGULAR, position=-1),
-            ColumnSchema(name="m", type="map<text, int>", kind=ColumnKind.REGULAR, position=-1),
-            ColumnSchema(name="t", type="text", kind=ColumnKind.REGULAR, position=-1),
-            ColumnSchema(name="d", type="decimal", kind=ColumnKind.REGULAR, position=-1),
-            ColumnSchema(name="s0", type="int", kind=ColumnKind.STATIC, position=-1),
-        ),
-    )
-
-
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 async def test_converges_with_collections_and_clustering(pg_dsn: str, data: st.DataObject) -> None:
-    s = _collections_schema()
+    s = collections_schema()
     events = data.draw(event_histories(s, max_events=20), label="history")
     shuffled = data.draw(shuffled_with_duplicates(events), label="arrival")
     sizes = data.draw(st.lists(st.integers(1, 8), min_size=1, max_size=4), label="batch sizes")
@@ -656,7 +637,7 @@ async def test_converges_with_collections_and_clustering(pg_dsn: str, data: st.D
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 async def test_latest_state_crash_and_resume_converges(pg_dsn: str, data: st.DataObject) -> None:
-    s = _collections_schema()
+    s = collections_schema()
     events = data.draw(event_histories(s, max_events=16), label="history")
     batches = batches_of(events, data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=3), label="sizes"))
     h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}")
@@ -671,7 +652,7 @@ async def test_latest_state_crash_and_resume_converges(pg_dsn: str, data: st.Dat
 @given(data=st.data())
 async def test_concurrent_writers_converge(pg_dsn: str, data: st.DataObject) -> None:
     """Three agents (replicas) write the same history concurrently, in different orders."""
-    s = _collections_schema()
+    s = collections_schema()
     events = data.draw(event_histories(s, max_events=16), label="history")
     h = PostgresHarness(pg_dsn)
     try:

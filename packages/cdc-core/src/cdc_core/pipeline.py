@@ -41,6 +41,7 @@ from cdc_core.readers import Progress, Reader, ReaderItem
 from cdc_core.retry import with_retry
 from cdc_core.sinks import Batch, Rejected, Sink
 from cdc_core.transforms import Transform
+from cdc_core.turns import Turns
 
 __all__ = ["LaneStatus", "Pipeline", "RunSummary"]
 
@@ -451,18 +452,16 @@ class Pipeline:
             tasks: list[asyncio.Task[list[Rejected]]] = []
 
             async def start_writes() -> None:
-                previous: asyncio.Future[None] | None = None
+                turns = Turns()
                 while True:
                     await slots.acquire()
                     batch = await batches.get()
                     if batch is _END or isinstance(batch, _Failure):
                         started.put_nowait(batch)
                         return
-                    finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                    task = asyncio.create_task(self._write_in_turn(lane, batch, previous, finished))
+                    task = asyncio.create_task(turns.take().run(lambda b: self._write(lane, b), batch))
                     tasks.append(task)
                     started.put_nowait((batch, task))
-                    previous = finished
 
             starter = asyncio.create_task(start_writes())
             try:
@@ -555,24 +554,6 @@ class Pipeline:
         if not positions:
             return None
         return Batch(batch_id=_batch_id(lane.name, positions, first, len(events)), events=events, positions=positions)
-
-    async def _write_in_turn(
-        self, lane: _Lane, batch: Batch, previous: asyncio.Future[None] | None, finished: asyncio.Future[None]
-    ) -> list[Rejected]:
-        """:meth:`_write` of a batch whose turn comes when ``previous`` is done; ``finished``
-        is resolved when this one is (or cancelled, which cancels the writes waiting on it)."""
-
-        async def turn() -> None:
-            if previous is not None:
-                await asyncio.shield(previous)
-
-        try:
-            rejected = await self._write(lane, attrs.evolve(batch, turn=turn))
-        except BaseException:
-            finished.cancel()
-            raise
-        finished.set_result(None)
-        return rejected
 
     async def _write(self, lane: _Lane, batch: Batch) -> list[Rejected]:
         """Write ``batch`` with retries, dead-lettering what the sink refuses; returns the

@@ -64,6 +64,10 @@ class StagedMerge:
         if not records:
             return
         await self.copy_in(conn, records)
+        await self.merge_staged(conn)
+
+    async def merge_staged(self, conn: Any) -> None:
+        """Merge what :meth:`copy_in` staged (a cached prepared statement)."""
         await conn.fetch(self.merge_sql)
 
     async def copy_in(self, conn: Any, records: Sequence[Sequence[Any]]) -> None:

@@ -13,10 +13,11 @@ the transaction moving the offsets commits.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,10 @@ class PostgresSink:
     def __init__(self, name: str, config: PostgresSinkConfig, context: ComponentContext | None = None) -> None:
         self.name = name
         self.config = config
+        # Batches the engine may hand over while the previous one is being written: the next
+        # one's fold and staging overlap this one's merge and commit (see _run_all).
+        # Each waiting write holds a pooled connection: the pool must leave one for the head.
+        self.overlapping_writes = max(1, min(config.overlapping_writes, config.pool_max_size))
         self.base_dir = context.base_dir if context is not None else Path(".")
         self.ddl = self.ddl_class()
         self.offsets = OffsetTable(config.schema, config.offsets_table)
@@ -86,6 +91,7 @@ class PostgresSink:
         self._views_refreshed: set[str] = set()  # destinations whose views this process (re)wrote
         # Per pooled connection, the staging tables its session already has.
         self._staging: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+        self._fold_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"PostgresSink(name={self.name!r}, schema={self.config.schema!r})"
@@ -105,7 +111,7 @@ class PostgresSink:
                 command_timeout=cfg.command_timeout,
                 statement_cache_size=cfg.statement_cache_size,
                 ssl=build_ssl(cfg.ssl, self.base_dir),  # type: ignore[arg-type]  # a validated sslmode string
-                server_settings={"application_name": cfg.application_name},
+                server_settings={**cfg.session_settings(), "application_name": cfg.application_name},
             )
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"cdc:{cfg.schema}")
@@ -310,37 +316,24 @@ class PostgresSink:
             raise TransientError(f"postgres sink {self.name} is not started")
         try:
             groups = await self._group(batch.events)
-            # The Python work (fold, conversion, checks) happens before a connection is taken,
-            # so concurrent batches overlap it with each other's database time.
-            rejected: list[Rejected] = []
-            work: list[tuple[TableTarget, list[ChangeEvent], Any]] = []
-            # The fold allocates many short-lived objects and no cycles: the cyclic GC (which
-            # would walk the whole heap of pending events again and again) waits until it ends.
-            gc_was_enabled = gc.isenabled()
-            gc.disable()
-            try:
-                for target, events in groups:
-                    if target.refusal is not None:
-                        rejected += [Rejected(event=e, error=target.refusal, error_type="ConfigError") for e in events]
-                        continue
-                    good: list[ChangeEvent] = []
-                    prepared = self._prepare(target, events, rejected, good)
-                    if good:
-                        work.append((target, good, prepared))
-            finally:
-                if gc_was_enabled:
-                    gc.enable()
+            # The Python work (fold, conversion, checks) happens before a connection is taken, in
+            # a worker thread: the event loop stays free to send the statements of the batch in
+            # flight before this one (overlapping_writes), whose merge then runs on the server
+            # while this one folds. One fold at a time (they share the sink's plans).
+            async with self._fold_lock:
+                work, rejected = await asyncio.to_thread(self._fold_all, groups)
             # Events refused in Python reach the DLQ before anything commits (Batch.dead_letter).
             await _dead_letter(batch, rejected)
             async with self._acquire() as conn:
                 try:
                     async with conn.transaction():
-                        created = await self._run_all(conn, work)
+                        created = await self._run_all(conn, work, batch)
                         await self.offsets.store(conn, self.name, batch.positions)
                     self._staging_created(conn).update(created)
                 except Exception as exc:
                     if not is_bisectable(exc):
                         raise
+                    await batch.wait_turn()  # (the refusal may have come while staging, before it)
                     # The server refuses something (a value, an over-long key …): redo the batch
                     # table by table under savepoints, bisecting to the culprit events; they
                     # reach the DLQ before the transaction moving the offsets commits.
@@ -360,6 +353,30 @@ class PostgresSink:
         if rejected:
             log.warning("postgres sink rejected events", sink=self.name, batch_id=batch.batch_id, rejected=len(rejected))
         return WriteResult(rejected=rejected)
+
+    def _fold_all(
+        self, groups: Sequence[tuple[TableTarget, list[ChangeEvent]]]
+    ) -> tuple[list[tuple[TableTarget, list[ChangeEvent], Any]], list[Rejected]]:
+        """Every table's events folded into staging records; the events refused on the way."""
+        rejected: list[Rejected] = []
+        work: list[tuple[TableTarget, list[ChangeEvent], Any]] = []
+        # The fold allocates many short-lived objects and no cycles: the cyclic GC (which would
+        # walk the whole heap of pending events again and again) waits until it ends.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for target, events in groups:
+                if target.refusal is not None:
+                    rejected += [Rejected(event=e, error=target.refusal, error_type="ConfigError") for e in events]
+                    continue
+                good: list[ChangeEvent] = []
+                prepared = self._prepare(target, events, rejected, good)
+                if good:
+                    work.append((target, good, prepared))
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        return work, rejected
 
     async def _group(self, events: Sequence[ChangeEvent]) -> list[tuple[TableTarget, list[ChangeEvent]]]:
         """The batch's events per destination table, in batch order."""
@@ -393,9 +410,13 @@ class PostgresSink:
             known = self._staging[raw] = set()
         return known
 
-    async def _run_all(self, conn: Any, work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> set[str]:
+    async def _run_all(self, conn: Any, work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]], batch: Batch) -> set[str]:
         """The fast path: every table's records staged and merged in the current transaction, no
-        savepoints. Returns the staging tables created (they exist once the transaction commits)."""
+        savepoints. Returns the staging tables created (they exist once the transaction commits).
+
+        Staging tables are private to the session, so they are filled before the batch's turn
+        (``Batch.wait_turn``: while the previous batch may still be merging on another
+        connection); the merges, which lock destination rows, run after it."""
         known = self._staging_created(conn)
         steps: list[tuple[StagedMerge, Sequence[Sequence[Any]]]] = []
         for target, _, prepared in work:
@@ -403,12 +424,23 @@ class PostgresSink:
         missing = {m.staging: m.create_sql for m, _ in steps if m.staging not in known}
         if missing:
             await conn.execute(";\n".join(missing.values()))
+        uses = Counter(m.staging for m, _ in steps)
+        # A staging table two steps share (two tables of one shape) is filled after the turn, once
+        # the first step's merge has read it.
+        early = {i for i, (m, records) in enumerate(steps) if uses[m.staging] == 1 and records}
+        for i in sorted(early):
+            merge, records = steps[i]
+            await merge.copy_in(conn, records)
+        await batch.wait_turn()
         used: dict[str, None] = {}
-        for merge, records in steps:
-            if merge.staging in used:  # two tables sharing a staging table: empty it first
-                await conn.execute(merge.truncate_sql)
+        for i, (merge, records) in enumerate(steps):
+            if i in early:
+                await merge.merge_staged(conn)
+            else:
+                if merge.staging in used:  # two tables sharing a staging table: empty it first
+                    await conn.execute(merge.truncate_sql)
+                await merge.copy_and_merge(conn, records)
             used[merge.staging] = None
-            await merge.copy_and_merge(conn, records)
         if used:
             # Emptied in this transaction (see StagedMerge): committed rows never stay behind,
             # and an aborted transaction leaves none either.

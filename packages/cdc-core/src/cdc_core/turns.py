@@ -1,0 +1,84 @@
+"""Turns: several writes of one lane in flight, their commits in order (``Batch.wait_turn``).
+
+The engine takes a :class:`Turn` per batch from the lane's :class:`Turns`; the write awaits its
+turn before committing, which comes when the write before it has finished. A write that fails
+abandons its turn, and every write waiting behind it is cancelled. :func:`write_overlapping`
+drives a sink the way the engine does, for benchmarks and tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import attrs
+
+from cdc_core.sinks import Batch
+
+__all__ = ["Turn", "Turns", "write_overlapping"]
+
+T = TypeVar("T")
+
+
+class Turn:
+    """One write's place in the order: :meth:`wait` returns once the previous write finished."""
+
+    __slots__ = ("_finished", "_previous")
+
+    def __init__(self, previous: asyncio.Future[None] | None, finished: asyncio.Future[None]) -> None:
+        self._previous = previous
+        self._finished = finished
+
+    async def wait(self) -> None:
+        if self._previous is not None:
+            # Shielded: a waiter being cancelled must not cancel the previous write's future.
+            await asyncio.shield(self._previous)
+
+    async def run(self, write: Callable[[Batch], Awaitable[T]], batch: Batch) -> T:
+        """``write(batch)`` with this turn in ``batch.turn``; finishes (or abandons) the turn."""
+        try:
+            result = await write(attrs.evolve(batch, turn=self.wait))
+        except BaseException:
+            self._finished.cancel()  # the writes waiting behind this one are cancelled
+            raise
+        self._finished.set_result(None)
+        return result
+
+
+class Turns:
+    """Hands out turns in order, one per batch of a lane."""
+
+    def __init__(self) -> None:
+        self._previous: asyncio.Future[None] | None = None
+
+    def take(self) -> Turn:
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        turn = Turn(self._previous, finished)
+        self._previous = finished
+        return turn
+
+
+async def write_overlapping(write: Callable[[Batch], Awaitable[T]], batches: Sequence[Batch], overlap: int) -> list[T]:
+    """Write ``batches`` as the engine does for a sink with ``overlapping_writes = overlap``: up
+    to ``overlap`` at once, each committing after the one before it. The first failure cancels
+    the writes still running and is raised."""
+    turns = Turns()
+    slots = asyncio.Semaphore(max(1, overlap))
+    tasks: list[asyncio.Task[T]] = []
+
+    async def one(turn: Turn, batch: Batch) -> T:
+        try:
+            return await turn.run(write, batch)
+        finally:
+            slots.release()
+
+    try:
+        for batch in batches:
+            await slots.acquire()
+            tasks.append(asyncio.create_task(one(turns.take(), batch)))
+        return [await task for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
