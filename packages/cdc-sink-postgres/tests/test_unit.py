@@ -363,3 +363,17 @@ def test_fast_fold_matches_the_reference_fold(events: list[Any]) -> None:
             assert all(got.present[f] and got.present[a] and f not in {a for _, a in got.aliases} for f, a in got.aliases)
             assert all(rec[f] == rec[a] for rec in expected.values() for f, a in got.aliases)
             assert got.full_records() == [tuple(rec) for rec in expected.values()]
+
+
+def test_session_settings_and_overlap_defaults() -> None:
+    from cdc_core.secrets import Secret
+    from cdc_sink_postgres.config import PostgresSinkConfig
+    from cdc_sink_postgres.sink import PostgresSink
+
+    dsn = Secret("postgresql://x@h/db")
+    cfg = PostgresSinkConfig(dsn=dsn)
+    assert cfg.session_settings() == {"work_mem": "64MB", "temp_buffers": "64MB"}
+    assert PostgresSinkConfig(dsn=dsn, server_settings={"work_mem": "1GB"}).session_settings()["work_mem"] == "1GB"
+    assert PostgresSink("pg", cfg).overlapping_writes == 2
+    # Each write waiting for its turn holds a pooled connection: never more than the pool has.
+    assert PostgresSink("pg", PostgresSinkConfig(dsn=dsn, overlapping_writes=8, pool_max_size=3)).overlapping_writes == 3

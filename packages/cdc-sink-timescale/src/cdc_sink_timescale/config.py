@@ -164,6 +164,8 @@ class TimescaleSinkConfig:
     ssl: SslConfig = attrs.field(factory=SslConfig)
     create_tables: bool = True
     application_name: str = "cdc"
+    overlapping_writes: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    server_settings: dict[str, str] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self._check_static("", self.mode, self.time_column, self.chunk_interval, self.integer_chunk_interval)
@@ -326,6 +328,8 @@ class TimescaleSinkConfig:
             ssl=self.ssl,
             create_tables=self.create_tables,
             application_name=self.application_name,
+            overlapping_writes=self.overlapping_writes,
+            server_settings=dict(self.server_settings),
         )
 
 
