@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import attrs
@@ -77,11 +78,11 @@ async def test_the_next_batch_stages_before_its_turn_and_commits_after_it(harnes
     pids: list[int] = []
     original = sink._run_all
 
-    async def run_all(conn: asyncpg.Connection, work: object, b: Batch) -> set[str]:
+    async def run_all(conn: Any, work: Any, b: Batch) -> set[str]:
         pids.append(conn.get_server_pid())
-        return await original(conn, work, b)  # type: ignore[arg-type]
+        return await original(conn, work, b)
 
-    sink._run_all = run_all  # type: ignore[method-assign]
+    sink._run_all = run_all  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(sink.write(_gated(second, gate, waiting)))
     await asyncio.wait_for(waiting.wait(), 10)
     # Waiting for its turn: its rows are staged in its open transaction, nothing is visible.
