@@ -15,11 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg_sink_helpers import batch, collections_schema, schema, upsert
 
+from cdc_core.errors import TransientError
 from cdc_core.sinks import Batch
 from cdc_core.testing.contract import batches_of, normalise_state
 from cdc_core.testing.model import latest_state
 from cdc_core.testing.strategies import NOW, event_histories
-from cdc_core.turns import write_overlapping
+from cdc_core.turns import Turns, write_overlapping
 from cdc_sink_postgres.sink import PostgresSink
 from cdc_sink_postgres.testing import PostgresHarness
 
@@ -78,9 +79,9 @@ async def test_the_next_batch_stages_before_its_turn_and_commits_after_it(harnes
     pids: list[int] = []
     original = sink._run_all
 
-    async def run_all(conn: Any, work: Any, b: Batch) -> set[str]:
+    async def run_all(conn: Any, work: Any, b: Batch, flight: Any = None) -> set[str]:
         pids.append(conn.get_server_pid())
-        return await original(conn, work, b)
+        return await original(conn, work, b, flight)
 
     sink._run_all = run_all  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(sink.write(_gated(second, gate, waiting)))
@@ -137,3 +138,156 @@ async def test_overlapping_writes_of_one_history_converge(pg_dsn: str, data: st.
         assert dict(await sink.committed_positions()) == expected
     finally:
         await h.destroy()
+
+
+# --- merging before the turn (cdc_sink_postgres.overlap) ---------------------------------------
+
+
+async def _backend(dsn: str, application_pid: int) -> tuple[str, str | None, str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT state, wait_event, query FROM pg_stat_activity WHERE pid = $1", application_pid)
+        assert row is not None
+        return row["state"], row["wait_event"], row["query"]
+    finally:
+        await conn.close()
+
+
+class _Held:
+    """Holds chosen batches of a sink just before they store their offsets (their merges done,
+    their transaction and advisory lock held), and records each write's server pid."""
+
+    def __init__(self, sink: PostgresSink, held: list[Batch]) -> None:
+        self.gate = asyncio.Event()
+        self.reached = asyncio.Event()
+        self.pids: dict[str, int] = {}
+        held_ids = {b.batch_id for b in held}
+        store, run_all = sink.offsets.store, sink._run_all
+
+        async def stored(conn: Any, name: str, positions: Any) -> None:
+            if any(positions is b.positions for b in held):
+                self.reached.set()
+                await self.gate.wait()
+            await store(conn, name, positions)
+
+        async def ran(conn: Any, work: Any, b: Batch, flight: Any = None) -> set[str]:
+            self.pids[b.batch_id] = conn.get_server_pid()
+            return await run_all(conn, work, b, flight)
+
+        sink.offsets.store = stored  # type: ignore[method-assign,assignment]
+        sink._run_all = ran  # type: ignore[method-assign,assignment]
+        assert held_ids
+
+
+async def _wait_for(predicate: Any) -> None:
+    """Poll the server's view (pg_stat_activity) until ``predicate`` holds (10 s at most)."""
+    async with asyncio.timeout(10):
+        while not await predicate():  # noqa: ASYNC110 — the state polled lives in the server
+            await asyncio.sleep(0.02)
+
+
+async def test_disjoint_batches_merge_before_their_turn_and_commit_after(harness: PostgresHarness) -> None:
+    sink = await _sink(harness)
+    await sink.write(batch([upsert(S, {"pk": 0}, 1, v="warm")]))
+    first, second = batch([upsert(S, {"pk": 1}, 10, v="a")]), batch([upsert(S, {"pk": 2}, 10, v="b")])
+    held = _Held(sink, [first])
+    turns = Turns()
+    t1, t2 = turns.take(), turns.take()
+    w1 = asyncio.create_task(t1.run(sink.write, first))
+    await asyncio.wait_for(held.reached.wait(), 10)
+    w2 = asyncio.create_task(t2.run(sink.write, second))
+
+    async def waiting_in_server() -> bool:
+        if second.batch_id not in held.pids:
+            return False
+        state, wait_event, _ = await _backend(harness.dsn, held.pids[second.batch_id])
+        return state == "active" and wait_event == "advisory"
+
+    # The second batch merged already (keys disjoint from the first's) and waits, in the server,
+    # on the first one's transaction; nothing of it is visible yet.
+    await _wait_for(waiting_in_server)
+    visible, offsets = await _visible(harness.dsn, sink.name)
+    assert 2 not in visible and offsets["n1"] < second.positions["n1"].offset
+    held.gate.set()
+    await asyncio.wait_for(asyncio.gather(w1, w2), 10)
+    visible, offsets = await _visible(harness.dsn, sink.name)
+    assert visible == {0, 1, 2} and offsets == {"n1": second.positions["n1"].offset}
+
+
+async def test_a_batch_sharing_rows_with_an_earlier_one_merges_only_in_its_turn(harness: PostgresHarness) -> None:
+    sink = await _sink(harness)
+    await sink.write(batch([upsert(S, {"pk": 0}, 1, v="warm")]))
+    first = batch([upsert(S, {"pk": 1}, 10, v="a"), upsert(S, {"pk": 3}, 10, v="c")])
+    second = batch([upsert(S, {"pk": 3}, 20, v="c2")])
+    held = _Held(sink, [first])
+    turns = Turns()
+    t1, t2 = turns.take(), turns.take()
+    w1 = asyncio.create_task(t1.run(sink.write, first))
+    await asyncio.wait_for(held.reached.wait(), 10)
+    w2 = asyncio.create_task(t2.run(sink.write, second))
+
+    async def staged_and_idle() -> bool:
+        if second.batch_id not in held.pids:
+            return False
+        state, _, query = await _backend(harness.dsn, held.pids[second.batch_id])
+        return state == "idle in transaction" and query.startswith("COPY")
+
+    await _wait_for(staged_and_idle)  # staged, not merged: it would wait on the first one's row
+    held.gate.set()
+    await asyncio.wait_for(asyncio.gather(w1, w2), 10)
+    conn = await asyncpg.connect(harness.dsn)
+    try:
+        assert await conn.fetchval("SELECT v FROM cdc_test.ks_overlap WHERE pk = 3") == "c2"
+    finally:
+        await conn.close()
+
+
+async def test_a_third_party_ddl_between_overlapping_writes_cannot_hang_them(harness: PostgresHarness) -> None:
+    """The one wait of an earlier write on a later one that disjoint keys do not rule out: its
+    row-exclusive lock queued behind a third party's DDL, which waits for the later write's. The
+    later write waits for the earlier one inside the server (advisory lock), so PostgreSQL sees
+    the cycle and resolves it — by letting the earlier write's lock ahead of the DDL, or by
+    failing one of them (a deadlock, transient) — instead of everyone waiting for the command
+    timeout."""
+    sink = await _sink(harness)
+    await sink.write(batch([upsert(S, {"pk": 0}, 1, v="warm")]))
+    b0 = batch([upsert(S, {"pk": 1}, 10, v="a")])
+    b1 = batch([upsert(S, {"pk": 1}, 20, v="a2")])  # shares pk 1 with b0: waits for its turn to merge
+    b2 = batch([upsert(S, {"pk": 2}, 10, v="b")])  # disjoint from both: merges early
+    held = _Held(sink, [b0])
+    turns = Turns()
+    t0, t1, t2 = turns.take(), turns.take(), turns.take()
+    w0 = asyncio.create_task(t0.run(sink.write, b0))
+    await asyncio.wait_for(held.reached.wait(), 10)
+    w1 = asyncio.create_task(t1.run(sink.write, b1))
+    w2 = asyncio.create_task(t2.run(sink.write, b2))
+
+    async def b2_waits() -> bool:
+        if b2.batch_id not in held.pids or b1.batch_id not in held.pids:
+            return False
+        state, wait_event, _ = await _backend(harness.dsn, held.pids[b2.batch_id])
+        return state == "active" and wait_event == "advisory"
+
+    await _wait_for(b2_waits)
+    ddl = await asyncpg.connect(harness.dsn)
+    try:
+        alter = asyncio.create_task(ddl.execute("ALTER TABLE cdc_test.ks_overlap__state ADD COLUMN IF NOT EXISTS extra int"))
+        await asyncio.sleep(0.3)  # the ALTER queues behind b0's and b2's locks
+        held.gate.set()  # b0 commits; b1's turn: its merge queues behind the ALTER
+        outcomes = await asyncio.wait_for(asyncio.gather(w0, w1, w2, alter, return_exceptions=True), 30)
+    finally:
+        await ddl.close()
+    assert not isinstance(outcomes[0], BaseException)  # b0 committed before the DDL came
+    errors = [o for o in outcomes[1:] if isinstance(o, BaseException)]
+    assert all(
+        isinstance(e, asyncpg.exceptions.DeadlockDetectedError | asyncio.CancelledError)
+        or (isinstance(e, TransientError) and "deadlock" in str(e).lower())
+        for e in errors
+    ), errors
+    if not errors:  # the server reordered the lock queue: everything went through, in order
+        conn = await asyncpg.connect(harness.dsn)
+        try:
+            rows = await conn.fetch("SELECT pk, v FROM cdc_test.ks_overlap ORDER BY pk")
+            assert [(r["pk"], r["v"]) for r in rows] == [(0, "warm"), (1, "a2"), (2, "b")]
+        finally:
+            await conn.close()

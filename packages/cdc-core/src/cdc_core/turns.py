@@ -22,27 +22,53 @@ T = TypeVar("T")
 
 
 class Turn:
-    """One write's place in the order: :meth:`wait` returns once the previous write finished."""
+    """One write's place in the order: awaiting it (``batch.turn()``, :meth:`wait`) returns once
+    the previous write finished. A sink may also look at the writes still pending before it
+    (:meth:`pending_before`), e.g. to tell whether its own work can conflict with theirs."""
 
-    __slots__ = ("_finished", "_previous")
+    __slots__ = ("__weakref__", "_before", "_finished", "_previous")
 
-    def __init__(self, previous: asyncio.Future[None] | None, finished: asyncio.Future[None]) -> None:
+    def __init__(self, previous: asyncio.Future[None] | None, finished: asyncio.Future[None], before: Turn | None = None) -> None:
         self._previous = previous
         self._finished = finished
+        self._before = before
+
+    def __call__(self) -> Awaitable[None]:
+        return self.wait()
 
     async def wait(self) -> None:
         if self._previous is not None:
             # Shielded: a waiter being cancelled must not cancel the previous write's future.
             await asyncio.shield(self._previous)
 
+    @property
+    def finished(self) -> bool:
+        """This turn's write returned (successfully)."""
+        return self._finished.done() and not self._finished.cancelled()
+
+    @property
+    def abandoned(self) -> bool:
+        """This turn's write failed: every write after it is cancelled."""
+        return self._finished.cancelled()
+
+    def pending_before(self) -> list[Turn]:
+        """The turns before this one whose writes have not finished, nearest first."""
+        out: list[Turn] = []
+        turn = self._before
+        while turn is not None and not turn.finished:
+            out.append(turn)
+            turn = turn._before
+        return out
+
     async def run(self, write: Callable[[Batch], Awaitable[T]], batch: Batch) -> T:
         """``write(batch)`` with this turn in ``batch.turn``; finishes (or abandons) the turn."""
         try:
-            result = await write(attrs.evolve(batch, turn=self.wait))
+            result = await write(attrs.evolve(batch, turn=self))
         except BaseException:
             self._finished.cancel()  # the writes waiting behind this one are cancelled
             raise
         self._finished.set_result(None)
+        self._before = None  # everything before a finished turn is finished: keep no chain
         return result
 
 
@@ -50,12 +76,13 @@ class Turns:
     """Hands out turns in order, one per batch of a lane."""
 
     def __init__(self) -> None:
-        self._previous: asyncio.Future[None] | None = None
+        self._last: Turn | None = None
 
     def take(self) -> Turn:
         finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        turn = Turn(self._previous, finished)
-        self._previous = finished
+        last = self._last
+        turn = Turn(last._finished if last is not None else None, finished, last)
+        self._last = turn
         return turn
 
 

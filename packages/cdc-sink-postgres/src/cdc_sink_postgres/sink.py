@@ -30,6 +30,7 @@ from cdc_core.factories import ComponentContext
 from cdc_core.positions import Position
 from cdc_core.schema import TableSchema
 from cdc_core.sinks import Batch, Rejected, WriteResult
+from cdc_core.turns import Turn
 from cdc_sink_postgres.config import PostgresSinkConfig
 from cdc_sink_postgres.ddl import COLUMNS_TABLE, LatestStateDdl
 from cdc_sink_postgres.errors import Redactor, is_bisectable, is_transient
@@ -38,6 +39,7 @@ from cdc_sink_postgres.idents import qualify, quote_ident
 from cdc_sink_postgres.layout import ColumnLayout, TableLayout
 from cdc_sink_postgres.merge import LatestStateMerges, StagedMerge, latest_state_merges
 from cdc_sink_postgres.offsets import OffsetTable
+from cdc_sink_postgres.overlap import Flight, Flights, footprint
 from cdc_sink_postgres.premerge import FoldPlan, NeedsEagerFold, RecordFold, StagingRecords
 from cdc_sink_postgres.tls import build_ssl
 from cdc_sink_postgres.typemap import ValueRejected
@@ -92,6 +94,7 @@ class PostgresSink:
         # Per pooled connection, the staging tables its session already has.
         self._staging: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
         self._fold_lock = asyncio.Lock()
+        self._flights = Flights()
 
     def __repr__(self) -> str:
         return f"PostgresSink(name={self.name!r}, schema={self.config.schema!r})"
@@ -314,6 +317,8 @@ class PostgresSink:
     async def write(self, batch: Batch) -> WriteResult:
         if self._pool is None:
             raise TransientError(f"postgres sink {self.name} is not started")
+        # A write the engine overlaps with others (see cdc_sink_postgres.overlap).
+        flight = self._flights.start(batch.turn) if isinstance(batch.turn, Turn) and self.overlapping_writes > 1 else None
         try:
             groups = await self._group(batch.events)
             # The Python work (fold, conversion, checks) happens before a connection is taken, in
@@ -322,12 +327,15 @@ class PostgresSink:
             # while this one folds. One fold at a time (they share the sink's plans).
             async with self._fold_lock:
                 work, rejected = await asyncio.to_thread(self._fold_all, groups)
+            if flight is not None:
+                flight.footprint = _footprint(work)
             # Events refused in Python reach the DLQ before anything commits (Batch.dead_letter).
             await _dead_letter(batch, rejected)
             async with self._acquire() as conn:
                 try:
                     async with conn.transaction():
-                        created = await self._run_all(conn, work, batch)
+                        await self._hold(conn, flight)
+                        created = await self._run_all(conn, work, batch, flight)
                         await self.offsets.store(conn, self.name, batch.positions)
                     self._staging_created(conn).update(created)
                 except Exception as exc:
@@ -338,18 +346,25 @@ class PostgresSink:
                     # table by table under savepoints, bisecting to the culprit events; they
                     # reach the DLQ before the transaction moving the offsets commits.
                     async with conn.transaction():
+                        await self._hold(conn, flight)
                         refused: list[Rejected] = []
                         for target, events, _ in work:
                             refused += await self._apply(conn, target, events)
                         await self.offsets.store(conn, self.name, batch.positions)
                         await _dead_letter(batch, refused)
                     rejected += refused
+                finally:
+                    if flight is not None:
+                        flight.locked = False  # (a transaction's advisory lock ends with it)
         except _DeadLetterFailed as failed:
             raise failed.cause from None  # the engine's own error, as it raised it
         except (TransientError, PermanentError):
             raise
         except BaseException as exc:
             raise self._translate(exc, f"writing batch {batch.batch_id}") from None
+        finally:
+            if flight is not None and isinstance(batch.turn, Turn):
+                self._flights.end(batch.turn, flight)
         if rejected:
             log.warning("postgres sink rejected events", sink=self.name, batch_id=batch.batch_id, rejected=len(rejected))
         return WriteResult(rejected=rejected)
@@ -410,13 +425,24 @@ class PostgresSink:
             known = self._staging[raw] = set()
         return known
 
-    async def _run_all(self, conn: Any, work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]], batch: Batch) -> set[str]:
+    async def _hold(self, conn: Any, flight: Flight | None) -> None:
+        """Take the write's advisory lock for its transaction (what later writes that merge early
+        wait on in the server; see cdc_sink_postgres.overlap)."""
+        if flight is not None:
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", self._flights.space, flight.lock)
+            flight.locked = True
+
+    async def _run_all(
+        self, conn: Any, work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]], batch: Batch, flight: Flight | None = None
+    ) -> set[str]:
         """The fast path: every table's records staged and merged in the current transaction, no
         savepoints. Returns the staging tables created (they exist once the transaction commits).
 
         Staging tables are private to the session, so they are filled before the batch's turn
         (``Batch.wait_turn``: while the previous batch may still be merging on another
-        connection); the merges, which lock destination rows, run after it."""
+        connection); the merges, which lock destination rows, run after it — or before it, when
+        no write pending before this one can want the same rows (cdc_sink_postgres.overlap);
+        this one then waits in the server for their transactions to end, and for its turn."""
         known = self._staging_created(conn)
         steps: list[tuple[StagedMerge, Sequence[Sequence[Any]]]] = []
         for target, _, prepared in work:
@@ -431,7 +457,9 @@ class PostgresSink:
         for i in sorted(early):
             merge, records = steps[i]
             await merge.copy_in(conn, records)
-        await batch.wait_turn()
+        locks = self._flights.early_locks(batch.turn, flight) if flight is not None and isinstance(batch.turn, Turn) else None
+        if locks is None:
+            await batch.wait_turn()
         used: dict[str, None] = {}
         for i, (merge, records) in enumerate(steps):
             if i in early:
@@ -441,6 +469,10 @@ class PostgresSink:
                     await conn.execute(merge.truncate_sql)
                 await merge.copy_and_merge(conn, records)
             used[merge.staging] = None
+        if locks is not None:
+            for lock in locks:
+                await conn.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", self._flights.space, lock)
+            await batch.wait_turn()
         if used:
             # Emptied in this transaction (see StagedMerge): committed rows never stay behind,
             # and an aborted transaction leaves none either.
@@ -538,6 +570,22 @@ class PostgresSink:
         the path of the bisection under savepoints."""
         for merge, records in self._steps(target, prepared):
             await merge.run(conn, records)
+
+
+def _footprint(work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> dict[str, Any] | None:
+    """The rows a batch's merges lock, per relation; None with a history-mode table."""
+    relations: list[tuple[str, Any]] = []
+    for target, _, prepared in work:
+        if target.history is not None or not isinstance(prepared, PreparedTable):
+            return None
+        layout, fold = target.layout, prepared.fold
+        relations += [
+            (layout.q(layout.state_table), fold.rows.keys()),
+            (layout.q(layout.static_table), fold.statics.keys()),
+            (layout.q(layout.partition_deletions), fold.partition_deletions.keys()),
+            (layout.q(layout.range_deletions), fold.range_deletions.keys()),
+        ]
+    return footprint(relations)
 
 
 def _duplicates(names: Sequence[str]) -> list[str]:

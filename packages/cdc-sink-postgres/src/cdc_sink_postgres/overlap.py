@@ -1,0 +1,108 @@
+"""Which overlapping writes of one sink may merge before their turn.
+
+With ``overlapping_writes``, batch N+1 stages while batch N is being written, and by default
+merges only once N has committed (``Batch.wait_turn``). It may merge *before* that when nothing
+it locks can be wanted by a write still pending before it:
+
+* every pending earlier write has folded and is known to lock none of the rows N+1 merges (its
+  *footprint*: per destination relation, the keys of the rows its merges touch), so neither
+  waits for the other's rows; and
+* every pending earlier write holds its transaction's advisory lock, on which N+1 then waits
+  *inside the server* before its commit turn. Any wait of an earlier write on N+1 — the only
+  other one possible is a table lock queued behind a third party's DDL that waits for N+1's
+  row-exclusive lock — then closes a cycle PostgreSQL sees and breaks (a deadlock error, which
+  is transient and retried), instead of a cycle through the client nobody would break.
+
+Offsets are upserted after the turn in any case, so consecutive batches never both hold the
+offsets row. Batches with history-mode tables never merge early (their rows are keyed by
+position, not by a footprint this module computes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import weakref
+from collections.abc import Collection, Hashable, Mapping, Sequence
+from typing import Any
+
+from cdc_core.turns import Turn
+
+__all__ = ["Flight", "Flights", "Footprint"]
+
+# Per destination relation (its qualified name), the keys of the rows a write's merges lock
+# (sets or dict key views, so that membership is a hashed look-up).
+Footprint = Mapping[str, Collection[Hashable]]
+
+
+class Flight:
+    """A write in flight: its advisory lock id, whether its transaction holds that lock now,
+    and its footprint once folded (None: unknown, or a table that never merges early)."""
+
+    __slots__ = ("footprint", "lock", "locked")
+
+    def __init__(self, lock: int) -> None:
+        self.lock = lock
+        self.locked = False
+        self.footprint: Footprint | None = None
+
+
+class Flights:
+    """The sink's writes in flight, by their turn."""
+
+    def __init__(self) -> None:
+        # Advisory lock ids (two int4 keys): one key random per sink instance, so sinks and
+        # agents sharing a database do not wait on each other's locks; one per write.
+        self.space = secrets.randbits(31)
+        self._ids = itertools.count(1)
+        self._by_turn: weakref.WeakKeyDictionary[Turn, Flight] = weakref.WeakKeyDictionary()
+
+    def start(self, turn: Turn) -> Flight:
+        flight = Flight(next(self._ids) % (2**31))
+        self._by_turn[turn] = flight
+        return flight
+
+    def end(self, turn: Turn, flight: Flight) -> None:
+        if self._by_turn.get(turn) is flight:
+            del self._by_turn[turn]
+
+    def early_locks(self, turn: Turn, flight: Flight) -> list[int] | None:
+        """The advisory locks to wait on if this write may merge before its turn; None if it
+        may not (or need not: nothing is pending before it)."""
+        if flight.footprint is None:
+            return None
+        pending = turn.pending_before()
+        if not pending:
+            return None
+        locks: list[int] = []
+        for before in pending:
+            other = self._by_turn.get(before)
+            if before.abandoned or other is None or not other.locked or other.footprint is None:
+                return None
+            if not disjoint(flight.footprint, other.footprint):
+                return None
+            locks.append(other.lock)
+        return locks
+
+
+def disjoint(a: Footprint, b: Footprint) -> bool:
+    """No relation has a key in both."""
+    for relation, keys in a.items():
+        theirs = b.get(relation)
+        if theirs is None:
+            continue
+        small, large = (keys, theirs) if len(keys) <= len(theirs) else (theirs, keys)
+        if any(k in large for k in small):  # sets or dict key views: hashed look-ups
+            return False
+    return True
+
+
+def footprint(relations: Sequence[tuple[str, Collection[Hashable]]]) -> dict[str, Collection[Hashable]]:
+    """Merge (relation, keys) pairs into one footprint (a relation named twice: both key sets)."""
+    out: dict[str, Any] = {}
+    for relation, keys in relations:
+        if not keys:
+            continue
+        mine = out.get(relation)
+        out[relation] = keys if mine is None else {*mine, *keys}
+    return out
