@@ -90,6 +90,8 @@ class PostgresSinkConfig:
     application_name: str = "cdc"
     # Batches being written at once (each on its own connection, committed in order); 1: one at a time.
     overlapping_writes: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    # An overlapping write whose rows no earlier pending write touches merges before its turn.
+    early_merge: bool = True
     # Session settings of every connection, over DEFAULT_SESSION_SETTINGS.
     server_settings: dict[str, str] = attrs.field(factory=dict)
 

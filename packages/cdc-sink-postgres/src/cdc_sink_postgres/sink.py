@@ -457,7 +457,9 @@ class PostgresSink:
         for i in sorted(early):
             merge, records = steps[i]
             await merge.copy_in(conn, records)
-        locks = self._flights.early_locks(batch.turn, flight) if flight is not None and isinstance(batch.turn, Turn) else None
+        locks = None
+        if flight is not None and self.config.early_merge and isinstance(batch.turn, Turn):
+            locks = self._flights.early_locks(batch.turn, flight)
         if locks is None:
             await batch.wait_turn()
         used: dict[str, None] = {}
