@@ -122,8 +122,9 @@ def test_postgres_config_carries_connection_and_names() -> None:
     pg = c.postgres_config()
     assert (pg.schema, pg.pool_max_size, pg.destination_name("ks", "readings"), pg.destination_name("ks", "x")) == ("m", 2, "r", "x")
     assert pg.dsn.reveal() == "postgresql://x@h/db"
-    tuned = cfg(overlapping_writes=3, server_settings={"work_mem": "256MB"}).postgres_config()
-    assert (tuned.overlapping_writes, tuned.session_settings()) == (3, {"work_mem": "256MB", "temp_buffers": "64MB"})
+    tuned = cfg(overlapping_writes=3, early_merge=False, server_settings={"work_mem": "256MB"}).postgres_config()
+    assert (tuned.overlapping_writes, tuned.early_merge) == (3, False)
+    assert tuned.session_settings() == {"work_mem": "256MB", "temp_buffers": "64MB"}
 
 
 # --- DDL ---------------------------------------------------------------------------------------

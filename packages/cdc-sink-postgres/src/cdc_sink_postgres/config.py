@@ -12,6 +12,7 @@ Example (YAML)::
         pool_min_size: 1
         pool_max_size: 4
         overlapping_writes: 2          # batches written at once, committed in order
+        early_merge: true              # (see docs/sinks/postgres.md, Overlapping writes)
         server_settings: {work_mem: 64MB}   # session settings, over the defaults
         ssl: {mode: verify-full, ca_file: /etc/ssl/pg-ca.crt}
         tables:

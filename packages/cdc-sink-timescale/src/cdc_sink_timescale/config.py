@@ -165,6 +165,7 @@ class TimescaleSinkConfig:
     create_tables: bool = True
     application_name: str = "cdc"
     overlapping_writes: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    early_merge: bool = True
     server_settings: dict[str, str] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -329,6 +330,7 @@ class TimescaleSinkConfig:
             create_tables=self.create_tables,
             application_name=self.application_name,
             overlapping_writes=self.overlapping_writes,
+            early_merge=self.early_merge,
             server_settings=dict(self.server_settings),
         )
 
