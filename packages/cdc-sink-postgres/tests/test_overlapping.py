@@ -4,8 +4,9 @@ being written, waits for its turn before anything visible, and commits after it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -158,6 +159,7 @@ class _Held:
     their transaction and advisory lock held), and records each write's server pid."""
 
     def __init__(self, sink: PostgresSink, held: list[Batch]) -> None:
+        self.sink = sink
         self.gate = asyncio.Event()
         self.reached = asyncio.Event()
         self.pids: dict[str, int] = {}
@@ -186,60 +188,100 @@ async def _wait_for(predicate: Any) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_disjoint_batches_merge_before_their_turn_and_commit_after(harness: PostgresHarness) -> None:
+@contextlib.asynccontextmanager
+async def _pair(
+    harness: PostgresHarness, make: Callable[[], tuple[Batch, Batch]]
+) -> AsyncIterator[tuple[Batch, Batch, _Held, asyncio.Task[Any], asyncio.Task[Any]]]:
+    """The batches ``make()`` builds (after a warm-up write, so their positions come later):
+    the first held before its offsets (merged, transaction open), the second started behind it,
+    both with the engine's turns. On the way out nothing is left waiting (the sink can close)."""
     sink = await _sink(harness)
     await sink.write(batch([upsert(S, {"pk": 0}, 1, v="warm")]))
-    first, second = batch([upsert(S, {"pk": 1}, 10, v="a")]), batch([upsert(S, {"pk": 2}, 10, v="b")])
+    first, second = make()
     held = _Held(sink, [first])
     turns = Turns()
     t1, t2 = turns.take(), turns.take()
     w1 = asyncio.create_task(t1.run(sink.write, first))
-    await asyncio.wait_for(held.reached.wait(), 10)
-    w2 = asyncio.create_task(t2.run(sink.write, second))
+    w2: asyncio.Task[Any] | None = None
+    try:
+        await asyncio.wait_for(held.reached.wait(), 10)
+        w2 = asyncio.create_task(t2.run(sink.write, second))
+        yield first, second, held, w1, w2
+    finally:
+        held.gate.set()
+        tasks = [t for t in (w1, w2) if t is not None]
+        if any(not t.done() for t in tasks):
+            await asyncio.wait(tasks, timeout=10)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def waiting_in_server() -> bool:
-        if second.batch_id not in held.pids:
-            return False
-        state, wait_event, _ = await _backend(harness.dsn, held.pids[second.batch_id])
-        return state == "active" and wait_event == "advisory"
 
-    # The second batch merged already (keys disjoint from the first's) and waits, in the server,
-    # on the first one's transaction; nothing of it is visible yet.
-    await _wait_for(waiting_in_server)
-    visible, offsets = await _visible(harness.dsn, sink.name)
-    assert 2 not in visible and offsets["n1"] < second.positions["n1"].offset
-    held.gate.set()
-    await asyncio.wait_for(asyncio.gather(w1, w2), 10)
-    visible, offsets = await _visible(harness.dsn, sink.name)
-    assert visible == {0, 1, 2} and offsets == {"n1": second.positions["n1"].offset}
+def _disjoint() -> tuple[Batch, Batch]:
+    return batch([upsert(S, {"pk": 1}, 10, v="a")]), batch([upsert(S, {"pk": 2}, 10, v="b")])
+
+
+def _sharing() -> tuple[Batch, Batch]:
+    return batch([upsert(S, {"pk": 1}, 10, v="a"), upsert(S, {"pk": 3}, 10, v="c")]), batch([upsert(S, {"pk": 3}, 20, v="c2")])
+
+
+async def test_disjoint_batches_merge_before_their_turn_and_commit_after(harness: PostgresHarness) -> None:
+    async with _pair(harness, _disjoint) as (_, second, held, w1, w2):
+
+        async def waiting_in_server() -> bool:
+            pid = held.pids.get(second.batch_id)
+            return pid is not None and (await _backend(harness.dsn, pid))[:2] == ("active", "advisory")
+
+        # The second batch merged already (keys disjoint from the first's) and waits, in the
+        # server, on the first one's transaction; nothing of it is visible yet.
+        await _wait_for(waiting_in_server)
+        visible, offsets = await _visible(harness.dsn, harness.sink_name)
+        assert 2 not in visible and offsets["n1"] < second.positions["n1"].offset
+        held.gate.set()
+        await asyncio.wait_for(asyncio.gather(w1, w2), 10)
+        visible, offsets = await _visible(harness.dsn, harness.sink_name)
+        assert visible == {0, 1, 2} and offsets == {"n1": second.positions["n1"].offset}
+
+
+async def test_a_write_cancelled_after_merging_early_leaves_nothing_behind(harness: PostgresHarness) -> None:
+    async with _pair(harness, _disjoint) as (first, second, held, w1, w2):
+
+        async def waiting_in_server() -> bool:
+            pid = held.pids.get(second.batch_id)
+            return pid is not None and (await _backend(harness.dsn, pid))[:2] == ("active", "advisory")
+
+        await _wait_for(waiting_in_server)  # merged, holding its rows, waiting for the first
+        w2.cancel()  # as the engine does when the write before it fails
+        with pytest.raises(asyncio.CancelledError):
+            await w2
+        held.gate.set()
+        await asyncio.wait_for(w1, 10)
+        visible, offsets = await _visible(harness.dsn, harness.sink_name)
+        assert visible == {0, 1} and offsets == {"n1": first.positions["n1"].offset}
+        again = batch([upsert(S, {"pk": 2}, 30, v="b again")])
+        await held.sink.write(again)  # the rows it held are free, and the pool works on
+        visible, offsets = await _visible(harness.dsn, harness.sink_name)
+        assert visible == {0, 1, 2} and offsets == {"n1": again.positions["n1"].offset}
 
 
 async def test_a_batch_sharing_rows_with_an_earlier_one_merges_only_in_its_turn(harness: PostgresHarness) -> None:
-    sink = await _sink(harness)
-    await sink.write(batch([upsert(S, {"pk": 0}, 1, v="warm")]))
-    first = batch([upsert(S, {"pk": 1}, 10, v="a"), upsert(S, {"pk": 3}, 10, v="c")])
-    second = batch([upsert(S, {"pk": 3}, 20, v="c2")])
-    held = _Held(sink, [first])
-    turns = Turns()
-    t1, t2 = turns.take(), turns.take()
-    w1 = asyncio.create_task(t1.run(sink.write, first))
-    await asyncio.wait_for(held.reached.wait(), 10)
-    w2 = asyncio.create_task(t2.run(sink.write, second))
+    async with _pair(harness, _sharing) as (_, second, held, w1, w2):
 
-    async def staged_and_idle() -> bool:
-        if second.batch_id not in held.pids:
-            return False
-        state, _, query = await _backend(harness.dsn, held.pids[second.batch_id])
-        return state == "idle in transaction" and query.startswith("COPY")
+        async def staged_and_idle() -> bool:
+            pid = held.pids.get(second.batch_id)
+            if pid is None:
+                return False
+            state, _, query = await _backend(harness.dsn, pid)
+            return state == "idle in transaction" and query.startswith("COPY")
 
-    await _wait_for(staged_and_idle)  # staged, not merged: it would wait on the first one's row
-    held.gate.set()
-    await asyncio.wait_for(asyncio.gather(w1, w2), 10)
-    conn = await asyncpg.connect(harness.dsn)
-    try:
-        assert await conn.fetchval("SELECT v FROM cdc_test.ks_overlap WHERE pk = 3") == "c2"
-    finally:
-        await conn.close()
+        await _wait_for(staged_and_idle)  # staged, not merged: it would wait on the first one's row
+        held.gate.set()
+        await asyncio.wait_for(asyncio.gather(w1, w2), 10)
+        conn = await asyncpg.connect(harness.dsn)
+        try:
+            assert await conn.fetchval("SELECT v FROM cdc_test.ks_overlap WHERE pk = 3") == "c2"
+        finally:
+            await conn.close()
 
 
 async def test_a_third_party_ddl_between_overlapping_writes_cannot_hang_them(harness: PostgresHarness) -> None:
@@ -258,36 +300,46 @@ async def test_a_third_party_ddl_between_overlapping_writes_cannot_hang_them(har
     turns = Turns()
     t0, t1, t2 = turns.take(), turns.take(), turns.take()
     w0 = asyncio.create_task(t0.run(sink.write, b0))
-    await asyncio.wait_for(held.reached.wait(), 10)
-    w1 = asyncio.create_task(t1.run(sink.write, b1))
-    w2 = asyncio.create_task(t2.run(sink.write, b2))
-
-    async def b2_waits() -> bool:
-        if b2.batch_id not in held.pids or b1.batch_id not in held.pids:
-            return False
-        state, wait_event, _ = await _backend(harness.dsn, held.pids[b2.batch_id])
-        return state == "active" and wait_event == "advisory"
-
-    await _wait_for(b2_waits)
-    ddl = await asyncpg.connect(harness.dsn)
+    tasks = [w0]
     try:
-        alter = asyncio.create_task(ddl.execute("ALTER TABLE cdc_test.ks_overlap__state ADD COLUMN IF NOT EXISTS extra int"))
-        await asyncio.sleep(0.3)  # the ALTER queues behind b0's and b2's locks
-        held.gate.set()  # b0 commits; b1's turn: its merge queues behind the ALTER
-        outcomes = await asyncio.wait_for(asyncio.gather(w0, w1, w2, alter, return_exceptions=True), 30)
-    finally:
-        await ddl.close()
-    assert not isinstance(outcomes[0], BaseException)  # b0 committed before the DDL came
-    errors = [o for o in outcomes[1:] if isinstance(o, BaseException)]
-    assert all(
-        isinstance(e, asyncpg.exceptions.DeadlockDetectedError | asyncio.CancelledError)
-        or (isinstance(e, TransientError) and "deadlock" in str(e).lower())
-        for e in errors
-    ), errors
-    if not errors:  # the server reordered the lock queue: everything went through, in order
-        conn = await asyncpg.connect(harness.dsn)
+        await asyncio.wait_for(held.reached.wait(), 10)
+        w1 = asyncio.create_task(t1.run(sink.write, b1))
+        w2 = asyncio.create_task(t2.run(sink.write, b2))
+        tasks += [w1, w2]
+
+        async def b2_waits() -> bool:
+            if b2.batch_id not in held.pids or b1.batch_id not in held.pids:
+                return False
+            state, wait_event, _ = await _backend(harness.dsn, held.pids[b2.batch_id])
+            return state == "active" and wait_event == "advisory"
+
+        await _wait_for(b2_waits)
+        ddl = await asyncpg.connect(harness.dsn)
         try:
-            rows = await conn.fetch("SELECT pk, v FROM cdc_test.ks_overlap ORDER BY pk")
-            assert [(r["pk"], r["v"]) for r in rows] == [(0, "warm"), (1, "a2"), (2, "b")]
+            alter = asyncio.create_task(ddl.execute("ALTER TABLE cdc_test.ks_overlap__state ADD COLUMN IF NOT EXISTS extra int"))
+            await asyncio.sleep(0.3)  # the ALTER queues behind b0's and b2's locks
+            held.gate.set()  # b0 commits; b1's turn: its merge queues behind the ALTER
+            outcomes = await asyncio.wait_for(asyncio.gather(w0, w1, w2, alter, return_exceptions=True), 30)
         finally:
-            await conn.close()
+            await ddl.close()
+        assert not isinstance(outcomes[0], BaseException)  # b0 committed before the DDL came
+        errors = [o for o in outcomes[1:] if isinstance(o, BaseException)]
+        assert all(
+            isinstance(e, asyncpg.exceptions.DeadlockDetectedError | asyncio.CancelledError)
+            or (isinstance(e, TransientError) and "deadlock" in str(e).lower())
+            for e in errors
+        ), errors
+        if not errors:  # the server reordered the lock queue: everything went through, in order
+            conn = await asyncpg.connect(harness.dsn)
+            try:
+                rows = await conn.fetch("SELECT pk, v FROM cdc_test.ks_overlap ORDER BY pk")
+                assert [(r["pk"], r["v"]) for r in rows] == [(0, "warm"), (1, "a2"), (2, "b")]
+            finally:
+                await conn.close()
+    finally:  # nothing left waiting, whatever failed (the sink must be able to close)
+        held.gate.set()
+        if any(not t.done() for t in tasks):
+            await asyncio.wait(tasks, timeout=10)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
