@@ -217,6 +217,12 @@ async def _pair(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _waits_in_server(dsn: str, held: _Held, b: Batch) -> bool:
+    """``b``'s write merged and now waits inside the server on an earlier one's advisory lock."""
+    pid = held.pids.get(b.batch_id)
+    return pid is not None and (await _backend(dsn, pid))[:2] == ("active", "advisory")
+
+
 def _disjoint() -> tuple[Batch, Batch]:
     return batch([upsert(S, {"pk": 1}, 10, v="a")]), batch([upsert(S, {"pk": 2}, 10, v="b")])
 
@@ -227,14 +233,9 @@ def _sharing() -> tuple[Batch, Batch]:
 
 async def test_disjoint_batches_merge_before_their_turn_and_commit_after(harness: PostgresHarness) -> None:
     async with _pair(harness, _disjoint) as (_, second, held, w1, w2):
-
-        async def waiting_in_server() -> bool:
-            pid = held.pids.get(second.batch_id)
-            return pid is not None and (await _backend(harness.dsn, pid))[:2] == ("active", "advisory")
-
         # The second batch merged already (keys disjoint from the first's) and waits, in the
         # server, on the first one's transaction; nothing of it is visible yet.
-        await _wait_for(waiting_in_server)
+        await _wait_for(lambda: _waits_in_server(harness.dsn, held, second))
         visible, offsets = await _visible(harness.dsn, harness.sink_name)
         assert 2 not in visible and offsets["n1"] < second.positions["n1"].offset
         held.gate.set()
@@ -245,12 +246,7 @@ async def test_disjoint_batches_merge_before_their_turn_and_commit_after(harness
 
 async def test_a_write_cancelled_after_merging_early_leaves_nothing_behind(harness: PostgresHarness) -> None:
     async with _pair(harness, _disjoint) as (first, second, held, w1, w2):
-
-        async def waiting_in_server() -> bool:
-            pid = held.pids.get(second.batch_id)
-            return pid is not None and (await _backend(harness.dsn, pid))[:2] == ("active", "advisory")
-
-        await _wait_for(waiting_in_server)  # merged, holding its rows, waiting for the first
+        await _wait_for(lambda: _waits_in_server(harness.dsn, held, second))  # merged, holding its rows, waiting for the first
         w2.cancel()  # as the engine does when the write before it fails
         with pytest.raises(asyncio.CancelledError):
             await w2
