@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from cdc_core.readers import Progress, Reader, ReaderItem
 from cdc_core.retry import with_retry
 from cdc_core.sinks import Batch, Rejected, Sink
 from cdc_core.transforms import Transform
-from cdc_core.turns import Turns
+from cdc_core.turns import write_overlapping
 
 __all__ = ["LaneStatus", "Pipeline", "RunSummary"]
 
@@ -429,62 +429,26 @@ class Pipeline:
             self.metrics.backlog_depth.labels(lane.name).set(lane.queued_events + items.qsize())
             return self._lane_reached(lane, count, until)
 
-        async def write() -> None:
-            overlap = min(max(1, int(getattr(lane.sink, "overlapping_writes", 1))), bc.max_in_flight)
-            if overlap > 1:
-                await write_overlapping(overlap)
-                return
+        async def lane_batches() -> AsyncIterator[Batch]:
             while True:
                 batch = await batches.get()
                 if batch is _END:
                     return
                 if isinstance(batch, _Failure):
                     raise batch.error
-                if await committed(batch, await self._write(lane, batch)):
-                    done.set()
-                    return
+                yield batch
 
-        async def write_overlapping(overlap: int) -> None:
-            # Up to ``overlap`` writes at once; each waits (Batch.wait_turn) for the one before
-            # it to finish before committing, and the bookkeeping runs in lane order here.
-            slots = asyncio.Semaphore(overlap)
-            started: asyncio.Queue[Any] = asyncio.Queue()
-            tasks: list[asyncio.Task[list[Rejected]]] = []
+        async def written(batch: Batch, rejected: list[Rejected]) -> bool:
+            if await committed(batch, rejected):
+                done.set()
+                return True
+            return False
 
-            async def start_writes() -> None:
-                turns = Turns()
-                while True:
-                    await slots.acquire()
-                    batch = await batches.get()
-                    if batch is _END or isinstance(batch, _Failure):
-                        started.put_nowait(batch)
-                        return
-                    task = asyncio.create_task(turns.take().run(lambda b: self._write(lane, b), batch))
-                    tasks.append(task)
-                    started.put_nowait((batch, task))
-
-            starter = asyncio.create_task(start_writes())
-            try:
-                while True:
-                    item = await started.get()
-                    if item is _END:
-                        return
-                    if isinstance(item, _Failure):
-                        raise item.error
-                    batch, task = item
-                    rejected = await task
-                    tasks.remove(task)
-                    slots.release()
-                    if await committed(batch, rejected):
-                        done.set()
-                        return
-            finally:
-                # A failed or finished lane: later writes still waiting for their turn are
-                # cancelled before they commit anything.
-                starter.cancel()
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(starter, *tasks, return_exceptions=True)
+        async def write() -> None:
+            # Up to ``overlap`` writes at once (1 unless the sink declares more); each commits
+            # after the one before it (Batch.wait_turn), and the bookkeeping runs in lane order.
+            overlap = min(max(1, int(getattr(lane.sink, "overlapping_writes", 1))), bc.max_in_flight)
+            await write_overlapping(lambda b: self._write(lane, b), lane_batches(), overlap, written)
 
         producer = asyncio.create_task(produce())
         batcher = asyncio.create_task(batch_up())

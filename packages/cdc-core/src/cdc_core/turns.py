@@ -9,7 +9,7 @@ drives a sink the way the engine does, for benchmarks and tests.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import attrs
@@ -86,26 +86,66 @@ class Turns:
         return turn
 
 
-async def write_overlapping(write: Callable[[Batch], Awaitable[T]], batches: Sequence[Batch], overlap: int) -> list[T]:
-    """Write ``batches`` as the engine does for a sink with ``overlapping_writes = overlap``: up
-    to ``overlap`` at once, each committing after the one before it. The first failure cancels
-    the writes still running and is raised."""
+async def write_overlapping(
+    write: Callable[[Batch], Awaitable[T]],
+    batches: Iterable[Batch] | AsyncIterator[Batch],
+    overlap: int,
+    written: Callable[[Batch, T], Awaitable[bool]] | None = None,
+) -> list[T]:
+    """Write ``batches`` as the engine does (it calls this) for a sink with ``overlapping_writes =
+    overlap``: up to ``overlap`` at once, each committing after the one before it.
+
+    A batch is taken from ``batches`` only when a slot is free, so a bounded source stays
+    bounded. ``written(batch, result)`` runs for each batch in order once its write returned;
+    returning True stops there (writes started after it are cancelled). Without ``written`` the
+    results are returned in order (with it, none are kept: a lane runs for days). The first
+    failure of a write cancels those still running and is raised; an error from ``batches`` is
+    raised once the writes started before it are done."""
     turns = Turns()
     slots = asyncio.Semaphore(max(1, overlap))
+    started: asyncio.Queue[tuple[Batch, asyncio.Task[T]] | Exception | None] = asyncio.Queue()
     tasks: list[asyncio.Task[T]] = []
+    source = batches if isinstance(batches, AsyncIterator) else _async(batches)
 
-    async def one(turn: Turn, batch: Batch) -> T:
-        try:
-            return await turn.run(write, batch)
-        finally:
-            slots.release()
-
-    try:
-        for batch in batches:
+    async def start() -> None:
+        while True:
             await slots.acquire()
-            tasks.append(asyncio.create_task(one(turns.take(), batch)))
-        return [await task for task in tasks]
+            try:
+                batch = await anext(source)
+            except StopAsyncIteration:
+                started.put_nowait(None)
+                return
+            except Exception as exc:
+                started.put_nowait(exc)
+                return
+            task = asyncio.create_task(turns.take().run(write, batch))
+            tasks.append(task)
+            started.put_nowait((batch, task))
+
+    starter = asyncio.create_task(start())
+    results: list[T] = []
+    try:
+        while True:
+            item = await started.get()
+            if item is None:
+                return results
+            if isinstance(item, Exception):
+                raise item
+            batch, task = item
+            result = await task
+            tasks.remove(task)
+            slots.release()
+            if written is None:
+                results.append(result)
+            elif await written(batch, result):
+                return results
     finally:
+        starter.cancel()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(starter, *tasks, return_exceptions=True)
+
+
+async def _async(batches: Iterable[Batch]) -> AsyncIterator[Batch]:
+    for batch in batches:
+        yield batch

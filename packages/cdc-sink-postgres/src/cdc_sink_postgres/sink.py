@@ -317,8 +317,9 @@ class PostgresSink:
     async def write(self, batch: Batch) -> WriteResult:
         if self._pool is None:
             raise TransientError(f"postgres sink {self.name} is not started")
-        # A write the engine overlaps with others (see cdc_sink_postgres.overlap).
-        flight = self._flights.start(batch.turn) if isinstance(batch.turn, Turn) and self.overlapping_writes > 1 else None
+        # A write the engine overlaps with others, which may merge early (cdc_sink_postgres.overlap).
+        turn = batch.turn if isinstance(batch.turn, Turn) and self.overlapping_writes > 1 and self.config.early_merge else None
+        flight = self._flights.start(turn) if turn is not None else None
         try:
             groups = await self._group(batch.events)
             # The Python work (fold, conversion, checks) happens before a connection is taken, in
@@ -363,8 +364,8 @@ class PostgresSink:
         except BaseException as exc:
             raise self._translate(exc, f"writing batch {batch.batch_id}") from None
         finally:
-            if flight is not None and isinstance(batch.turn, Turn):
-                self._flights.end(batch.turn, flight)
+            if turn is not None and flight is not None:
+                self._flights.end(turn, flight)
         if rejected:
             log.warning("postgres sink rejected events", sink=self.name, batch_id=batch.batch_id, rejected=len(rejected))
         return WriteResult(rejected=rejected)
@@ -457,9 +458,7 @@ class PostgresSink:
         for i in sorted(early):
             merge, records = steps[i]
             await merge.copy_in(conn, records)
-        locks = None
-        if flight is not None and self.config.early_merge and isinstance(batch.turn, Turn):
-            locks = self._flights.early_locks(batch.turn, flight)
+        locks = self._flights.early_locks(batch.turn, flight) if flight is not None and isinstance(batch.turn, Turn) else None
         if locks is None:
             await batch.wait_turn()
         used: dict[str, None] = {}
