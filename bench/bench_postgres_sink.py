@@ -17,8 +17,9 @@ timestamp, decimal) it measures rows/s, per batch size, for:
 * raw COPY: ``copy_records_to_table`` of whole rows into an UNLOGGED table (the floor).
 
 Swept over batch sizes and 1 vs 2 connections (baselines: batches spread over the connections;
-sink: ``overlapping_writes`` = that many, driven by ``cdc_core.turns.write_overlapping`` exactly
-as the engine drives it — the next batch folds and stages while the previous one merges, and
+sink: a pool of that many connections and ``overlapping_writes: 2``, its default, driven by
+``cdc_core.turns.write_overlapping`` exactly as the engine drives it — the next batch folds and
+encodes while the previous one merges, with a second connection stages and may merge too, and
 commits strictly after it). Each figure is
 the median of ``--repeat`` runs, every run in a fresh schema; ratios are computed within each
 repetition (same machine load) and their median reported, with the load average.
@@ -132,9 +133,11 @@ async def _spread(items: list[Any], workers: int, apply: Callable[[Any], Awaitab
 
 
 async def run_sink(dsn: str, rows: int, batch_size: int, workers: int) -> dict[str, float]:
-    """The sink with ``overlapping_writes = workers``, written to as the engine does."""
+    """The sink with a pool of ``workers`` connections (``overlapping_writes`` at least its default
+    2), written to as the engine does."""
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    config = PostgresSinkConfig(dsn=Secret(dsn), schema=schema, pool_min_size=workers, pool_max_size=workers, overlapping_writes=workers)
+    overlap = max(2, workers)
+    config = PostgresSinkConfig(dsn=Secret(dsn), schema=schema, pool_min_size=workers, pool_max_size=workers, overlapping_writes=overlap)
     sink = PostgresSink("bench", config)
     await sink.start()
     results: dict[str, float] = {}
@@ -151,7 +154,7 @@ async def run_sink(dsn: str, rows: int, batch_size: int, workers: int) -> dict[s
             gc.freeze()
             cpu = time.process_time()
             try:
-                results[kind] = await _timed(lambda batches=batches: write_overlapping(sink.write, batches, workers), rows)
+                results[kind] = await _timed(lambda batches=batches: write_overlapping(sink.write, batches, overlap), rows)
             finally:
                 gc.unfreeze()
             results[f"{kind} cpu"] = (time.process_time() - cpu) / rows * 1e6  # client CPU µs per row

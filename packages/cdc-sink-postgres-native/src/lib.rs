@@ -463,6 +463,13 @@ fn staged_shape(
     Ok((present, aliases))
 }
 
+/// Stops the cyclic GC from tracking ``obj`` (a container that cannot be part of a cycle).
+fn untrack(obj: &Bound<'_, PyAny>) {
+    // SAFETY: the pointer is a live object we hold a reference to; PyObject_GC_UnTrack accepts
+    // an already untracked GC object, and lists and tuples are GC objects.
+    unsafe { pyo3::ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) }
+}
+
 /// The inline fast path of ``RecordFold.add_all`` from event ``start`` on: each row event of a
 /// new key (not static) writing only simple cells of columns in ``fast`` becomes its staging
 /// record in ``target`` (key, marker ts, marker expiry, deletion ts, then per column value, ts,
@@ -585,7 +592,14 @@ fn fold_inline<'py>(
                 rec[off + 2] = change.getattr(ldt_s)?;
             }
         }
-        target.set_item(key, PyList::new(py, &rec)?)?;
+        let record = PyList::new(py, &rec)?;
+        // The record and its key hold only the event's values (never a container that could
+        // point back at them): no reference cycle can run through them, so the cyclic GC need not
+        // track them. Tracked, the first collection after a fold walked every field of every
+        // record (≈ 12 ms per 20,000 rows, holding the event loop).
+        untrack(&key);
+        untrack(&record);
+        target.set_item(key, record)?;
         i += 1;
     }
     Ok(n)

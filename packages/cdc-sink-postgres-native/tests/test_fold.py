@@ -8,6 +8,7 @@ verdict (NeedsEagerFold or not), the same shape and the same records.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import math
 import uuid
 from decimal import Decimal
@@ -173,3 +174,26 @@ def test_staged_rows_equal_the_python_fold(eager: bool, events: list[ChangeEvent
         # NaN fields compare unequal to themselves: compare their repr.
         assert repr(accelerated) == repr(reference)
     assert (accelerated == "eager") is (reference == "eager")
+
+
+def test_records_folded_natively_are_not_tracked_by_the_cyclic_gc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """They hold only the events' values (no cycle can run through them): untracked, the
+    collector never walks them; the fold's result is the same either way (above)."""
+    monkeypatch.setenv("CDC_SINK_POSTGRES_NATIVE", "1")
+    events = [
+        ChangeEvent(
+            position=Position(node="n", segment_id=1, offset=i, index=0),
+            schema=SCHEMA,
+            kind=ChangeKind.ROW,
+            key={"pk": i},
+            liveness=Liveness(timestamp=1),
+            cells={"c_text": Cell(timestamp=1, value=f"v{i}")},
+        )
+        for i in range(3)
+    ]
+    fold = RecordFold(PLAN)
+    assert fold.add_all(events) == []
+    assert len(fold.rows) == 3
+    for key, record in fold.rows.items():
+        assert not gc.is_tracked(record) and not gc.is_tracked(key)
+    assert gc.is_tracked([object()])  # (a list is tracked by default)

@@ -197,6 +197,42 @@ async def test_nul_in_text_rejects_only_that_event(harness: PostgresHarness) -> 
     assert dict(await sink.committed_positions()) == dict(b.positions)
 
 
+async def test_a_batch_of_several_fold_slices_rejects_exactly_its_culprits(harness: PostgresHarness) -> None:
+    """The fold runs in slices with the event loop served between them: events refused in any
+    slice are exactly the culprits, and a key written again in a later slice merges."""
+    from cdc_sink_postgres.sink import FOLD_SLICE
+
+    s = schema("slices", {"pk": "int", "v": "text"})
+    n = 3 * FOLD_SLICE + 7
+    culprits = {3, FOLD_SLICE + 1, 2 * FOLD_SLICE + 5, n - 2}
+    events = [upsert(s, {"pk": i}, 10, v="bad\x00" if i in culprits else f"v{i}") for i in range(n - 1)]
+    events.append(upsert(s, {"pk": 0}, 20, v="again"))  # the first slice's key, in the last one
+    sink = await _sink(harness)
+    groups = await sink._group(events)
+    ticks = 0
+    folding = True
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while folding:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    try:
+        await sink._fold_all(groups)
+    finally:
+        folding = False
+        await task
+    assert ticks >= 3  # the loop ran between the slices
+
+    result = await sink.write(batch(events))
+    assert sorted(events.index(r.event) for r in result.rejected) == sorted(culprits)
+    state = await harness.read_state(s, NOW)
+    assert sorted(state.rows) == [(i,) for i in range(n - 1) if i not in culprits]
+    assert state.rows[(0,)]["v"] == "again" and state.rows[(FOLD_SLICE + 2,)]["v"] == f"v{FOLD_SLICE + 2}"
+
+
 async def test_server_side_data_error_is_bisected_to_the_culprit(harness: PostgresHarness) -> None:
     # A configured override the value does not fit: only the server notices (22003).
     s = schema("narrow", {"pk": "int", "v": "int"})

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_core.turns import Turns
-from cdc_sink_postgres.overlap import Flights, disjoint, footprint
+from cdc_core.sinks import Batch
+from cdc_core.turns import Turn, Turns
+from cdc_sink_postgres.overlap import EarlySlots, Flights, disjoint, footprint
 
 keys = st.sets(st.tuples(st.integers(0, 20), st.sampled_from(["a", "b"])), max_size=12)
 footprints = st.dictionaries(st.sampled_from(["r1", "r2", "r3"]), keys, max_size=3)
@@ -44,3 +48,66 @@ async def test_early_merge_needs_every_pending_write_locked_known_and_disjoint()
     f2.footprint = None
     f1 = flights.start(t1)
     assert flights.early_locks(t2, f2) is None  # history-mode tables never merge early
+
+
+# --- early slots: connections held before the turn -------------------------------------------
+
+
+def _batch(turn: Turn | None) -> Batch:
+    return Batch(batch_id="b", events=[], positions={}, turn=turn)
+
+
+async def _finish(turn: Turn) -> None:
+    async def write(b: Batch) -> None:
+        return None
+
+    await turn.run(write, _batch(None))
+
+
+async def test_a_pool_of_one_leaves_no_slot_before_the_turn() -> None:
+    slots = EarlySlots(pool_size=1)
+    turns = Turns()
+    t0, t1 = turns.take(), turns.take()
+    assert not (await slots.take(_batch(t0))).held  # its turn has come: needs no slot
+    waiting = asyncio.create_task(slots.take(_batch(t1)))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # no slot to give: it waits for its turn
+    await _finish(t0)
+    slot = await asyncio.wait_for(waiting, 1)
+    assert not slot.held
+    assert not (await slots.take(_batch(None))).held  # a write without a turn never waits
+
+
+async def test_writes_before_their_turn_hold_one_connection_fewer_than_the_pool() -> None:
+    slots = EarlySlots(pool_size=2)
+    turns = Turns()
+    t0, t1, t2, t3 = turns.take(), turns.take(), turns.take(), turns.take()
+    first = await slots.take(_batch(t1))
+    assert first.held
+    second = asyncio.create_task(slots.take(_batch(t2)))
+    third = asyncio.create_task(slots.take(_batch(t3)))
+    await asyncio.sleep(0.01)
+    assert not second.done() and not third.done()
+    first.release()
+    first.release()  # idempotent: hands back one slot only
+    got = await asyncio.wait_for(second, 1)
+    assert got.held
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    # Cancelled while waiting: nothing is lost, the next one gets the slot.
+    third.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await third
+    got.release()
+    again = await asyncio.wait_for(slots.take(_batch(t3)), 1)
+    assert again.held
+    again.release()
+    # A turn that comes while waiting for a slot: no slot needed, and none taken.
+    blocker = await slots.take(_batch(t2))
+    assert blocker.held
+    waiting = asyncio.create_task(slots.take(_batch(t1)))
+    await asyncio.sleep(0.01)
+    await _finish(t0)
+    assert not (await asyncio.wait_for(waiting, 1)).held
+    blocker.release()
+    assert (await slots.take(_batch(t3))).held  # the one slot is free again

@@ -80,9 +80,9 @@ async def test_the_next_batch_stages_before_its_turn_and_commits_after_it(harnes
     pids: list[int] = []
     original = sink._run_all
 
-    async def run_all(conn: Any, work: Any, b: Batch, flight: Any = None) -> set[str]:
+    async def run_all(conn: Any, steps: Any, b: Batch, *rest: Any) -> set[str]:
         pids.append(conn.get_server_pid())
-        return await original(conn, work, b, flight)
+        return await original(conn, steps, b, *rest)
 
     sink._run_all = run_all  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(sink.write(_gated(second, gate, waiting)))
@@ -141,6 +141,56 @@ async def test_overlapping_writes_of_one_history_converge(pg_dsn: str, data: st.
         await h.destroy()
 
 
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+async def test_more_writes_in_flight_than_connections_and_retries_converge(pg_dsn: str, data: st.DataObject) -> None:
+    """Up to three writes in flight on a pool of one or two connections, some batches failing
+    once just before their offsets (their connection given back, the batches after them already
+    folded or holding a connection) and retried in place as the engine does: no write hangs, and
+    the state and offsets are the model's."""
+    s = collections_schema()
+    events = data.draw(event_histories(s, max_events=24), label="history")
+    sizes = data.draw(st.lists(st.integers(1, 5), min_size=2, max_size=5), label="sizes")
+    overlap = data.draw(st.integers(2, 3), label="overlap")
+    pool = data.draw(st.integers(1, 2), label="pool")
+    batches = batches_of(events, sizes)
+    failing = data.draw(st.sets(st.sampled_from(range(len(batches)))), label="failing once")
+    h = PostgresHarness(
+        pg_dsn,
+        sink_name=f"pg_{uuid.uuid4().hex[:8]}",
+        config_overrides={"overlapping_writes": overlap, "pool_max_size": pool, "pool_min_size": 1},
+    )
+    try:
+        sink = await h.make_sink()
+        assert isinstance(sink, PostgresSink)
+        store = sink.offsets.store
+        to_fail = {id(batches[i].positions) for i in failing}
+
+        async def flaky_store(conn: Any, name: str, positions: Any) -> None:
+            if id(positions) in to_fail:
+                to_fail.discard(id(positions))
+                await asyncio.sleep(0.01)  # the batches after it get going meanwhile
+                raise TransientError("injected: connection lost")
+            await store(conn, name, positions)
+
+        sink.offsets.store = flaky_store  # type: ignore[method-assign,assignment]
+
+        async def write(b: Batch) -> Any:
+            try:
+                return await sink.write(b)
+            except TransientError:
+                return await sink.write(b)  # the engine's retry, in place
+
+        results = await asyncio.wait_for(write_overlapping(write, batches, overlap), 30)
+        assert not to_fail  # every chosen batch failed once
+        assert not any(r.rejected for r in results)
+        assert normalise_state(await h.read_state(s, NOW)) == normalise_state(latest_state(events, now=NOW))
+        expected = {node: p for b in batches for node, p in b.positions.items()}
+        assert dict(await sink.committed_positions()) == expected
+    finally:
+        await h.destroy()
+
+
 # --- merging before the turn (cdc_sink_postgres.overlap) ---------------------------------------
 
 
@@ -172,9 +222,9 @@ class _Held:
                 await self.gate.wait()
             await store(conn, name, positions)
 
-        async def ran(conn: Any, work: Any, b: Batch, flight: Any = None) -> set[str]:
+        async def ran(conn: Any, steps: Any, b: Batch, *rest: Any) -> set[str]:
             self.pids[b.batch_id] = conn.get_server_pid()
-            return await run_all(conn, work, b, flight)
+            return await run_all(conn, steps, b, *rest)
 
         sink.offsets.store = stored  # type: ignore[method-assign,assignment]
         sink._run_all = ran  # type: ignore[method-assign,assignment]

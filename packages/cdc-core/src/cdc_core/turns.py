@@ -42,6 +42,11 @@ class Turn:
             await asyncio.shield(self._previous)
 
     @property
+    def due(self) -> bool:
+        """The previous write has ended: :meth:`wait` returns at once (raising if it failed)."""
+        return self._previous is None or self._previous.done()
+
+    @property
     def finished(self) -> bool:
         """This turn's write returned (successfully)."""
         return self._finished.done() and not self._finished.cancelled()

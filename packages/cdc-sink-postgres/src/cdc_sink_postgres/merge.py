@@ -10,14 +10,14 @@ batches, replays and concurrent writers converge.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
 from cdc_sink_postgres.ddl import MERGE_FUNCTION
 from cdc_sink_postgres.idents import qualify, quote_ident
 from cdc_sink_postgres.layout import DELETED_TS, MARKER_EXP, MARKER_TS, ColumnLayout, TableLayout, pg_name
-from cdc_sink_postgres.native import encode_copy, one_chunk
+from cdc_sink_postgres.native import Payload, encode_copy_sliced, pieces
 
 __all__ = ["RowMergeShapes", "StagedMerge", "latest_state_merges"]
 
@@ -57,26 +57,28 @@ class StagedMerge:
         await self.copy_and_merge(conn, records)
         await conn.execute(self.truncate_sql)
 
-    async def copy_and_merge(self, conn: Any, records: Sequence[Sequence[Any]]) -> None:
+    async def copy_and_merge(self, conn: Any, records: Sequence[Sequence[Any]], encoded: Payload | Literal[False] | None = False) -> None:
         """COPY ``records`` into the (existing, empty) staging table and merge them; the merge
         is a cached prepared statement. The caller creates the staging table and empties it
         (``truncate_sql``) in the same transaction, before reusing it and before committing."""
         if not records:
             return
-        await self.copy_in(conn, records)
+        await self.copy_in(conn, records, encoded)
         await self.merge_staged(conn)
 
     async def merge_staged(self, conn: Any) -> None:
         """Merge what :meth:`copy_in` staged (a cached prepared statement)."""
         await conn.fetch(self.merge_sql)
 
-    async def copy_in(self, conn: Any, records: Sequence[Sequence[Any]]) -> None:
+    async def copy_in(self, conn: Any, records: Sequence[Sequence[Any]], encoded: Payload | Literal[False] | None = False) -> None:
         """COPY ``records`` into the staging table: the binary payload built by the optional
-        accelerator in one call when it encodes every value, else asyncpg's per-value encoders
-        (the same bytes; see cdc_sink_postgres.native)."""
-        payload = encode_copy(records, self.column_types)
+        accelerator (in slices, the event loop served between them) when it encodes every value,
+        else asyncpg's per-value encoders (the same bytes; see cdc_sink_postgres.native).
+        ``encoded``: what :func:`~cdc_sink_postgres.native.encode_copy_sliced` returned for
+        ``records`` already (None: declined), False to encode them here."""
+        payload = await encode_copy_sliced(records, self.column_types) if encoded is False else encoded
         if payload is not None:
-            await conn.copy_to_table(self.staging, source=one_chunk(payload), columns=list(self.columns), format="binary")
+            await conn.copy_to_table(self.staging, source=pieces(payload), columns=list(self.columns), format="binary")
         else:
             await conn.copy_records_to_table(self.staging, records=records, columns=list(self.columns))
 

@@ -16,19 +16,27 @@ it locks can be wanted by a write still pending before it:
 Offsets are upserted after the turn in any case, so consecutive batches never both hold the
 offsets row. Batches with history-mode tables never merge early (their rows are keyed by
 position, not by a footprint this module computes).
+
+A write takes its connection before its turn only with one of the pool's *early slots* (one
+fewer than the pool's size, :class:`EarlySlots`): the writes waiting for their turn never hold
+every connection, so the write whose turn has come always gets one. More writes in flight than
+connections then fold and encode ahead and wait for a connection, which a batch retried after
+later ones were handed over needs as much as any.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import weakref
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from typing import Any
 
+from cdc_core.sinks import Batch
 from cdc_core.turns import Turn
 
-__all__ = ["Flight", "Flights", "Footprint"]
+__all__ = ["EarlySlot", "EarlySlots", "Flight", "Flights", "Footprint"]
 
 # Per destination relation (its qualified name), the keys of the rows a write's merges lock
 # (sets or dict key views, so that membership is a hashed look-up).
@@ -106,3 +114,53 @@ def footprint(relations: Sequence[tuple[str, Collection[Hashable]]]) -> dict[str
         mine = out.get(relation)
         out[relation] = keys if mine is None else {*mine, *keys}
     return out
+
+
+class EarlySlot:
+    """An early slot held (or not: ``held`` False); :meth:`release` once the turn has come."""
+
+    __slots__ = ("_slots", "held")
+
+    def __init__(self, slots: asyncio.Semaphore | None) -> None:
+        self._slots = slots
+        self.held = slots is not None
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+            self._slots = None
+            self.held = False
+
+
+class EarlySlots:
+    """The connections of a pool of ``pool_size`` that writes may hold before their turn."""
+
+    def __init__(self, pool_size: int) -> None:
+        self._free = asyncio.Semaphore(max(0, pool_size - 1))
+
+    async def take(self, batch: Batch) -> EarlySlot:
+        """Wait until ``batch``'s write may take a connection: a slot is free (held until its
+        turn comes), or its turn has come (no slot needed)."""
+        turn = batch.turn
+        if turn is None or (isinstance(turn, Turn) and turn.due):
+            return EarlySlot(None)
+        if not self._free.locked():
+            await self._free.acquire()  # free: returns at once
+            return EarlySlot(self._free)
+        slot = asyncio.ensure_future(self._free.acquire())
+        turn_came = asyncio.ensure_future(batch.wait_turn())
+        try:
+            await asyncio.wait((slot, turn_came), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            turn_came.cancel()
+            if not slot.cancel() and not slot.cancelled() and slot.exception() is None:
+                self._free.release()  # got it just now: hand it back
+            raise
+        turn_came.cancel()
+        # Cancelled while still waiting (the turn came first; the semaphore hands the slot on)?
+        if slot.cancel() or slot.cancelled() or slot.exception() is not None:
+            return EarlySlot(None)
+        held = EarlySlot(self._free)
+        if turn_came.done():
+            held.release()  # both at once: the turn needs no slot
+        return held

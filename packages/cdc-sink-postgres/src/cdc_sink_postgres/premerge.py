@@ -10,10 +10,10 @@ reported as rejected before anything reaches the server.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from decimal import Decimal
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import orjson
@@ -33,6 +33,8 @@ from cdc_sink_postgres.typemap import (
     to_db,
     to_json,
 )
+
+T = TypeVar("T")
 
 __all__ = [
     "KEY_VALUE_LIMIT",
@@ -683,9 +685,18 @@ class RecordFold:
 
     def staged_rows(self) -> StagingRecords:
         """The rows' records, checked, with only the fields the batch sets."""
-        return self._stage(self.rows, self.plan.rows)
+        return _drain(self._stage(self.rows, self.plan.rows))
 
     def staged_statics(self) -> StagingRecords:
+        return _drain(self._stage(self.statics, self.plan.statics))
+
+    def staged_rows_stepwise(self) -> Generator[None, None, StagingRecords]:
+        """:meth:`staged_rows` in steps (one column check each, then the shape): a generator
+        that yields between them and returns the records, for a caller serving an event loop
+        meanwhile (checking 20,000 records takes ≈ 10 ms)."""
+        return self._stage(self.rows, self.plan.rows)
+
+    def staged_statics_stepwise(self) -> Generator[None, None, StagingRecords]:
         return self._stage(self.statics, self.plan.statics)
 
     def _finish(self, records: dict[Key, list[Any]], side: _Side) -> list[list[Any]]:
@@ -700,7 +711,7 @@ class RecordFold:
             raise NeedsEagerFold
         return out
 
-    def _stage(self, records: dict[Key, list[Any]], side: _Side) -> StagingRecords:
+    def _stage(self, records: dict[Key, list[Any]], side: _Side) -> Generator[None, None, StagingRecords]:
         out = list(records.values())
         if self._has_complex and side.complex:
             self._finish(records, side)
@@ -708,8 +719,11 @@ class RecordFold:
         module = native_module()
         if module is not None and side.native_checks is not None:
             # The accelerator: the same checks and the same shape, without transposing the records.
-            if not self.eager and not _bulk_ok(out, side, module):
-                raise NeedsEagerFold
+            if not self.eager:
+                for off, kind, bits in side.native_checks:
+                    if not module.check_field(out, off, kind, bits):
+                        raise NeedsEagerFold
+                    yield
             flags, found = module.staged_shape(out, side.width, k, [k, *(off + 1 for off in side.simple)])
             return _narrowed(out, tuple(flags), [tuple(a) for a in found], projected=True)
         n = len(out)
@@ -718,6 +732,7 @@ class RecordFold:
             for off, check, _convert in side.bulk:
                 if not check(columns[off]):
                     raise NeedsEagerFold
+                yield
         # `is not None` per field would be a Python loop; count() runs in C (and is skipped when
         # the first record sets the field: comparing Decimals or datetimes to None is not free).
         present = tuple(i < k or col[0] is not None or col.count(None) != n for i, col in enumerate(columns))
@@ -733,6 +748,15 @@ class RecordFold:
             elif columns[f] == columns[anchor]:
                 aliases.append((f, anchor))
         return _narrowed(out, present, aliases, columns)
+
+
+def _drain(steps: Generator[None, None, T]) -> T:
+    """Run a stepwise computation to its end; its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
 
 def _bulk_ok(out: list[list[Any]], side: _Side, module: Any) -> bool:

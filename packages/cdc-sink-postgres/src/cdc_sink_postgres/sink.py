@@ -18,9 +18,9 @@ import gc
 import itertools
 import weakref
 from collections import Counter, OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -38,8 +38,9 @@ from cdc_sink_postgres.history import HistoryTable
 from cdc_sink_postgres.idents import qualify, quote_ident
 from cdc_sink_postgres.layout import ColumnLayout, TableLayout
 from cdc_sink_postgres.merge import LatestStateMerges, StagedMerge, latest_state_merges
+from cdc_sink_postgres.native import Payload, encode_copy_sliced
 from cdc_sink_postgres.offsets import OffsetTable
-from cdc_sink_postgres.overlap import Flight, Flights, footprint
+from cdc_sink_postgres.overlap import EarlySlot, EarlySlots, Flight, Flights, footprint
 from cdc_sink_postgres.premerge import FoldPlan, NeedsEagerFold, RecordFold, StagingRecords
 from cdc_sink_postgres.tls import build_ssl
 from cdc_sink_postgres.typemap import ValueRejected
@@ -49,7 +50,12 @@ __all__ = ["PostgresSink", "TableTarget"]
 log = structlog.get_logger(__name__)
 
 
+T = TypeVar("T")
+
 _serials = itertools.count(1)
+
+# Events folded between two returns to the event loop (≈ 2–3 ms of folding).
+FOLD_SLICE = 250
 
 
 class TableTarget:
@@ -79,9 +85,11 @@ class PostgresSink:
         self.name = name
         self.config = config
         # Batches the engine may hand over while the previous one is being written: the next
-        # one's fold and staging overlap this one's merge and commit (see _run_all).
-        # Each waiting write holds a pooled connection: the pool must leave one for the head.
-        self.overlapping_writes = max(1, min(config.overlapping_writes, config.pool_max_size))
+        # one's fold and encoding overlap this one's merge and commit, and with a connection of
+        # its own its staging too (see _run_all). Writes waiting for their turn hold at most
+        # pool_max_size - 1 connections (cdc_sink_postgres.overlap.EarlySlots): the write whose
+        # turn has come always gets one.
+        self.overlapping_writes = max(1, config.overlapping_writes)
         self.base_dir = context.base_dir if context is not None else Path(".")
         self.ddl = self.ddl_class()
         self.offsets = OffsetTable(config.schema, config.offsets_table)
@@ -95,6 +103,7 @@ class PostgresSink:
         self._staging: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
         self._fold_lock = asyncio.Lock()
         self._flights = Flights()
+        self._early_slots = EarlySlots(config.pool_max_size)
 
     def __repr__(self) -> str:
         return f"PostgresSink(name={self.name!r}, schema={self.config.schema!r})"
@@ -320,29 +329,34 @@ class PostgresSink:
         # A write the engine overlaps with others, which may merge early (cdc_sink_postgres.overlap).
         turn = batch.turn if isinstance(batch.turn, Turn) and self.overlapping_writes > 1 and self.config.early_merge else None
         flight = self._flights.start(turn) if turn is not None else None
+        slot = EarlySlot(None)
         try:
             groups = await self._group(batch.events)
             # The Python work (fold, conversion, checks) happens before a connection is taken, in
-            # a worker thread: the event loop stays free to send the statements of the batch in
-            # flight before this one (overlapping_writes), whose merge then runs on the server
-            # while this one folds. One fold at a time (they share the sink's plans).
+            # slices between which the event loop runs: it keeps sending the statements of the
+            # batch in flight before this one (overlapping_writes), whose merge then runs on the
+            # server while this one folds. (A worker thread would not do: the fold holds the GIL,
+            # and the loop waited up to 70 ms to hear of a finished statement.) One fold at a time.
             async with self._fold_lock:
-                work, rejected = await asyncio.to_thread(self._fold_all, groups)
+                work, rejected = await self._fold_all(groups)
             if flight is not None:
                 flight.footprint = _footprint(work)
+            steps = await _encoded(self._steps_of(work))
             # Events refused in Python reach the DLQ before anything commits (Batch.dead_letter).
             await _dead_letter(batch, rejected)
+            slot = await self._early_slots.take(batch)
             async with self._acquire() as conn:
                 try:
                     async with conn.transaction():
                         await self._hold(conn, flight)
-                        created = await self._run_all(conn, work, batch, flight)
+                        created = await self._run_all(conn, steps, batch, flight, slot)
                         await self.offsets.store(conn, self.name, batch.positions)
                     self._staging_created(conn).update(created)
                 except Exception as exc:
                     if not is_bisectable(exc):
                         raise
                     await batch.wait_turn()  # (the refusal may have come while staging, before it)
+                    slot.release()
                     # The server refuses something (a value, an over-long key …): redo the batch
                     # table by table under savepoints, bisecting to the culprit events; they
                     # reach the DLQ before the transaction moving the offsets commits.
@@ -364,13 +378,14 @@ class PostgresSink:
         except BaseException as exc:
             raise self._translate(exc, f"writing batch {batch.batch_id}") from None
         finally:
+            slot.release()
             if turn is not None and flight is not None:
                 self._flights.end(turn, flight)
         if rejected:
             log.warning("postgres sink rejected events", sink=self.name, batch_id=batch.batch_id, rejected=len(rejected))
         return WriteResult(rejected=rejected)
 
-    def _fold_all(
+    async def _fold_all(
         self, groups: Sequence[tuple[TableTarget, list[ChangeEvent]]]
     ) -> tuple[list[tuple[TableTarget, list[ChangeEvent], Any]], list[Rejected]]:
         """Every table's events folded into staging records; the events refused on the way."""
@@ -386,7 +401,7 @@ class PostgresSink:
                     rejected += [Rejected(event=e, error=target.refusal, error_type="ConfigError") for e in events]
                     continue
                 good: list[ChangeEvent] = []
-                prepared = self._prepare(target, events, rejected, good)
+                prepared = await self._prepare(target, events, rejected, good)
                 if good:
                     work.append((target, good, prepared))
         finally:
@@ -433,8 +448,15 @@ class PostgresSink:
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", self._flights.space, flight.lock)
             flight.locked = True
 
+    def _steps_of(self, work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> list[tuple[StagedMerge, Sequence[Sequence[Any]]]]:
+        """Every table's (merge, records) steps of a batch, in order."""
+        steps: list[tuple[StagedMerge, Sequence[Sequence[Any]]]] = []
+        for target, _, prepared in work:
+            steps += self._steps(target, prepared)
+        return steps
+
     async def _run_all(
-        self, conn: Any, work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]], batch: Batch, flight: Flight | None = None
+        self, conn: Any, steps: Sequence[_Step], batch: Batch, flight: Flight | None = None, slot: EarlySlot | None = None
     ) -> set[str]:
         """The fast path: every table's records staged and merged in the current transaction, no
         savepoints. Returns the staging tables created (they exist once the transaction commits).
@@ -445,35 +467,36 @@ class PostgresSink:
         no write pending before this one can want the same rows (cdc_sink_postgres.overlap);
         this one then waits in the server for their transactions to end, and for its turn."""
         known = self._staging_created(conn)
-        steps: list[tuple[StagedMerge, Sequence[Sequence[Any]]]] = []
-        for target, _, prepared in work:
-            steps += self._steps(target, prepared)
-        missing = {m.staging: m.create_sql for m, _ in steps if m.staging not in known}
+        missing = {m.staging: m.create_sql for m, _, _ in steps if m.staging not in known}
         if missing:
             await conn.execute(";\n".join(missing.values()))
-        uses = Counter(m.staging for m, _ in steps)
+        uses = Counter(m.staging for m, _, _ in steps)
         # A staging table two steps share (two tables of one shape) is filled after the turn, once
         # the first step's merge has read it.
-        early = {i for i, (m, records) in enumerate(steps) if uses[m.staging] == 1 and records}
+        early = {i for i, (m, records, _) in enumerate(steps) if uses[m.staging] == 1 and records}
         for i in sorted(early):
-            merge, records = steps[i]
-            await merge.copy_in(conn, records)
+            merge, records, payload = steps[i]
+            await merge.copy_in(conn, records, payload)
         locks = self._flights.early_locks(batch.turn, flight) if flight is not None and isinstance(batch.turn, Turn) else None
         if locks is None:
             await batch.wait_turn()
+            if slot is not None:
+                slot.release()
         used: dict[str, None] = {}
-        for i, (merge, records) in enumerate(steps):
+        for i, (merge, records, payload) in enumerate(steps):
             if i in early:
                 await merge.merge_staged(conn)
             else:
                 if merge.staging in used:  # two tables sharing a staging table: empty it first
                     await conn.execute(merge.truncate_sql)
-                await merge.copy_and_merge(conn, records)
+                await merge.copy_and_merge(conn, records, payload)
             used[merge.staging] = None
         if locks is not None:
             for lock in locks:
                 await conn.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", self._flights.space, lock)
             await batch.wait_turn()
+            if slot is not None:
+                slot.release()
         if used:
             # Emptied in this transaction (see StagedMerge): committed rows never stay behind,
             # and an aborted transaction leaves none either.
@@ -517,7 +540,7 @@ class PostgresSink:
         """Apply ``events`` under a savepoint; on a data error bisect to the culprits."""
         rejected: list[Rejected] = []
         good: list[ChangeEvent] = []
-        prepared = self._prepare(target, events, rejected, good)
+        prepared = await self._prepare(target, events, rejected, good)
         if not good:
             return rejected
         try:
@@ -534,10 +557,15 @@ class PostgresSink:
             rejected += await self._apply(conn, target, good[mid:])
         return rejected
 
-    def _prepare(self, target: TableTarget, events: Sequence[ChangeEvent], rejected: list[Rejected], good: list[ChangeEvent]) -> Any:
+    async def _prepare(self, target: TableTarget, events: Sequence[ChangeEvent], rejected: list[Rejected], good: list[ChangeEvent]) -> Any:
+        """``events`` as ``target``'s staging records (the good ones appended to ``good``, the
+        refused ones to ``rejected``), folded in slices of :data:`FOLD_SLICE` events with the
+        event loop served between them."""
         if target.history is not None:
             records: list[tuple[Any, ...]] = []
-            for event in events:
+            for i, event in enumerate(events):
+                if i and not i % FOLD_SLICE:
+                    await asyncio.sleep(0)
                 try:
                     records.append(target.history.record(event))
                     good.append(event)
@@ -550,15 +578,20 @@ class PostgresSink:
         for eager in (False, True):
             fold = RecordFold(target.plan, eager=eager)
             try:
-                failed = fold.add_all(events)
+                failed: list[tuple[int, ValueRejected]] = []
+                for start in range(0, len(events), FOLD_SLICE):
+                    if start:
+                        await asyncio.sleep(0)
+                    part = events[start : start + FOLD_SLICE] if len(events) > FOLD_SLICE else events
+                    failed += [(start + i, exc) for i, exc in fold.add_all(part)]
                 bad = [Rejected(event=events[i], error=str(exc)) for i, exc in failed]
                 if failed:
                     refused = {i for i, _ in failed}
                     ok = [e for i, e in enumerate(events) if i not in refused]
                 else:
                     ok = list(events)
-                rows = fold.staged_rows() if fold.rows else None
-                statics = fold.staged_statics() if fold.statics else None
+                rows = await _stepwise(fold.staged_rows_stepwise()) if fold.rows else None
+                statics = await _stepwise(fold.staged_statics_stepwise()) if fold.statics else None
             except NeedsEagerFold:
                 continue
             rejected += bad
@@ -571,6 +604,26 @@ class PostgresSink:
         the path of the bisection under savepoints."""
         for merge, records in self._steps(target, prepared):
             await merge.run(conn, records)
+
+
+# (merge, records, the records' binary COPY payload or None: asyncpg encodes them)
+_Step = tuple[StagedMerge, Sequence[Sequence[Any]], Payload | None]
+
+
+async def _encoded(steps: Sequence[tuple[StagedMerge, Sequence[Sequence[Any]]]]) -> list[_Step]:
+    """``steps`` with their COPY payloads, encoded before the write takes a connection (the
+    accelerator's, in slices; see cdc_sink_postgres.native)."""
+    return [(merge, records, await encode_copy_sliced(records, merge.column_types) if records else None) for merge, records in steps]
+
+
+async def _stepwise(steps: Generator[None, None, T]) -> T:
+    """Run a stepwise computation (premerge's), serving the event loop between its steps."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        await asyncio.sleep(0)
 
 
 def _footprint(work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> dict[str, Any] | None:
