@@ -7,7 +7,10 @@ timestamp, decimal) it measures rows/s, per batch size, for:
 
 * sink insert: INSERT-shaped events (row marker + every column) into new rows;
 * sink update: partial updates (2 of the 9 columns) of existing rows;
-* sink delete: row deletions of existing rows;
+* sink delete: ``DELETE FROM t WHERE id = ?`` of existing rows — for this table (no clustering
+  columns) Cassandra writes that as a *partition* deletion (cql3 ``DeleteStatement``: an empty
+  clustering deletes the partition), and so do these events (until 2026-11-27 they were row
+  deletions, which Cassandra writes only for tables with clustering columns);
 * naive: ``executemany`` into a plain table (no LWW bookkeeping): ``INSERT … ON CONFLICT DO
   UPDATE`` of whole rows (insert), of the same 2 columns (update), ``DELETE … WHERE id = $1``;
 * staged: the plain staged upsert of the issue's calibration, no LWW bookkeeping: binary COPY
@@ -104,7 +107,7 @@ def _events(kind: str, n: int, ts: int) -> list[ChangeEvent]:
             out.append(ChangeEvent(position=p, schema=SCHEMA, kind=ChangeKind.ROW, key={"id": i}, cells=cells))
         else:
             d = Deletion(timestamp=ts, local_deletion_time=1)
-            out.append(ChangeEvent(position=p, schema=SCHEMA, kind=ChangeKind.ROW, key={"id": i}, row_deletion=d))
+            out.append(ChangeEvent(position=p, schema=SCHEMA, kind=ChangeKind.PARTITION_DELETE, key={"id": i}, partition_deletion=d))
     return out
 
 

@@ -233,6 +233,41 @@ async def test_a_batch_of_several_fold_slices_rejects_exactly_its_culprits(harne
     assert state.rows[(0,)]["v"] == "again" and state.rows[(FOLD_SLICE + 2,)]["v"] == f"v{FOLD_SLICE + 2}"
 
 
+async def test_staging_tables_hold_only_the_batch_being_merged(harness: PostgresHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staging tables are emptied when a transaction starts using them (what a committed batch
+    staged stays until then; a rolled-back one leaves them as it found them): every merge reads
+    exactly its own batch's records."""
+    from cdc_sink_postgres.idents import quote_ident
+    from cdc_sink_postgres.merge import StagedMerge
+
+    s = schema("staging", {"pk": "int", "v": "text"})
+    sink = await _sink(harness, pool_min_size=1, pool_max_size=1)  # one session, one staging table
+    staged: list[int] = []
+    merge_staged = StagedMerge.merge_staged
+
+    async def counting(self: StagedMerge, conn: Any) -> None:
+        staged.append(await conn.fetchval(f"SELECT count(*) FROM {quote_ident(self.staging)}"))
+        await merge_staged(self, conn)
+
+    monkeypatch.setattr(StagedMerge, "merge_staged", counting)
+    b1, b2, b3 = (batch([upsert(s, {"pk": i}, ts, v=f"v{ts}") for i in range(n)]) for ts, n in ((10, 5), (11, 3), (12, 2)))
+    await sink.write(b1)
+    store = sink.offsets.store
+
+    async def failing_once(conn: Any, name: str, positions: Any) -> None:
+        sink.offsets.store = store  # type: ignore[method-assign]
+        raise TransientError("injected after the merge")
+
+    sink.offsets.store = failing_once  # type: ignore[method-assign,assignment]
+    with pytest.raises(TransientError):
+        await sink.write(b2)
+    await sink.write(b2)
+    await sink.write(b3)
+    assert staged == [5, 3, 3, 2]
+    state = await harness.read_state(s, NOW)
+    assert {k: r["v"] for k, r in state.rows.items()} == {(0,): "v12", (1,): "v12", (2,): "v11", (3,): "v10", (4,): "v10"}
+
+
 async def test_server_side_data_error_is_bisected_to_the_culprit(harness: PostgresHarness) -> None:
     # A configured override the value does not fit: only the server notices (22003).
     s = schema("narrow", {"pk": "int", "v": "int"})

@@ -348,7 +348,6 @@ class PostgresSink:
             async with self._acquire() as conn:
                 try:
                     async with conn.transaction():
-                        await self._hold(conn, flight)
                         created = await self._run_all(conn, steps, batch, flight, slot)
                         await self.offsets.store(conn, self.name, batch.positions)
                     self._staging_created(conn).update(created)
@@ -468,9 +467,19 @@ class PostgresSink:
         this one then waits in the server for their transactions to end, and for its turn."""
         known = self._staging_created(conn)
         missing = {m.staging: m.create_sql for m, _, _ in steps if m.staging not in known}
-        if missing:
-            await conn.execute(";\n".join(missing.values()))
         uses = Counter(m.staging for m, _, _ in steps)
+        # One round trip: the write's advisory lock (_hold), and its staging tables created where
+        # missing and emptied of what the last transaction of this session that used them
+        # committed (StagedMerge).
+        prelude = list(missing.values())
+        if flight is not None:  # (the lock's two keys are the sink's own integers)
+            prelude.append(f"SELECT pg_advisory_xact_lock({int(self._flights.space)}, {int(flight.lock)})")
+        if uses:
+            prelude.append("TRUNCATE " + ", ".join(quote_ident(s) for s in uses))
+        if prelude:
+            await conn.execute(";\n".join(prelude))
+        if flight is not None:
+            flight.locked = True
         # A staging table two steps share (two tables of one shape) is filled after the turn, once
         # the first step's merge has read it.
         early = {i for i, (m, records, _) in enumerate(steps) if uses[m.staging] == 1 and records}
@@ -482,7 +491,7 @@ class PostgresSink:
             await batch.wait_turn()
             if slot is not None:
                 slot.release()
-        used: dict[str, None] = {}
+        used: set[str] = set()
         for i, (merge, records, payload) in enumerate(steps):
             if i in early:
                 await merge.merge_staged(conn)
@@ -490,17 +499,13 @@ class PostgresSink:
                 if merge.staging in used:  # two tables sharing a staging table: empty it first
                     await conn.execute(merge.truncate_sql)
                 await merge.copy_and_merge(conn, records, payload)
-            used[merge.staging] = None
+            used.add(merge.staging)
         if locks is not None:
             for lock in locks:
                 await conn.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", self._flights.space, lock)
             await batch.wait_turn()
             if slot is not None:
                 slot.release()
-        if used:
-            # Emptied in this transaction (see StagedMerge): committed rows never stay behind,
-            # and an aborted transaction leaves none either.
-            await conn.execute("TRUNCATE " + ", ".join(quote_ident(s) for s in used))
         return set(missing)
 
     def _steps(self, target: TableTarget, prepared: Any) -> list[tuple[StagedMerge, Sequence[Sequence[Any]]]]:
