@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import gc
 import os
 import platform
@@ -44,7 +45,7 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, Deletion, Liveness
 from cdc_core.positions import Position
@@ -124,7 +125,7 @@ async def _timed(fn: Callable[[], Awaitable[object]], rows: int) -> float:
     return rows / (time.perf_counter() - start)
 
 
-async def _spread(items: list[Any], workers: int, apply: Callable[[Any], Awaitable[None]]) -> None:
+async def _spread(items: list[Any], workers: int, apply: Callable[[Any], Awaitable[object]]) -> None:
     """Apply ``items`` in order, ``workers`` at a time (each worker takes the next item)."""
     it = iter(items)
 
@@ -135,11 +136,11 @@ async def _spread(items: list[Any], workers: int, apply: Callable[[Any], Awaitab
     await asyncio.gather(*(worker() for _ in range(workers)))
 
 
-async def run_sink(dsn: str, rows: int, batch_size: int, workers: int) -> dict[str, float]:
-    """The sink with a pool of ``workers`` connections (``overlapping_writes`` at least its default
-    2), written to as the engine does."""
+async def run_sink(dsn: str, rows: int, batch_size: int, workers: int, overlap: int | None = None) -> dict[str, float]:
+    """The sink with a pool of ``workers`` connections and ``overlapping_writes = overlap`` (by
+    default at least its default 2), written to as the engine does."""
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    overlap = max(2, workers)
+    overlap = overlap or max(2, workers)
     config = PostgresSinkConfig(dsn=Secret(dsn), schema=schema, pool_min_size=workers, pool_max_size=workers, overlapping_writes=overlap)
     sink = PostgresSink("bench", config)
     await sink.start()
@@ -157,7 +158,7 @@ async def run_sink(dsn: str, rows: int, batch_size: int, workers: int) -> dict[s
             gc.freeze()
             cpu = time.process_time()
             try:
-                results[kind] = await _timed(lambda batches=batches: write_overlapping(sink.write, batches, overlap), rows)
+                results[kind] = await _timed(functools.partial(write_overlapping, sink.write, batches, overlap), rows)
             finally:
                 gc.unfreeze()
             results[f"{kind} cpu"] = (time.process_time() - cpu) / rows * 1e6  # client CPU µs per row
@@ -245,9 +246,9 @@ async def run_baselines(dsn: str, rows: int, batch_size: int, workers: int) -> d
                 pool.put_nowait(c)
 
         for label, sql, recs in (("naive insert", upsert, records), ("naive update", update, updates), ("naive delete", delete, deletes)):
-            results[label] = await _timed(lambda sql=sql, recs=recs: _spread(chunks(recs), workers, lambda ch: many(sql, ch)), rows)
+            results[label] = await _timed(functools.partial(_spread, chunks(recs), workers, functools.partial(many, sql)), rows)
         for label, stage, recs in (("staged insert", "stage_rows", records), ("staged update", "stage_upd", updates)):
-            results[label] = await _timed(lambda stage=stage, recs=recs: _spread(chunks(recs), workers, lambda ch: staged(stage, ch)), rows)
+            results[label] = await _timed(functools.partial(_spread, chunks(recs), workers, functools.partial(staged, stage)), rows)
         results["raw COPY"] = await _timed(lambda: _spread(chunks(records), workers, copy), rows)
     finally:
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
@@ -272,7 +273,8 @@ async def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-sizes", default="1000,5000,20000")
-    parser.add_argument("--workers", default="1,2", help="connections (baselines) / overlapping_writes (sink)")
+    parser.add_argument("--workers", default="1,2", help="connections (baselines; the sink's pool)")
+    parser.add_argument("--overlap", type=int, default=None, help="the sink's overlapping_writes (default: 2, or the connections if more)")
     args = parser.parse_args()
     conn = await asyncpg.connect(args.dsn)
     version = await conn.fetchval("SHOW server_version")
@@ -280,6 +282,7 @@ async def main() -> None:
     await conn.close()
     print(f"# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z {platform.node()} {_machine()}, PostgreSQL {version} {settings}")
     print(f"# rows per run: {args.rows}, median of {args.repeat} runs, rows/s; load average at start {os.getloadavg()}")
+    print(f"# sink: a pool of `conns` connections, overlapping_writes {args.overlap or 'max(2, conns)'}")
     module = native_module()
     encoding = "native (cdc_sink_postgres_native)" if module is not None else "asyncpg (CDC_SINK_POSTGRES_NATIVE=0 or not installed)"
     print(f"# COPY encoding: {encoding}")
@@ -298,7 +301,7 @@ async def main() -> None:
             runs: dict[str, list[float]] = {}
             ratios: dict[str, list[float]] = {}
             for _ in range(args.repeat):
-                sink = await run_sink(args.dsn, args.rows, size, workers)
+                sink = await run_sink(args.dsn, args.rows, size, workers, args.overlap)
                 base = await run_baselines(args.dsn, args.rows, size, workers)
                 for k, v in (*sink.items(), *base.items()):
                     runs.setdefault(k, []).append(v)
