@@ -124,6 +124,7 @@ class PostgresSink:
                 statement_cache_size=cfg.statement_cache_size,
                 ssl=build_ssl(cfg.ssl, self.base_dir),  # type: ignore[arg-type]  # a validated sslmode string
                 server_settings={**cfg.session_settings(), "application_name": cfg.application_name},
+                reset=_keep_session,
             )
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"cdc:{cfg.schema}")
@@ -629,6 +630,14 @@ async def _stepwise(steps: Generator[None, None, T]) -> T:
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
         await asyncio.sleep(0)
+
+
+async def _keep_session(conn: Any) -> None:
+    """The pool's reset on release, after asyncpg rolled back a transaction left open: nothing
+    more. Its default (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``) costs a
+    round trip per batch and undoes nothing the sink does: it takes transaction-level advisory
+    locks only, opens no cursor, listens to nothing, and sets its session settings at connect
+    time (what ``RESET ALL`` would return to anyway); its staging tables are meant to stay."""
 
 
 def _footprint(work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> dict[str, Any] | None:
