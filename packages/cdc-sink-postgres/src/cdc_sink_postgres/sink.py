@@ -54,7 +54,8 @@ T = TypeVar("T")
 
 _serials = itertools.count(1)
 
-# Events folded between two returns to the event loop (≈ 2–3 ms of folding).
+# Events folded between two returns to the event loop (≈ 0.5–1 ms of folding: the loop then
+# hears of a finished statement of the write in flight before this one that much late at most).
 FOLD_SLICE = 250
 
 
