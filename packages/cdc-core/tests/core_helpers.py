@@ -60,6 +60,7 @@ class TestSinkConfig:
     reject_ids: tuple[int, ...] = ()
     permanent: bool = False
     slow_writes: int = 0  # if set, only the first N writes take ``delay``
+    preferred_batch: int = 0  # if set, the sink declares preferred_batch_events
 
 
 class ControlledSink(MemorySink):
@@ -72,6 +73,8 @@ class ControlledSink(MemorySink):
         self.failures_left = config.fail_times
         self.max_batch = 0
         self.lifecycle: list[str] = []
+        if config.preferred_batch:
+            self.preferred_batch_events = config.preferred_batch
 
     async def write(self, batch: Batch) -> WriteResult:
         try:

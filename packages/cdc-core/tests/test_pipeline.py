@@ -49,6 +49,22 @@ def _pipeline(tmp_path: Path, sinks: dict[str, Any], **kw: Any) -> Pipeline:
     return Pipeline.from_config(_config(tmp_path, sinks, **kw), registry=PluginRegistry(autoload=False, plugins=[TEST_PLUGIN]))
 
 
+async def test_a_lane_batches_by_the_configured_size_else_by_what_its_sink_prefers(tmp_path: Path) -> None:
+    write_events(tmp_path / "events.jsonl", make_events(50))
+    sinks = {
+        "prefers": {"type": "controlled", "preferred_batch": 20},
+        "configured": {"type": "controlled", "preferred_batch": 20, "batch": {"max_events": 7}},
+        "default": {"type": "controlled"},
+    }
+    p = _pipeline(tmp_path, sinks)
+    summary = await p.run()
+    await p.close()
+    assert all(summary.lanes[name].applied_events == 50 for name in sinks)
+    assert SINKS["prefers"].max_batch == 20  # 50 events ready at once: batches of 20, 20, 10
+    assert SINKS["configured"].max_batch == 7
+    assert SINKS["default"].max_batch == 50  # DEFAULT_MAX_EVENTS is larger than the whole file
+
+
 async def test_every_sink_gets_every_event_and_commits(tmp_path: Path) -> None:
     write_events(tmp_path / "events.jsonl", make_events(50))
     p = _pipeline(tmp_path, {"a": {"type": "controlled", "batch": {"max_events": 7}}, "b": {"type": "controlled"}})

@@ -55,14 +55,28 @@ class RetryConfig:
     jitter: float = attrs.field(default=0.2, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
 
 
+# Events per batch when neither the configuration nor the sink says (``preferred_batch_events``).
+DEFAULT_MAX_EVENTS = 2000
+
+
 @attrs.frozen(kw_only=True)
 class BatchConfig:
     """How a sink's events are grouped: at most ``max_events`` per batch, flushed after
-    ``max_wait`` seconds, and at most ``max_in_flight`` batches queued ahead of the writer."""
+    ``max_wait`` seconds, and at most ``max_in_flight`` batches queued ahead of the writer.
+    ``max_events`` left out: the sink's ``preferred_batch_events`` if it declares one, else
+    :data:`DEFAULT_MAX_EVENTS` (see :meth:`events_for`)."""
 
-    max_events: int = attrs.field(default=2000, validator=attrs.validators.ge(1))
+    max_events: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
     max_wait: float = attrs.field(default=0.2, validator=attrs.validators.gt(0))
     max_in_flight: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+
+    def events_for(self, sink: object) -> int:
+        """The batch size of ``sink``'s lane: ``max_events`` if configured, else what the sink
+        prefers (an attribute ``preferred_batch_events``: a sink knows its per-batch cost), else
+        :data:`DEFAULT_MAX_EVENTS`."""
+        if self.max_events is not None:
+            return self.max_events
+        return max(1, int(getattr(sink, "preferred_batch_events", DEFAULT_MAX_EVENTS)))
 
 
 @attrs.frozen(kw_only=True)

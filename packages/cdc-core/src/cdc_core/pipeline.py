@@ -342,7 +342,8 @@ class Pipeline:
 
     async def _lane_once(self, lane: _Lane, follow: bool, count: int | None, until: dict[str, Position] | None) -> None:
         bc = lane.config.batch
-        items: asyncio.Queue[Any] = asyncio.Queue(maxsize=bc.max_events)
+        max_events = bc.events_for(lane.sink)
+        items: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_events)
         batches: asyncio.Queue[Any] = asyncio.Queue(maxsize=bc.max_in_flight)
         done = asyncio.Event()  # the writer reached the run_until target
 
@@ -405,7 +406,7 @@ class Pipeline:
                     break
                 pending: list[ReaderItem] = [first]
                 deadline = asyncio.get_running_loop().time() + bc.max_wait
-                while len(pending) < bc.max_events:
+                while len(pending) < max_events:
                     try:
                         item = await get_by(items, deadline)
                     except TimeoutError:
