@@ -350,8 +350,17 @@ async def test_a_third_party_ddl_between_overlapping_writes_cannot_hang_them(har
     try:
         await asyncio.wait_for(held.reached.wait(), 10)
         w1 = asyncio.create_task(t1.run(sink.write, b1))
+        tasks.append(w1)
+
+        async def b1_locked() -> bool:
+            flight = sink._flights._by_turn.get(t1)
+            return flight is not None and flight.locked
+
+        # b2 merges early only if b1 already holds its advisory lock when b2 checks (else it
+        # merges in its turn, as safely): started together, b2's connection may come first.
+        await _wait_for(b1_locked)
         w2 = asyncio.create_task(t2.run(sink.write, b2))
-        tasks += [w1, w2]
+        tasks.append(w2)
 
         async def b2_waits() -> bool:
             if b2.batch_id not in held.pids or b1.batch_id not in held.pids:
