@@ -120,6 +120,11 @@ class ProjectedRecords(Sequence[tuple[Any, ...]]):
     def __len__(self) -> int:
         return len(self.source)
 
+    def rows(self, start: int, stop: int) -> ProjectedRecords:
+        """The records ``start:stop``, still a projection of ``source`` (a slice of them would
+        be the tuples)."""
+        return ProjectedRecords(self.source[start:stop], self.keep)
+
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return map(self._get, self.source)
 
@@ -183,20 +188,12 @@ async def encode_copy_sliced(
     if n <= slice_rows:
         payload = encode_copy(records, column_types)
         return None if payload is None else [payload]
-    module = native_module()
-    codes = copy_codes(column_types) if module is not None else None
-    if module is None or codes is None:
-        return None
     out: list[bytes | memoryview] = []
     for start in range(0, n, slice_rows):
         if start:
             await asyncio.sleep(0)
         stop = min(start + slice_rows, n)
-        if isinstance(records, ProjectedRecords):
-            payload = module.encode_copy(records.source[start:stop], codes, records.keep)
-        else:
-            part = records[start:stop]
-            payload = module.encode_copy(part if isinstance(part, list | tuple) else list(part), codes)
+        payload = encode_copy(records.rows(start, stop) if isinstance(records, ProjectedRecords) else records[start:stop], column_types)
         if payload is None:
             return None
         if not (payload.startswith(_HEADER) and payload.endswith(_TRAILER)):

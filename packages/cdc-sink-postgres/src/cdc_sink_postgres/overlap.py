@@ -119,17 +119,19 @@ def footprint(relations: Sequence[tuple[str, Collection[Hashable]]]) -> dict[str
 class EarlySlot:
     """An early slot held (or not: ``held`` False); :meth:`release` once the turn has come."""
 
-    __slots__ = ("_slots", "held")
+    __slots__ = ("_slots",)
 
     def __init__(self, slots: asyncio.Semaphore | None) -> None:
         self._slots = slots
-        self.held = slots is not None
+
+    @property
+    def held(self) -> bool:
+        return self._slots is not None
 
     def release(self) -> None:
         if self._slots is not None:
             self._slots.release()
             self._slots = None
-            self.held = False
 
 
 class EarlySlots:

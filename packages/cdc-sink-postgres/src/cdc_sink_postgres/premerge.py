@@ -707,7 +707,7 @@ class RecordFold:
                     cs = rec[off]
                     if cs is not None:
                         rec[off], rec[off + 1] = cs.record()
-        if not self.eager and not _bulk_ok(out, side, None):
+        if not self.eager and not _bulk_ok(out, side):
             raise NeedsEagerFold
         return out
 
@@ -759,11 +759,8 @@ def _drain(steps: Generator[None, None, T]) -> T:
             return done.value  # type: ignore[no-any-return]
 
 
-def _bulk_ok(out: list[list[Any]], side: _Side, module: Any) -> bool:
-    """Whether every lazily checked field of ``out`` passes its column check (typemap.bulk_check),
-    with the accelerator's check_field when ``module`` is given and covers them all."""
-    if module is not None and side.native_checks is not None:
-        return all(module.check_field(out, off, kind, bits) for off, kind, bits in side.native_checks)
+def _bulk_ok(out: list[list[Any]], side: _Side) -> bool:
+    """Whether every lazily checked field of ``out`` passes its column check (typemap.bulk_check)."""
     return all(check([rec[off] for rec in out]) for off, check, _convert in side.bulk)
 
 

@@ -447,11 +447,16 @@ class PostgresSink:
             known = self._staging[raw] = set()
         return known
 
+    def _lock_sql(self, flight: Flight) -> str:
+        """The statement taking the write's advisory lock for its transaction (what later writes
+        that merge early wait on in the server; see cdc_sink_postgres.overlap). Its two keys are
+        the sink's own integers, so it can share a round trip with other parameterless statements."""
+        return f"SELECT pg_advisory_xact_lock({int(self._flights.space)}, {int(flight.lock)})"
+
     async def _hold(self, conn: Any, flight: Flight | None) -> None:
-        """Take the write's advisory lock for its transaction (what later writes that merge early
-        wait on in the server; see cdc_sink_postgres.overlap)."""
+        """Take the write's advisory lock (:meth:`_lock_sql`) in ``conn``'s transaction."""
         if flight is not None:
-            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", self._flights.space, flight.lock)
+            await conn.execute(self._lock_sql(flight))
             flight.locked = True
 
     def _steps_of(self, work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> list[tuple[StagedMerge, Sequence[Sequence[Any]]]]:
@@ -479,8 +484,8 @@ class PostgresSink:
         # missing and emptied of what the last transaction of this session that used them
         # committed (StagedMerge).
         prelude = list(missing.values())
-        if flight is not None:  # (the lock's two keys are the sink's own integers)
-            prelude.append(f"SELECT pg_advisory_xact_lock({int(self._flights.space)}, {int(flight.lock)})")
+        if flight is not None:
+            prelude.append(self._lock_sql(flight))
         if uses:
             prelude.append("TRUNCATE " + ", ".join(quote_ident(s) for s in uses))
         if prelude:
