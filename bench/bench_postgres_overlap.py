@@ -13,23 +13,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import statistics
 import sys
-import time
 import uuid
 from pathlib import Path
 
-import asyncpg
-
 from cdc_core.secrets import Secret
-from cdc_core.turns import write_overlapping
 from cdc_sink_postgres.config import PostgresSinkConfig
 from cdc_sink_postgres.sink import PostgresSink
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_postgres_sink import _batches, _events  # the same table and events
+from bench_postgres_sink import _batches, _events, drop_schema, write_timed  # the same table and events
 
 KINDS = ("insert", "update")
 
@@ -43,20 +38,10 @@ async def run(dsn: str, rows: int, batch: int, early: bool) -> dict[str, float]:
     try:
         await sink.write(_batches(_events("insert", 1, 1), 1)[0])  # DDL, warm-up (not timed)
         for kind, ts in zip(KINDS, (10, 20), strict=True):
-            batches = _batches(_events(kind, rows, ts), batch)
-            gc.collect()
-            gc.freeze()  # prebuilt events: see bench_postgres_sink.py
-            try:
-                start = time.perf_counter()
-                await write_overlapping(sink.write, batches, 2)
-                out[kind] = rows / (time.perf_counter() - start)
-            finally:
-                gc.unfreeze()
+            out[kind], _cpu = await write_timed(sink, _batches(_events(kind, rows, ts), batch), 2, rows)
     finally:
         await sink.close()
-        conn = await asyncpg.connect(dsn)
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
+        await drop_schema(dsn, schema)
     return out
 
 
