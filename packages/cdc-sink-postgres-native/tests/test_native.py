@@ -223,7 +223,7 @@ def test_payload_layout() -> None:
 
 
 def _merge(table: str, types: tuple[str, ...]) -> StagedMerge:
-    return StagedMerge(staging=table, columns=tuple(NAMES[: len(types)]), column_types=types, merge_sql="SELECT 1")
+    return StagedMerge(staging=table, columns=tuple(NAMES[: len(types)]), column_types=types, select_sql="SELECT 1", tail_sql="")
 
 
 async def _copy_in_both_ways(dsn: str, records: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any], int]:

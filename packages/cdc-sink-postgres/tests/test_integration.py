@@ -4,6 +4,7 @@ concurrency, TLS and credentials."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import ipaddress
@@ -26,28 +27,34 @@ from pg_sink_helpers import batch, collections_schema, partition_delete, pos, sc
 from cdc_core.cqltypes import Duration
 from cdc_core.errors import PermanentError, TransientError
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deletion, ElementChange, RangeBound, RangeDeletion
+from cdc_core.positions import Position
 from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
 from cdc_core.secrets import Secret
 from cdc_core.sinks import Batch
 from cdc_core.testing.contract import batches_of, normalise_state
 from cdc_core.testing.model import latest_state
 from cdc_core.testing.strategies import NOW, event_histories, shuffled_with_duplicates
-from cdc_sink_postgres.config import PostgresSinkConfig, SslConfig, TableConfig
+from cdc_sink_postgres.config import DEFAULT_INLINE_MAX_VALUES, PostgresSinkConfig, SslConfig, TableConfig
 from cdc_sink_postgres.sink import PostgresSink
 from cdc_sink_postgres.testing import PostgresHarness
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def harness(pg_dsn: str) -> AsyncIterator[PostgresHarness]:
-    h = PostgresHarness(pg_dsn)
+# Every test with the harness runs twice: merges sent through COPY and a staging table, and sent
+# inline (array parameters; a batch whose turn has come then is one statement).
+INLINE = [0, DEFAULT_INLINE_MAX_VALUES]
+
+
+@pytest.fixture(params=INLINE, ids=["copy", "inline"])
+async def harness(pg_dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[PostgresHarness]:
+    h = PostgresHarness(pg_dsn, config_overrides={"inline_max_values": request.param})
     yield h
     await h.destroy()
 
 
 async def _sink(h: PostgresHarness, **overrides: Any) -> PostgresSink:
-    h.config_overrides = overrides
+    h.config_overrides = {**h.config_overrides, **overrides}
     sink = await h.make_sink()
     assert isinstance(sink, PostgresSink)
     return sink
@@ -241,7 +248,7 @@ async def test_staging_tables_hold_only_the_batch_being_merged(harness: Postgres
     from cdc_sink_postgres.merge import StagedMerge
 
     s = schema("staging", {"pk": "int", "v": "text"})
-    sink = await _sink(harness, pool_min_size=1, pool_max_size=1)  # one session, one staging table
+    sink = await _sink(harness, pool_min_size=1, pool_max_size=1, inline_max_values=0)  # one session, one staging table
     staged: list[int] = []
     merge_staged = StagedMerge.merge_staged
 
@@ -634,7 +641,8 @@ async def test_history_mode_appends_each_event_once(harness: PostgresHarness) ->
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 async def test_history_mode_crash_and_resume_has_no_duplicates_or_gaps(pg_dsn: str, data: st.DataObject) -> None:
-    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"mode": "history"})
+    inline = data.draw(INLINE_CHOICES, label="inline_max_values")
+    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"mode": "history", "inline_max_values": inline})
     table = f"crash_{uuid.uuid4().hex[:8]}"
     s = schema(table, {"pk": "int", "v": "int"})
     events = [upsert(s, {"pk": i % 3}, i, v=i) for i in range(1, 25)]
@@ -687,6 +695,9 @@ async def _crash_and_resume(h: PostgresHarness, batches: list[Batch], data: st.D
 
 # --- latest state: convergence, crashes, concurrency -----------------------------------------
 
+# 0: every merge through COPY; 8: small steps inline, larger ones through COPY, in one batch.
+INLINE_CHOICES = st.sampled_from([0, 8, DEFAULT_INLINE_MAX_VALUES])
+
 
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
@@ -695,7 +706,7 @@ async def test_converges_with_collections_and_clustering(pg_dsn: str, data: st.D
     events = data.draw(event_histories(s, max_events=20), label="history")
     shuffled = data.draw(shuffled_with_duplicates(events), label="arrival")
     sizes = data.draw(st.lists(st.integers(1, 8), min_size=1, max_size=4), label="batch sizes")
-    h = PostgresHarness(pg_dsn)
+    h = PostgresHarness(pg_dsn, config_overrides={"inline_max_values": data.draw(INLINE_CHOICES, label="inline_max_values")})
     try:
         sink = await h.make_sink()
         for b in batches_of(shuffled, sizes):
@@ -711,7 +722,8 @@ async def test_latest_state_crash_and_resume_converges(pg_dsn: str, data: st.Dat
     s = collections_schema()
     events = data.draw(event_histories(s, max_events=16), label="history")
     batches = batches_of(events, data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=3), label="sizes"))
-    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}")
+    inline = data.draw(INLINE_CHOICES, label="inline_max_values")
+    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"inline_max_values": inline})
     try:
         await _crash_and_resume(h, batches, data)
         assert normalise_state(await h.read_state(s, NOW)) == normalise_state(latest_state(events, now=NOW))
@@ -725,7 +737,7 @@ async def test_concurrent_writers_converge(pg_dsn: str, data: st.DataObject) -> 
     """Three agents (replicas) write the same history concurrently, in different orders."""
     s = collections_schema()
     events = data.draw(event_histories(s, max_events=16), label="history")
-    h = PostgresHarness(pg_dsn)
+    h = PostgresHarness(pg_dsn, config_overrides={"inline_max_values": data.draw(INLINE_CHOICES, label="inline_max_values")})
     try:
         sinks = [await h.make_sink() for _ in range(3)]
         orders = [data.draw(st.permutations(events), label=f"order {i}") for i in range(3)]
@@ -790,6 +802,45 @@ async def test_offsets_table_and_positions(harness: PostgresHarness) -> None:
         assert [tuple(r) for r in rows] == [("pg", "n1", 1, e1.position.offset, 0), ("pg", "n2", 1, e2.position.offset, 0)]
     finally:
         await conn.close()
+
+
+async def test_a_batch_whose_turn_has_come_is_one_statement_holding_data_and_offsets(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sent inline, with its turn come, a batch of two tables (rows and a partition deletion) is
+    ONE statement — no transaction, no COPY — and its data and offsets commit or fail together."""
+    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}")
+    try:
+        sink = await _sink(h)
+        s1, s2 = schema("one_a", {"pk": "int", "v": "text"}), schema("one_b", {"pk": "int", "v": "text"})
+        await sink.write(batch([upsert(s1, {"pk": 0}, 1, v="warm"), upsert(s2, {"pk": 0}, 1, v="warm")]))  # the tables exist
+        calls: collections.Counter[str] = collections.Counter()
+        for name in ("execute", "executemany", "fetch", "fetchval", "fetchrow", "copy_to_table", "copy_records_to_table", "transaction"):
+            real = getattr(asyncpg.connection.Connection, name)
+
+            def spy(self: Any, *args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+                calls[_name] += 1
+                return _real(self, *args, **kwargs)
+
+            monkeypatch.setattr(asyncpg.connection.Connection, name, spy)
+        b = batch([upsert(s1, {"pk": 1}, 10, v="a"), partition_delete(s1, {"pk": 0}, 10), upsert(s2, {"pk": 1}, 10, v="b")])
+        await sink.write(b)
+        monkeypatch.undo()
+        assert calls == {"execute": 1}
+        assert sorted((await h.read_state(s1, NOW)).rows) == [(1,)] and sorted((await h.read_state(s2, NOW)).rows) == [(0,), (1,)]
+        assert dict(await sink.committed_positions()) == dict(b.positions)
+        # The server refuses its offsets: none of its data commits either.
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute('ALTER TABLE cdc_test.cdc_offsets ADD CONSTRAINT below_a_million CHECK ("offset" < 1000000)')
+        finally:
+            await conn.close()
+        refused = batch([upsert(s1, {"pk": 2}, 10, v="never"), upsert(s2, {"pk": 2}, 10, v="never")])
+        refused = attrs.evolve(refused, positions={"n1": Position(node="n1", segment_id=1, offset=10**7, index=0)})
+        with pytest.raises(PermanentError, match="below_a_million"):
+            await sink.write(refused)
+        assert sorted((await h.read_state(s1, NOW)).rows) == [(1,)] and sorted((await h.read_state(s2, NOW)).rows) == [(0,), (1,)]
+        assert dict(await sink.committed_positions()) == dict(b.positions)
+    finally:
+        await h.destroy()
 
 
 def _password(dsn: str) -> str | None:

@@ -22,6 +22,7 @@ from cdc_core.testing.contract import batches_of, normalise_state
 from cdc_core.testing.model import latest_state
 from cdc_core.testing.strategies import NOW, event_histories
 from cdc_core.turns import Turns, write_overlapping
+from cdc_sink_postgres.config import DEFAULT_INLINE_MAX_VALUES
 from cdc_sink_postgres.sink import PostgresSink
 from cdc_sink_postgres.testing import PostgresHarness
 
@@ -30,11 +31,24 @@ pytestmark = pytest.mark.integration
 S = schema("overlap", {"pk": "int", "v": "text"})
 
 
-@pytest.fixture
-async def harness(pg_dsn: str) -> AsyncIterator[PostgresHarness]:
-    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}")
+# Each test runs with merges sent through COPY and a staging table, and sent inline (array
+# parameters: nothing is staged before the turn).
+@pytest.fixture(params=[0, DEFAULT_INLINE_MAX_VALUES], ids=["copy", "inline"])
+async def harness(pg_dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[PostgresHarness]:
+    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"inline_max_values": request.param})
     yield h
     await h.destroy()
+
+
+def _staged_only(h: PostgresHarness, state: str, query: str) -> bool:
+    """A write waiting with nothing merged: its transaction open and idle, its last statement the
+    COPY into its staging table, or with merges sent inline its BEGIN or prelude (no INSERT)."""
+    if h.config_overrides["inline_max_values"]:
+        return state == "idle in transaction" and "INSERT" not in query.upper()
+    return state == "idle in transaction" and query.startswith("COPY")
+
+
+INLINE_CHOICES = st.sampled_from([0, 8, DEFAULT_INLINE_MAX_VALUES])
 
 
 async def _sink(h: PostgresHarness) -> PostgresSink:
@@ -86,17 +100,22 @@ async def test_the_next_batch_stages_before_its_turn_and_commits_after_it(harnes
 
     sink._run_all = run_all  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(sink.write(_gated(second, gate, waiting)))
-    await asyncio.wait_for(waiting.wait(), 10)
-    # Waiting for its turn: its rows are staged in its open transaction, nothing is visible.
-    state, query = await _last_statement(harness.dsn, pids[-1])
-    assert state == "idle in transaction" and query.startswith("COPY"), (state, query)
-    visible, offsets = await _visible(harness.dsn, sink.name)
-    assert 2 not in visible and offsets["n1"] < second.positions["n1"].offset
-    # The batch before it is written meanwhile on another connection, then the turn comes.
-    await sink.write(first)
-    assert (await _visible(harness.dsn, sink.name))[0] == {0, 1}
-    gate.set()
-    await asyncio.wait_for(task, 10)
+    try:
+        await asyncio.wait_for(waiting.wait(), 10)
+        # Waiting for its turn: its rows are staged in its open transaction, nothing is visible.
+        state, query = await _last_statement(harness.dsn, pids[-1])
+        assert _staged_only(harness, state, query), (state, query)
+        visible, offsets = await _visible(harness.dsn, sink.name)
+        assert 2 not in visible and offsets["n1"] < second.positions["n1"].offset
+        # The batch before it is written meanwhile on another connection, then the turn comes.
+        await sink.write(first)
+        assert (await _visible(harness.dsn, sink.name))[0] == {0, 1}
+        gate.set()
+        await asyncio.wait_for(task, 10)
+    finally:  # nothing left waiting (the sink must be able to close)
+        gate.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     visible, offsets = await _visible(harness.dsn, sink.name)
     assert visible == {0, 1, 2} and offsets == {"n1": second.positions["n1"].offset}
 
@@ -128,7 +147,10 @@ async def test_overlapping_writes_of_one_history_converge(pg_dsn: str, data: st.
     events = data.draw(event_histories(s, max_events=24), label="history")
     sizes = data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=4), label="sizes")
     overlap = data.draw(st.integers(2, 3), label="overlap")
-    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"overlapping_writes": overlap})
+    inline = data.draw(INLINE_CHOICES, label="inline_max_values")
+    h = PostgresHarness(
+        pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"overlapping_writes": overlap, "inline_max_values": inline}
+    )
     try:
         sink = await h.make_sink()
         batches = batches_of(events, sizes)
@@ -145,8 +167,8 @@ async def test_overlapping_writes_of_one_history_converge(pg_dsn: str, data: st.
 @given(data=st.data())
 async def test_more_writes_in_flight_than_connections_and_retries_converge(pg_dsn: str, data: st.DataObject) -> None:
     """Up to three writes in flight on a pool of one or two connections, some batches failing
-    once just before their offsets (their connection given back, the batches after them already
-    folded or holding a connection) and retried in place as the engine does: no write hangs, and
+    once just before their offsets, or their one statement (their connection given back, the
+    batches after them already folded or holding a connection) and retried in place as the engine does: no write hangs, and
     the state and offsets are the model's."""
     s = collections_schema()
     events = data.draw(event_histories(s, max_events=24), label="history")
@@ -158,7 +180,12 @@ async def test_more_writes_in_flight_than_connections_and_retries_converge(pg_ds
     h = PostgresHarness(
         pg_dsn,
         sink_name=f"pg_{uuid.uuid4().hex[:8]}",
-        config_overrides={"overlapping_writes": overlap, "pool_max_size": pool, "pool_min_size": 1},
+        config_overrides={
+            "overlapping_writes": overlap,
+            "pool_max_size": pool,
+            "pool_min_size": 1,
+            "inline_max_values": data.draw(INLINE_CHOICES, label="inline_max_values"),
+        },
     )
     try:
         sink = await h.make_sink()
@@ -174,6 +201,15 @@ async def test_more_writes_in_flight_than_connections_and_retries_converge(pg_ds
             await store(conn, name, positions)
 
         sink.offsets.store = flaky_store  # type: ignore[method-assign,assignment]
+        single = sink._single_statement
+
+        def flaky_single(steps: Any, b: Batch) -> Any:  # a batch whose turn has come: one statement
+            if id(b.positions) in to_fail:
+                to_fail.discard(id(b.positions))
+                raise TransientError("injected: connection lost")
+            return single(steps, b)
+
+        sink._single_statement = flaky_single  # type: ignore[method-assign,assignment]
 
         async def write(b: Batch) -> Any:
             try:
@@ -206,7 +242,8 @@ async def _backend(dsn: str, application_pid: int) -> tuple[str, str | None, str
 
 class _Held:
     """Holds chosen batches of a sink just before they store their offsets (their merges done,
-    their transaction and advisory lock held), and records each write's server pid."""
+    their transaction and advisory lock held), and records the server pid of each write that
+    runs in a transaction."""
 
     def __init__(self, sink: PostgresSink, held: list[Batch]) -> None:
         self.sink = sink
@@ -228,6 +265,10 @@ class _Held:
 
         sink.offsets.store = stored  # type: ignore[method-assign,assignment]
         sink._run_all = ran  # type: ignore[method-assign,assignment]
+        # A held batch is written in a transaction even when its turn has come (else, sent
+        # inline, it would be one statement: nothing to hold it in).
+        single = sink._single_statement
+        sink._single_statement = lambda steps, b: None if b.batch_id in held_ids else single(steps, b)  # type: ignore[method-assign,assignment]
         assert held_ids
 
 
@@ -318,7 +359,7 @@ async def test_a_batch_sharing_rows_with_an_earlier_one_merges_only_in_its_turn(
             if pid is None:
                 return False
             state, _, query = await _backend(harness.dsn, pid)
-            return state == "idle in transaction" and query.startswith("COPY")
+            return _staged_only(harness, state, query)
 
         await _wait_for(staged_and_idle)  # staged, not merged: it would wait on the first one's row
         held.gate.set()

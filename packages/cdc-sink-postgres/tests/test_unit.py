@@ -177,6 +177,29 @@ def test_generated_sql_quotes_every_identifier() -> None:
     assert '"sch""ema"."ks_we""ird__state"' in statements[0]
 
 
+def test_inline_merge_reads_the_same_columns_from_array_parameters() -> None:
+    s = schema('we"ird', {"pk": "int", "ck": "text", "v": "decimal", "fl": "frozen<list<int>>"}, ck=("ck",))
+    layout = TableLayout.from_schema(s, pg_schema="cdc", base="ks_t")
+    merges = latest_state_merges(layout)
+    pdel = merges.partition_deletions
+    # The staged statement and the inline one differ only in their source.
+    assert pdel.merge_sql.replace(' FROM "' + pdel.staging + '" s ', " FROM <src> s ") == pdel.inline_sql(4).replace(
+        ' FROM unnest($4::integer[], $5::bigint[]) AS s("pk", "ts") ', " FROM <src> s "
+    )
+    assert pdel.inlinable and pdel.sends_inline(2048, 4096) and not pdel.sends_inline(2049, 4096) and not pdel.sends_inline(1, 0)
+    # A frozen list stages as an array: unnest would flatten it, so those rows go through COPY.
+    assert "integer[]" in merges.rows.column_types and not merges.rows.inlinable and not merges.rows.sends_inline(1, 4096)
+    assert 'we"ird' not in merges.rows.inline_sql().replace('we""ird', "")
+
+
+@given(st.lists(st.tuples(st.none() | st.text(), st.none() | st.integers()), min_size=1))
+def test_inline_args_are_the_records_column_by_column(records: list[tuple[Any, ...]]) -> None:
+    s = schema("t", {"pk": "text", "ck": "bigint", "v": "text"}, ck=("ck",))
+    merge = latest_state_merges(TableLayout.from_schema(s, pg_schema="cdc", base="ks_t")).partition_deletions
+    columns = merge.inline_args(records)
+    assert len(columns) == len(merge.columns) and [tuple(r) for r in zip(*columns, strict=True)] == records
+
+
 def test_config_is_strict_and_secret_stays_hidden() -> None:
     conv = cattrs.Converter(forbid_extra_keys=True)
     conv.register_structure_hook(Secret, lambda v, _: Secret(v))

@@ -71,12 +71,13 @@ class HistoryTable:
         types = tuple(t.replace(" NOT NULL", "") for _, t in cols)
         staging = pg_name(f"cdc_stage_{self.layout.signature}_hist")
         col_list = ", ".join(q(n) for n in names)
-        sql = (
-            f"INSERT INTO {self.layout.q(self.layout.history_table)} ({col_list}) "
-            f"SELECT {col_list} FROM {q(staging)} ORDER BY {', '.join(q(c) for c in self.primary_key())} "
-            "ON CONFLICT DO NOTHING"
+        return StagedMerge(
+            staging=staging,
+            columns=names,
+            column_types=types,
+            select_sql=f"INSERT INTO {self.layout.q(self.layout.history_table)} ({col_list}) SELECT {col_list}",
+            tail_sql=f"ORDER BY {', '.join(q(c) for c in self.primary_key())} ON CONFLICT DO NOTHING",
         )
-        return StagedMerge(staging=staging, columns=names, column_types=types, merge_sql=sql)
 
     def record(self, event: ChangeEvent) -> tuple[Any, ...]:
         """The row of ``event``; raises :class:`ValueRejected` if it cannot be stored."""

@@ -41,7 +41,39 @@ class StagedMerge:
     staging: str  # unqualified temp table name
     columns: tuple[str, ...]
     column_types: tuple[str, ...]
-    merge_sql: str
+    # The merge is ``{select_sql} FROM <source> s {tail_sql}``: its source is the staging table,
+    # or ``unnest`` of one array parameter per staging column (inline_sql).
+    select_sql: str
+    tail_sql: str
+
+    @property
+    def merge_sql(self) -> str:
+        return f"{self.select_sql} FROM {q(self.staging)} s {self.tail_sql}"
+
+    @property
+    def inlinable(self) -> bool:
+        """Whether records can be sent inline: no array among the staging types (``unnest`` of
+        several arrays flattens a multi-dimensional one)."""
+        return not any(t.endswith("]") for t in self.column_types)
+
+    def sends_inline(self, records: int, max_values: int) -> bool:
+        """Whether a step of ``records`` records is sent inline: up to ``max_values`` values
+        (records × staged columns; the sink's ``inline_max_values``)."""
+        return self.inlinable and records * len(self.columns) <= max_values
+
+    def inline_sql(self, first: int = 1) -> str:
+        """The merge reading its records from array parameters ``$first``, ``$first+1`` … (one
+        per staging column, :meth:`inline_args`) instead of the staging table."""
+        arrays = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(self.column_types))
+        return f"{self.select_sql} FROM unnest({arrays}) AS s({', '.join(q(c) for c in self.columns)}) {self.tail_sql}"
+
+    def inline_args(self, records: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        """``records`` as the array parameters of :meth:`inline_sql`, one per column."""
+        return [list(column) for column in zip(*records, strict=True)]
+
+    async def merge_inline(self, conn: Any, records: Sequence[Sequence[Any]]) -> None:
+        """Merge ``records`` sent inline (no staging table, one round trip)."""
+        await conn.execute(self.inline_sql(), *self.inline_args(records))
 
     @property
     def create_sql(self) -> str:
@@ -175,12 +207,13 @@ def _row_merge(
     if not deletion:
         sets = [s for s in sets if not s.startswith(f"{q(DELETED_TS)} =")]
     action = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
-    sql = (
-        f"INSERT INTO {layout.q(target)} AS t ({', '.join(q(n) for n in names)}) "
-        f"SELECT {', '.join(select)} FROM {q(staging)} s ORDER BY {', '.join(f's.{q(c.ident)}' for c in keys)} "
-        f"ON CONFLICT ({key_list}) {action}"
+    return StagedMerge(
+        staging=staging,
+        columns=tuple(staged_names),
+        column_types=tuple(staged_types),
+        select_sql=f"INSERT INTO {layout.q(target)} AS t ({', '.join(q(n) for n in names)}) SELECT {', '.join(select)}",
+        tail_sql=f"ORDER BY {', '.join(f's.{q(c.ident)}' for c in keys)} ON CONFLICT ({key_list}) {action}",
     )
-    return StagedMerge(staging=staging, columns=tuple(staged_names), column_types=tuple(staged_types), merge_sql=sql)
 
 
 class RowMergeShapes:
@@ -213,12 +246,14 @@ def _partition_deletions_merge(layout: TableLayout) -> StagedMerge:
     types = [c.staging_sql for c in keys] + ["bigint"]
     staging = pg_name(f"cdc_stage_{layout.signature}_pdel")
     key_list = ", ".join(q(c.ident) for c in keys)
-    sql = (
-        f"INSERT INTO {layout.q(layout.partition_deletions)} AS t ({', '.join(q(n) for n in names)}) "
-        f"SELECT {', '.join([_cast(c, f's.{q(c.ident)}') for c in keys] + ['s.ts'])} FROM {q(staging)} s ORDER BY {key_list} "
-        f"ON CONFLICT ({key_list}) DO UPDATE SET ts = greatest(t.ts, excluded.ts)"
+    return StagedMerge(
+        staging=staging,
+        columns=tuple(names),
+        column_types=tuple(types),
+        select_sql=f"INSERT INTO {layout.q(layout.partition_deletions)} AS t ({', '.join(q(n) for n in names)}) "
+        f"SELECT {', '.join([_cast(c, f's.{q(c.ident)}') for c in keys] + ['s.ts'])}",
+        tail_sql=f"ORDER BY {key_list} ON CONFLICT ({key_list}) DO UPDATE SET ts = greatest(t.ts, excluded.ts)",
     )
-    return StagedMerge(staging=staging, columns=tuple(names), column_types=tuple(types), merge_sql=sql)
 
 
 def range_columns(layout: TableLayout) -> list[tuple[str, str, ColumnLayout | None]]:
@@ -235,12 +270,14 @@ def _range_deletions_merge(layout: TableLayout) -> StagedMerge:
     staging = pg_name(f"cdc_stage_{layout.signature}_rdel")
     key_list = ", ".join([q(c.ident) for c in layout.partition_key] + [q("#bounds")])
     select = [_cast(owner, f"s.{q(n)}") if owner is not None else f"s.{q(n)}" for n, _, owner in cols]
-    sql = (
-        f"INSERT INTO {layout.q(layout.range_deletions)} AS t ({', '.join(q(n) for n, _, _ in cols)}) "
-        f"SELECT {', '.join(select)} FROM {q(staging)} s ORDER BY {key_list} "
-        f"ON CONFLICT ({key_list}) DO UPDATE SET ts = greatest(t.ts, excluded.ts)"
+    return StagedMerge(
+        staging=staging,
+        columns=tuple(n for n, _, _ in cols),
+        column_types=tuple(t for _, t, _ in cols),
+        select_sql=f"INSERT INTO {layout.q(layout.range_deletions)} AS t ({', '.join(q(n) for n, _, _ in cols)}) "
+        f"SELECT {', '.join(select)}",
+        tail_sql=f"ORDER BY {key_list} ON CONFLICT ({key_list}) DO UPDATE SET ts = greatest(t.ts, excluded.ts)",
     )
-    return StagedMerge(staging=staging, columns=tuple(n for n, _, _ in cols), column_types=tuple(t for _, t, _ in cols), merge_sql=sql)
 
 
 @attrs.frozen(kw_only=True)

@@ -35,19 +35,22 @@ class OffsetTable:
             "idx = excluded.idx, updated_at = now()"
         )
 
-    async def store(self, conn: Any, sink: str, positions: Mapping[str, Position]) -> None:
-        """Upsert ``positions`` (call inside the batch's transaction)."""
-        if not positions:
-            return
+    @staticmethod
+    def upsert_args(sink: str, positions: Mapping[str, Position]) -> list[Any]:
+        """The arguments of :attr:`upsert_sql` ($1 … $5) for ``positions``."""
         nodes = sorted(positions)
-        await conn.execute(
-            self.upsert_sql,
+        return [
             sink,
             nodes,
             [positions[n].segment_id for n in nodes],
             [positions[n].offset for n in nodes],
             [positions[n].index for n in nodes],
-        )
+        ]
+
+    async def store(self, conn: Any, sink: str, positions: Mapping[str, Position]) -> None:
+        """Upsert ``positions`` (call inside the batch's transaction)."""
+        if positions:
+            await conn.execute(self.upsert_sql, *self.upsert_args(sink, positions))
 
     async def load(self, conn: Any, sink: str) -> dict[str, Position]:
         rows = await conn.fetch(f'SELECT node, segment_id, "offset", idx FROM {self.name} WHERE sink = $1', sink)

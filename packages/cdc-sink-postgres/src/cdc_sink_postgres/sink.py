@@ -20,7 +20,7 @@ import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
@@ -348,16 +348,22 @@ class PostgresSink:
                 work, rejected = await self._fold_all(groups)
             if flight is not None:
                 flight.footprint = _footprint(work)
-            steps = await _encoded(self._steps_of(work))
+            steps = await _encoded(self._steps_of(work), self.config.inline_max_values)
             # Events refused in Python reach the DLQ before anything commits (Batch.dead_letter).
             await _dead_letter(batch, rejected)
             slot = await self._early_slots.take(batch)
             async with self._acquire() as conn:
                 try:
-                    async with conn.transaction():
-                        created = await self._run_all(conn, steps, batch, flight, slot)
-                        await self.offsets.store(conn, self.name, batch.positions)
-                    self._staging_created(conn).update(created)
+                    single = self._single_statement(steps, batch) if _due(batch) else None
+                    if single is not None:
+                        await batch.wait_turn()  # (due: returns at once, or raises if the previous write failed)
+                        slot.release()
+                        await conn.execute(*single)
+                    else:
+                        async with conn.transaction():
+                            created = await self._run_all(conn, steps, batch, flight, slot)
+                            await self.offsets.store(conn, self.name, batch.positions)
+                        self._staging_created(conn).update(created)
                 except Exception as exc:
                     if not is_bisectable(exc):
                         raise
@@ -478,8 +484,9 @@ class PostgresSink:
         no write pending before this one can want the same rows (cdc_sink_postgres.overlap);
         this one then waits in the server for their transactions to end, and for its turn."""
         known = self._staging_created(conn)
-        missing = {m.staging: m.create_sql for m, _, _ in steps if m.staging not in known}
-        uses = Counter(m.staging for m, _, _ in steps)
+        staged = [step for step in steps if not step.inline]
+        missing = {step.merge.staging: step.merge.create_sql for step in staged if step.merge.staging not in known}
+        uses = Counter(step.merge.staging for step in staged)
         # One round trip: the write's advisory lock (_hold), and its staging tables created where
         # missing and emptied of what the last transaction of this session that used them
         # committed (StagedMerge).
@@ -494,9 +501,9 @@ class PostgresSink:
             flight.locked = True
         # A staging table two steps share (two tables of one shape) is filled after the turn, once
         # the first step's merge has read it.
-        early = {i for i, (m, records, _) in enumerate(steps) if uses[m.staging] == 1 and records}
+        early = {i for i, step in enumerate(steps) if not step.inline and uses[step.merge.staging] == 1 and step.records}
         for i in sorted(early):
-            merge, records, payload = steps[i]
+            merge, records, payload, _ = steps[i]
             await merge.copy_in(conn, records, payload)
         locks = self._flights.early_locks(batch.turn, flight) if flight is not None and isinstance(batch.turn, Turn) else None
         if locks is None:
@@ -504,7 +511,10 @@ class PostgresSink:
             if slot is not None:
                 slot.release()
         used: set[str] = set()
-        for i, (merge, records, payload) in enumerate(steps):
+        for i, (merge, records, payload, inline) in enumerate(steps):
+            if inline:
+                await merge.merge_inline(conn, records)
+                continue
             if i in early:
                 await merge.merge_staged(conn)
             else:
@@ -519,6 +529,26 @@ class PostgresSink:
             if slot is not None:
                 slot.release()
         return set(missing)
+
+    def _single_statement(self, steps: Sequence[_Step], batch: Batch) -> tuple[Any, ...] | None:
+        """The whole batch as ONE statement, atomic on its own (its implicit transaction holds
+        the data and the offsets): each merge sent inline and the offsets upsert, all but the
+        last as data-modifying CTEs (each writes other relations; PostgreSQL runs every one of
+        them). One round trip, where a transaction takes at least four. For a batch whose turn
+        has come (nothing to do before it) and whose every step is sent inline; else None.
+        Returns the statement and its arguments."""
+        if not steps or not all(step.inline for step in steps):
+            return None
+        parts: list[str] = []
+        args: list[Any] = []
+        if batch.positions:
+            parts.append(self.offsets.upsert_sql)
+            args += self.offsets.upsert_args(self.name, batch.positions)
+        for merge, records, _, _ in steps:
+            parts.append(merge.inline_sql(len(args) + 1))
+            args += merge.inline_args(records)
+        ctes = ", ".join(f'"#write{i}" AS ({sql})' for i, sql in enumerate(parts[:-1]))
+        return (f"WITH {ctes} {parts[-1]}" if ctes else parts[-1], *args)
 
     def _steps(self, target: TableTarget, prepared: Any) -> list[tuple[StagedMerge, Sequence[Sequence[Any]]]]:
         """(merge, records) of one table's prepared batch, in the order they must run."""
@@ -623,14 +653,25 @@ class PostgresSink:
             await merge.run(conn, records)
 
 
-# (merge, records, the records' binary COPY payload or None: asyncpg encodes them)
-_Step = tuple[StagedMerge, Sequence[Sequence[Any]], Payload | None]
+class _Step(NamedTuple):
+    """One merge of a batch and its records, ready to send."""
+
+    merge: StagedMerge
+    records: Sequence[Sequence[Any]]
+    payload: Payload | None  # the records' binary COPY payload; None: asyncpg encodes them
+    inline: bool  # sent inline, as array parameters (StagedMerge.sends_inline): no staging, no payload
 
 
-async def _encoded(steps: Sequence[tuple[StagedMerge, Sequence[Sequence[Any]]]]) -> list[_Step]:
-    """``steps`` with their COPY payloads, encoded before the write takes a connection (the
-    accelerator's, in slices; see cdc_sink_postgres.native)."""
-    return [(merge, records, await encode_copy_sliced(records, merge.column_types) if records else None) for merge, records in steps]
+async def _encoded(steps: Sequence[tuple[StagedMerge, Sequence[Sequence[Any]]]], inline_max_values: int) -> list[_Step]:
+    """``steps`` ready to send: the COPY payloads of those not sent inline, encoded before the
+    write takes a connection (the accelerator's, in slices; see cdc_sink_postgres.native)."""
+    out: list[_Step] = []
+    for merge, records in steps:
+        if merge.sends_inline(len(records), inline_max_values):
+            out.append(_Step(merge, records, None, True))
+        else:
+            out.append(_Step(merge, records, await encode_copy_sliced(records, merge.column_types) if records else None, False))
+    return out
 
 
 async def _stepwise(steps: Generator[None, None, T]) -> T:
@@ -649,6 +690,11 @@ async def _keep_session(conn: Any) -> None:
     round trip per batch and undoes nothing the sink does: it takes transaction-level advisory
     locks only, opens no cursor, listens to nothing, and sets its session settings at connect
     time (what ``RESET ALL`` would return to anyway); its staging tables are meant to stay."""
+
+
+def _due(batch: Batch) -> bool:
+    """The batch's turn has come (``Batch.wait_turn`` returns at once)."""
+    return batch.turn is None or (isinstance(batch.turn, Turn) and batch.turn.due)
 
 
 def _footprint(work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> dict[str, Any] | None:
