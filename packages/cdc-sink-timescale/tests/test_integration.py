@@ -25,6 +25,7 @@ from cdc_core.sinks import Batch, Sink
 from cdc_core.testing.contract import batches_of, normalise_state
 from cdc_core.testing.model import latest_state
 from cdc_core.testing.strategies import NOW, event_histories, shuffled_with_duplicates, table_schemas
+from cdc_sink_postgres.config import DEFAULT_INLINE_MAX_VALUES
 from cdc_sink_timescale.config import CompressionConfig, RetentionConfig, TimescaleTableConfig
 from cdc_sink_timescale.sink import TimescaleSink
 from cdc_sink_timescale.testing import TimescaleHarness
@@ -254,6 +255,9 @@ def _time_keyed_schema() -> TableSchema:
 
 
 LATEST = {"time_column": "ts", "chunk_interval": "3650 days"}
+# The inherited merges, through COPY (0), small steps inline and larger ones through COPY (8), or
+# mostly inline (the default; a batch whose turn has come is then one statement).
+INLINE_CHOICES = st.sampled_from([0, 8, DEFAULT_INLINE_MAX_VALUES])
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
@@ -263,7 +267,7 @@ async def test_latest_state_on_a_time_keyed_hypertable_converges(timescale_dsn: 
     events = data.draw(event_histories(s, max_events=16), label="history")
     arrival = data.draw(shuffled_with_duplicates(events), label="arrival")
     sizes = data.draw(st.lists(st.integers(1, 6), min_size=1, max_size=3), label="batch sizes")
-    h = TimescaleHarness(timescale_dsn, config_overrides=LATEST)
+    h = TimescaleHarness(timescale_dsn, config_overrides=LATEST | {"inline_max_values": data.draw(INLINE_CHOICES, label="inline")})
     try:
         assert h.config().spec_for(s).mode == "latest"
         sink = await h.make_sink()
@@ -292,7 +296,13 @@ async def test_latest_state_converges_on_random_time_keyed_hypertables(timescale
     arrival = data.draw(shuffled_with_duplicates(events), label="arrival")
     sizes = data.draw(st.lists(st.integers(1, 6), min_size=1, max_size=4), label="batch sizes")
     h = TimescaleHarness(
-        timescale_dsn, config_overrides={"time_column": "ck0", "integer_chunk_interval": 1000, "chunk_interval": "3650 days"}
+        timescale_dsn,
+        config_overrides={
+            "time_column": "ck0",
+            "integer_chunk_interval": 1000,
+            "chunk_interval": "3650 days",
+            "inline_max_values": data.draw(INLINE_CHOICES, label="inline"),
+        },
     )
     try:
         assert h.config().spec_for(s).mode == "latest"
@@ -337,7 +347,8 @@ async def test_crash_and_resume_latest_state(timescale_dsn: str, data: st.DataOb
     s = _time_keyed_schema()
     events = data.draw(event_histories(s, max_events=14), label="history")
     batches = batches_of(events, data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=3), label="sizes"))
-    h = TimescaleHarness(timescale_dsn, sink_name=f"ts_{uuid.uuid4().hex[:8]}", config_overrides=LATEST)
+    inline = data.draw(INLINE_CHOICES, label="inline")
+    h = TimescaleHarness(timescale_dsn, sink_name=f"ts_{uuid.uuid4().hex[:8]}", config_overrides=LATEST | {"inline_max_values": inline})
     try:
         await _crash_and_resume(h, batches, data.draw(st.lists(st.integers(0, 40), max_size=4), label="cancel points"))
         assert normalise_state(await h.read_state(s, NOW)) == normalise_state(latest_state(events, now=NOW))
@@ -352,7 +363,12 @@ async def test_crash_and_resume_history_has_no_duplicates_or_gaps(timescale_dsn:
     s = table(name, {"pk": "int", "v": "int"})
     events = [write(s, {"pk": i % 3}, micros(T0) + i * 60_000_000, v=i) for i in range(1, 25)]
     batches = batches_of(events, data.draw(st.lists(st.integers(1, 7), min_size=1, max_size=3), label="sizes"))
-    h = TimescaleHarness(timescale_dsn, sink_name=f"ts_{uuid.uuid4().hex[:8]}", config_overrides={"chunk_interval": "10 minutes"})
+    inline = data.draw(INLINE_CHOICES, label="inline")
+    h = TimescaleHarness(
+        timescale_dsn,
+        sink_name=f"ts_{uuid.uuid4().hex[:8]}",
+        config_overrides={"chunk_interval": "10 minutes", "inline_max_values": inline},
+    )
     try:
         await _crash_and_resume(h, batches, data.draw(st.lists(st.integers(0, 40), max_size=4), label="cancel points"))
         rows = await _fetch(timescale_dsn, f'SELECT cdc_offset FROM cdc_test."ks_{name}" ORDER BY cdc_write_time')

@@ -11,6 +11,7 @@ from ts_helpers import table
 from cdc_core.config import structure_component
 from cdc_core.errors import ConfigError
 from cdc_core.secrets import Secret
+from cdc_sink_postgres.config import PostgresSinkConfig
 from cdc_sink_postgres.layout import TableLayout
 from cdc_sink_timescale.config import WRITE_TIME, CompressionConfig, RetentionConfig, TimescaleSinkConfig, TimescaleTableConfig
 from cdc_sink_timescale.ddl import TimescaleDdl, TimescaleHistoryTable
@@ -122,8 +123,9 @@ def test_postgres_config_carries_connection_and_names() -> None:
     pg = c.postgres_config()
     assert (pg.schema, pg.pool_max_size, pg.destination_name("ks", "readings"), pg.destination_name("ks", "x")) == ("m", 2, "r", "x")
     assert pg.dsn.reveal() == "postgresql://x@h/db"
-    tuned = cfg(overlapping_writes=3, early_merge=False, server_settings={"work_mem": "256MB"}).postgres_config()
-    assert (tuned.overlapping_writes, tuned.early_merge) == (3, False)
+    tuned = cfg(overlapping_writes=3, early_merge=False, inline_max_values=0, server_settings={"work_mem": "256MB"}).postgres_config()
+    assert (tuned.overlapping_writes, tuned.early_merge, tuned.inline_max_values) == (3, False, 0)
+    assert c.postgres_config().inline_max_values == PostgresSinkConfig(dsn=c.dsn).inline_max_values > 0
     assert tuned.session_settings() == {"work_mem": "256MB", "temp_buffers": "64MB"}
 
 

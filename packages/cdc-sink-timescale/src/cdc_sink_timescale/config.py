@@ -43,7 +43,7 @@ import attrs
 from cdc_core.errors import ConfigError
 from cdc_core.schema import ColumnKind, TableSchema
 from cdc_core.secrets import Secret
-from cdc_sink_postgres.config import PostgresSinkConfig, SslConfig, TableConfig
+from cdc_sink_postgres.config import DEFAULT_INLINE_MAX_VALUES, PostgresSinkConfig, SslConfig, TableConfig
 
 __all__ = [
     "INTEGER_TIME_TYPES",
@@ -166,6 +166,7 @@ class TimescaleSinkConfig:
     application_name: str = "cdc"
     overlapping_writes: int = attrs.field(default=2, validator=attrs.validators.ge(1))
     early_merge: bool = True
+    inline_max_values: int = attrs.field(default=DEFAULT_INLINE_MAX_VALUES, validator=attrs.validators.ge(0))
     server_settings: dict[str, str] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -331,6 +332,7 @@ class TimescaleSinkConfig:
             application_name=self.application_name,
             overlapping_writes=self.overlapping_writes,
             early_merge=self.early_merge,
+            inline_max_values=self.inline_max_values,
             server_settings=dict(self.server_settings),
         )
 
