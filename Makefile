@@ -60,6 +60,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy $(foreach p,$(PACKAGES),$(p)/src) $(EXAMPLE_PLUGIN)/src
+	$(BIN)/mypy bench
 	@# Test folders one by one: each has its own conftest.py, which mypy would see as one module.
 	@for d in $(foreach p,$(PACKAGES),$(p)/tests) $(wildcard $(addsuffix /tests,$(NATIVE_PACKAGES))) $(wildcard tests/*/) $(EXAMPLE_PLUGIN)/tests conftest.py; do \
 		case $$d in tests/thirdparty/) continue;; esac; \
