@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 ROOT=${CDC_ISOLATION_DIR:-$HOME/.cache/cdc-isolation}
-TOOLS=(pytest pytest-asyncio hypothesis)
+TOOLS=(pytest pytest-asyncio pytest-timeout hypothesis)
 
 check() {  # name component-kind component-name install-args...
   local name=$1 kind=$2 component=$3; shift 3
