@@ -183,6 +183,50 @@ async def test_every_cql_type_round_trips(harness: PostgresHarness) -> None:
         await conn.close()
 
 
+async def test_every_type_not_staged_as_an_array_round_trips_inline(harness: PostgresHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The types a merge can send inline (every staged type but arrays: frozen lists and sets,
+    vectors) round-trip through array parameters exactly as through COPY; in the inline run the
+    row merge is really sent inline."""
+    from cdc_sink_postgres.layout import TableLayout
+    from cdc_sink_postgres.merge import StagedMerge
+
+    every = {"pk": "int"} | {n: t for n, (t, _) in ALL_TYPES.items()} | {n: t for n, (t, _, _) in COLLECTIONS.items()}
+    layout = TableLayout.from_schema(schema("probe", every), pg_schema=harness.schema, base="probe")
+    scalar = {c.name for c in layout.columns if not c.staging_sql.endswith("]")}
+    assert {"c_decimal", "c_duration", "c_tuple", "c_fudt", "c_fmap", "c_inet4", "m_map"} <= scalar
+    s = schema("alltypes_inline", {n: t for n, t in every.items() if n in scalar})
+    values: dict[str, Any] = {n: v for n, (_, v) in ALL_TYPES.items() if n in scalar}
+    values |= {n: c for n, (_, c, _) in COLLECTIONS.items() if n in scalar}
+    inline: list[str] = []
+    merge_inline = StagedMerge.merge_inline
+
+    async def counting(self: StagedMerge, conn: Any, records: Any) -> None:
+        inline.append(self.staging)
+        await merge_inline(self, conn, records)
+
+    monkeypatch.setattr(StagedMerge, "merge_inline", counting)
+    single = PostgresSink._single_statement
+
+    def counting_single(self: PostgresSink, steps: Any, b: Batch) -> Any:
+        statement = single(self, steps, b)
+        if statement is not None:
+            inline.append("one statement")
+        return statement
+
+    monkeypatch.setattr(PostgresSink, "_single_statement", counting_single)
+    sink = await harness.make_sink()
+    result = await sink.write(batch([upsert(s, {"pk": 1}, 10, **values)]))
+    assert not result.rejected, [r.error for r in result.rejected]
+    assert bool(inline) == (harness.config_overrides["inline_max_values"] > 0), inline
+    row = (await harness.read_state(s, NOW)).rows[(1,)]
+    for name, (_, expected) in ALL_TYPES.items():
+        if name in scalar:
+            assert _same(row[name], expected), (name, row[name], expected)
+    for name, (_, _, expected) in COLLECTIONS.items():
+        if name in scalar:
+            assert row[name] == expected, (name, row[name], expected)
+
+
 # --- rejection (DLQ) -------------------------------------------------------------------------
 
 
