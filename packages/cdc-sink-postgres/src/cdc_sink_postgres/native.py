@@ -28,7 +28,6 @@ __all__ = [
     "encode_copy",
     "encode_copy_sliced",
     "native_module",
-    "one_chunk",
     "pieces",
 ]
 
@@ -204,12 +203,7 @@ async def encode_copy_sliced(
 
 
 async def pieces(payload: Payload) -> AsyncIterator[bytes | memoryview]:
-    """The pieces of a payload as the async iterable ``copy_to_table`` sends piece by piece."""
+    """The pieces of a payload as the async iterable ``copy_to_table`` sends piece by piece
+    (bytes alone would be taken for a file path)."""
     for piece in payload:
         yield piece
-
-
-async def one_chunk(payload: bytes) -> AsyncIterator[bytes]:
-    """``payload`` as the async iterable ``copy_to_table`` sends as it is (bytes alone would be
-    taken for a file path)."""
-    yield payload

@@ -36,7 +36,7 @@ from typing import Any
 from cdc_core.sinks import Batch
 from cdc_core.turns import Turn
 
-__all__ = ["EarlySlot", "EarlySlots", "Flight", "Flights", "Footprint"]
+__all__ = ["EarlySlot", "EarlySlots", "Flight", "Flights", "Footprint", "turn_due"]
 
 # Per destination relation (its qualified name), the keys of the rows a write's merges lock
 # (sets or dict key views, so that membership is a hashed look-up).
@@ -116,6 +116,12 @@ def footprint(relations: Sequence[tuple[str, Collection[Hashable]]]) -> dict[str
     return out
 
 
+def turn_due(batch: Batch) -> bool:
+    """``batch``'s turn has come: ``Batch.wait_turn`` returns at once (raising if the write
+    before it failed)."""
+    return batch.turn is None or (isinstance(batch.turn, Turn) and batch.turn.due)
+
+
 class EarlySlot:
     """An early slot held (or not: ``held`` False); :meth:`release` once the turn has come."""
 
@@ -143,8 +149,7 @@ class EarlySlots:
     async def take(self, batch: Batch) -> EarlySlot:
         """Wait until ``batch``'s write may take a connection: a slot is free (held until its
         turn comes), or its turn has come (no slot needed)."""
-        turn = batch.turn
-        if turn is None or (isinstance(turn, Turn) and turn.due):
+        if turn_due(batch):
             return EarlySlot(None)
         if not self._free.locked():
             await self._free.acquire()  # free: returns at once

@@ -40,7 +40,7 @@ from cdc_sink_postgres.layout import ColumnLayout, TableLayout
 from cdc_sink_postgres.merge import LatestStateMerges, StagedMerge, latest_state_merges
 from cdc_sink_postgres.native import Payload, encode_copy_sliced
 from cdc_sink_postgres.offsets import OffsetTable
-from cdc_sink_postgres.overlap import EarlySlot, EarlySlots, Flight, Flights, footprint
+from cdc_sink_postgres.overlap import EarlySlot, EarlySlots, Flight, Flights, footprint, turn_due
 from cdc_sink_postgres.premerge import FoldPlan, NeedsEagerFold, RecordFold, StagingRecords
 from cdc_sink_postgres.tls import build_ssl
 from cdc_sink_postgres.typemap import ValueRejected
@@ -355,7 +355,7 @@ class PostgresSink:
             slot = await self._early_slots.take(batch)
             async with self._acquire() as conn:
                 try:
-                    single = self._single_statement(steps, batch) if _due(batch) else None
+                    single = self._single_statement(steps, batch) if turn_due(batch) else None
                     if single is not None:
                         await batch.wait_turn()  # (due: returns at once, or raises if the previous write failed)
                         slot.release()
@@ -691,11 +691,6 @@ async def _keep_session(conn: Any) -> None:
     round trip per batch and undoes nothing the sink does: it takes transaction-level advisory
     locks only, opens no cursor, listens to nothing, and sets its session settings at connect
     time (what ``RESET ALL`` would return to anyway); its staging tables are meant to stay."""
-
-
-def _due(batch: Batch) -> bool:
-    """The batch's turn has come (``Batch.wait_turn`` returns at once)."""
-    return batch.turn is None or (isinstance(batch.turn, Turn) and batch.turn.due)
 
 
 def _footprint(work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> dict[str, Any] | None:
