@@ -111,3 +111,32 @@ async def test_writes_before_their_turn_hold_one_connection_fewer_than_the_pool(
     assert not (await asyncio.wait_for(waiting, 1)).held
     blocker.release()
     assert (await slots.take(_batch(t3))).held  # the one slot is free again
+
+
+async def test_a_slot_goes_back_the_moment_its_writes_turn_comes() -> None:
+    # The write holding it may still be merging early: it no longer waits for its turn, so the
+    # next write may take a connection.
+    slots = EarlySlots(pool_size=2)
+    turns = Turns()
+    t0, t1, t2, t3 = turns.take(), turns.take(), turns.take(), turns.take()
+    first = await slots.take(_batch(t1))
+    assert first.held
+    waiting = asyncio.create_task(slots.take(_batch(t2)))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # t1 holds the only slot
+    await _finish(t0)
+    second = await asyncio.wait_for(waiting, 1)
+    assert (first.held, second.held) == (False, True)  # (a tuple: mypy narrowed first.held above)
+    first.release()  # a no-op now: it must not hand back the slot t2 holds
+    third = asyncio.create_task(slots.take(_batch(t3)))
+    await asyncio.sleep(0.01)
+    assert not third.done()
+
+    # The write before fails: the slot goes back too (its write is cancelled anyway).
+    async def fail(b: Batch) -> None:
+        raise RuntimeError("boom")
+
+    with contextlib.suppress(RuntimeError):
+        await t1.run(fail, _batch(None))
+    assert (await asyncio.wait_for(third, 1)).held
+    assert not second.held

@@ -21,7 +21,9 @@ A write takes its connection before its turn only with one of the pool's *early 
 fewer than the pool's size, :class:`EarlySlots`): the writes waiting for their turn never hold
 every connection, so the write whose turn has come always gets one. More writes in flight than
 connections then fold and encode ahead and wait for a connection, which a batch retried after
-later ones were handed over needs as much as any.
+later ones were handed over needs as much as any. A slot is handed back the moment its write's
+turn comes, wherever that write is (still merging early, say): from then on it is the write
+whose turn has come, which needs no slot, and the next write may take one.
 """
 
 from __future__ import annotations
@@ -123,18 +125,35 @@ def turn_due(batch: Batch) -> bool:
 
 
 class EarlySlot:
-    """An early slot held (or not: ``held`` False); :meth:`release` once the turn has come."""
+    """An early slot held (or not: ``held`` False). It is released when the write's turn comes
+    (:meth:`release_at_turn`), or by :meth:`release`, whichever is first."""
 
-    __slots__ = ("_slots",)
+    __slots__ = ("_slots", "_watch")
 
     def __init__(self, slots: asyncio.Semaphore | None) -> None:
         self._slots = slots
+        self._watch: asyncio.Future[None] | None = None
 
     @property
     def held(self) -> bool:
         return self._slots is not None
 
+    def release_at_turn(self, batch: Batch) -> None:
+        """Release the slot as soon as ``batch``'s turn comes (or the write before it fails)."""
+        if self._slots is None or self._watch is not None:
+            return
+        watch = self._watch = asyncio.ensure_future(batch.wait_turn())
+        watch.add_done_callback(self._turn_came)
+
+    def _turn_came(self, watch: asyncio.Future[None]) -> None:
+        if not watch.cancelled():
+            watch.exception()  # (retrieved: the write learns of a failure before it on its own)
+        self.release()
+
     def release(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None and not watch.done():
+            watch.cancel()
         if self._slots is not None:
             self._slots.release()
             self._slots = None
@@ -153,7 +172,9 @@ class EarlySlots:
             return EarlySlot(None)
         if not self._free.locked():
             await self._free.acquire()  # free: returns at once
-            return EarlySlot(self._free)
+            held = EarlySlot(self._free)
+            held.release_at_turn(batch)
+            return held
         slot = asyncio.ensure_future(self._free.acquire())
         turn_came = asyncio.ensure_future(batch.wait_turn())
         try:
@@ -170,4 +191,6 @@ class EarlySlots:
         held = EarlySlot(self._free)
         if turn_came.done():
             held.release()  # both at once: the turn needs no slot
+        else:
+            held.release_at_turn(batch)
         return held

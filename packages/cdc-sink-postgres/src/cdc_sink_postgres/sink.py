@@ -361,13 +361,18 @@ class PostgresSink:
                         slot.release()
                         await conn.execute(*single)
                     else:
-                        async with conn.transaction():
-                            created = await self._run_all(conn, steps, batch, flight, slot)
-                            await self.offsets.store(conn, self.name, batch.positions)
+                        # _run_all opens the transaction (its BEGIN shares a round trip with the
+                        # prelude); on a failure the pool's reset, or the bisecting path below,
+                        # rolls it back.
+                        created = await self._run_all(conn, steps, batch, flight, slot)
+                        await self.offsets.store(conn, self.name, batch.positions)
+                        await conn.execute("COMMIT")
                         self._staging_created(conn).update(created)
                 except Exception as exc:
                     if not is_bisectable(exc):
                         raise
+                    if conn.is_in_transaction():
+                        await conn.execute("ROLLBACK")
                     await batch.wait_turn()  # (the refusal may have come while staging, before it)
                     slot.release()
                     # The server refuses something (a value, an over-long key …): redo the batch
@@ -476,8 +481,9 @@ class PostgresSink:
     async def _run_all(
         self, conn: Any, steps: Sequence[_Step], batch: Batch, flight: Flight | None = None, slot: EarlySlot | None = None
     ) -> set[str]:
-        """The fast path: every table's records staged and merged in the current transaction, no
-        savepoints. Returns the staging tables created (they exist once the transaction commits).
+        """The fast path: a transaction begun, every table's records staged and merged in it, no
+        savepoints; the caller stores the offsets and commits. Returns the staging tables created
+        (they exist once the transaction commits).
 
         Staging tables are private to the session, so they are filled before the batch's turn
         (``Batch.wait_turn``: while the previous batch may still be merging on another
@@ -488,16 +494,15 @@ class PostgresSink:
         staged = [step for step in steps if not step.inline]
         missing = {step.merge.staging: step.merge.create_sql for step in staged if step.merge.staging not in known}
         uses = Counter(step.merge.staging for step in staged)
-        # One round trip: the write's advisory lock (_hold), and its staging tables created where
-        # missing and emptied of what the last transaction of this session that used them
-        # committed (StagedMerge).
-        prelude = list(missing.values())
+        # One round trip: BEGIN, the write's advisory lock (_hold), and its staging tables
+        # created where missing and emptied of what the last transaction of this session that
+        # used them committed (StagedMerge).
+        prelude = ["BEGIN", *missing.values()]
         if flight is not None:
             prelude.append(self._lock_sql(flight))
         if uses:
             prelude.append("TRUNCATE " + ", ".join(quote_ident(s) for s in uses))
-        if prelude:
-            await conn.execute(";\n".join(prelude))
+        await conn.execute(";\n".join(prelude))
         if flight is not None:
             flight.locked = True
         # A staging table two steps share (two tables of one shape) is filled after the turn, once
