@@ -327,6 +327,17 @@ async def test_disjoint_batches_merge_before_their_turn_and_commit_after(harness
         # The second batch merged already (keys disjoint from the first's) and waits, in the
         # server, on the first one's transaction; nothing of it is visible yet.
         await _wait_for(lambda: _waits_in_server(harness.dsn, held, second))
+        # Its merge and that wait are one statement (one round trip), the merge first: what
+        # waits is that statement (pg_stat_activity cuts its text at 1 kB, the wait comes last).
+        query = (await _backend(harness.dsn, held.pids[second.batch_id]))[2]
+        assert query.startswith('WITH "#write0" AS (INSERT INTO'), query
+        conn = await asyncpg.connect(harness.dsn)
+        try:  # its row is written (uncommitted): another writer of that key must wait for it
+            await conn.execute("SET lock_timeout = '200ms'")
+            with pytest.raises(asyncpg.exceptions.LockNotAvailableError):
+                await conn.execute("INSERT INTO cdc_test.ks_overlap__state (pk) VALUES (2) ON CONFLICT DO NOTHING")
+        finally:
+            await conn.close()
         visible, offsets = await _visible(harness.dsn, harness.sink_name)
         assert 2 not in visible and offsets["n1"] < second.positions["n1"].offset
         held.gate.set()

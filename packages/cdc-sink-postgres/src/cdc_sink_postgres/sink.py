@@ -18,7 +18,7 @@ import gc
 import itertools
 import weakref
 from collections import Counter, OrderedDict
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Collection, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -516,6 +516,14 @@ class PostgresSink:
             await batch.wait_turn()
             if slot is not None:
                 slot.release()
+        else:
+            merged_then_wait = self._merged_then_waiting(steps, early, locks)
+            if merged_then_wait is not None:
+                await conn.execute(*merged_then_wait)
+                await batch.wait_turn()
+                if slot is not None:
+                    slot.release()
+                return set(missing)
         used: set[str] = set()
         for i, (merge, records, payload, inline) in enumerate(steps):
             if inline:
@@ -535,6 +543,31 @@ class PostgresSink:
             if slot is not None:
                 slot.release()
         return set(missing)
+
+    def _merged_then_waiting(self, steps: Sequence[_Step], early: Collection[int], locks: Sequence[int]) -> tuple[Any, ...] | None:
+        """A batch merging before its turn: its merges, then its wait inside the server for the
+        earlier writes' transactions (``locks``), as ONE statement and round trip. The merges are
+        data-modifying CTEs the wait reads first (their row counts gate it, an InitPlan evaluated
+        before the first lock is taken), so they run before it. For a batch whose every step is
+        sent inline or staged already (``early``); else None. Returns the statement and its
+        arguments."""
+        if not steps or not locks or not all(step.inline or i in early for i, step in enumerate(steps)):
+            return None
+        parts: list[str] = []
+        args: list[Any] = []
+        for merge, records, _, inline in steps:
+            if inline:
+                parts.append(merge.inline_sql(len(args) + 1))
+                args += merge.inline_args(records)
+            else:
+                parts.append(merge.merge_sql)
+        ctes = ", ".join(f'"#write{i}" AS ({sql} RETURNING 1)' for i, sql in enumerate(parts))
+        merged = " AND ".join(f'(SELECT count(*) FROM "#write{i}") >= 0' for i in range(len(parts)))
+        # The lock ids as parameters: the statement's text stays the same from batch to batch
+        # (asyncpg prepares each new text: a round trip and a plan).
+        n = len(args)
+        wait = f"SELECT pg_advisory_xact_lock_shared(${n + 1}::integer, l) FROM unnest(${n + 2}::integer[]) AS l"
+        return (f"WITH {ctes} {wait} WHERE {merged}", *args, self._flights.space, list(locks))
 
     def _single_statement(self, steps: Sequence[_Step], batch: Batch) -> tuple[Any, ...] | None:
         """The whole batch as ONE statement, atomic on its own (its implicit transaction holds
