@@ -207,9 +207,9 @@ async def test_every_type_not_staged_as_an_array_round_trips_inline(harness: Pos
     monkeypatch.setattr(StagedMerge, "merge_inline", counting)
     single = PostgresSink._single_statement
 
-    def counting_single(self: PostgresSink, steps: Any, b: Batch) -> Any:
-        statement = single(self, steps, b)
-        if statement is not None:
+    def counting_single(self: PostgresSink, steps: Any, b: Batch, *staged: Any) -> Any:
+        statement = single(self, steps, b, *staged)
+        if statement is not None and all(step.inline for step in steps):
             inline.append("one statement")
         return statement
 
@@ -301,6 +301,9 @@ async def test_staging_tables_hold_only_the_batch_being_merged(harness: Postgres
         await merge_staged(self, conn)
 
     monkeypatch.setattr(StagedMerge, "merge_staged", counting)
+    # Merged one statement at a time (not together with the offsets), so that each merge counts
+    # what it reads and the failure comes after it; the one-statement form reads the same tables.
+    monkeypatch.setattr(PostgresSink, "_single_statement", lambda self, steps, b, staged=(): None)
     b1, b2, b3 = (batch([upsert(s, {"pk": i}, ts, v=f"v{ts}") for i in range(n)]) for ts, n in ((10, 5), (11, 3), (12, 2)))
     await sink.write(b1)
     store = sink.offsets.store
@@ -881,6 +884,40 @@ async def test_a_batch_whose_turn_has_come_is_one_statement_holding_data_and_off
         refused = attrs.evolve(refused, positions={"n1": Position(node="n1", segment_id=1, offset=10**7, index=0)})
         with pytest.raises(PermanentError, match="below_a_million"):
             await sink.write(refused)
+        assert sorted((await h.read_state(s1, NOW)).rows) == [(1,)] and sorted((await h.read_state(s2, NOW)).rows) == [(0,), (1,)]
+        assert dict(await sink.committed_positions()) == dict(b.positions)
+    finally:
+        await h.destroy()
+
+
+async def test_a_staged_batch_in_its_turn_merges_and_stores_offsets_in_one_statement(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through COPY, with its turn come, a batch of two tables is one transaction of three
+    statements and its COPYs: BEGIN with the prelude, every merge together with the offsets
+    upsert, COMMIT."""
+    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"inline_max_values": 0})
+    try:
+        sink = await _sink(h)
+        s1, s2 = schema("both_a", {"pk": "int", "v": "text"}), schema("both_b", {"pk": "int", "v": "text"})
+        await sink.write(batch([upsert(s1, {"pk": 0}, 1, v="warm"), upsert(s2, {"pk": 0}, 1, v="warm")]))  # the tables exist
+        sent: list[str] = []
+        calls: collections.Counter[str] = collections.Counter()
+        for name in ("execute", "executemany", "fetch", "fetchval", "fetchrow", "copy_to_table", "copy_records_to_table", "transaction"):
+            real = getattr(asyncpg.connection.Connection, name)
+
+            def spy(self: Any, *args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+                calls[_name] += 1
+                if _name == "execute":
+                    sent.append(args[0])
+                return _real(self, *args, **kwargs)
+
+            monkeypatch.setattr(asyncpg.connection.Connection, name, spy)
+        b = batch([upsert(s1, {"pk": 1}, 10, v="a"), partition_delete(s1, {"pk": 0}, 10), upsert(s2, {"pk": 1}, 10, v="b")])
+        await sink.write(b)
+        monkeypatch.undo()
+        assert calls["execute"] == 3 and calls["copy_to_table"] + calls["copy_records_to_table"] == 3, calls
+        assert set(calls) <= {"execute", "copy_to_table", "copy_records_to_table"}, calls
+        assert sent[0].startswith("BEGIN") and sent[2] == "COMMIT", sent
+        assert sent[1].count("INSERT INTO") == 4 and "cdc_offsets" in sent[1], sent[1]  # 3 merges and the offsets
         assert sorted((await h.read_state(s1, NOW)).rows) == [(1,)] and sorted((await h.read_state(s2, NOW)).rows) == [(0,), (1,)]
         assert dict(await sink.committed_positions()) == dict(b.positions)
     finally:

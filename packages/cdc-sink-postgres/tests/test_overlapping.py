@@ -203,11 +203,11 @@ async def test_more_writes_in_flight_than_connections_and_retries_converge(pg_ds
         sink.offsets.store = flaky_store  # type: ignore[method-assign,assignment]
         single = sink._single_statement
 
-        def flaky_single(steps: Any, b: Batch) -> Any:  # a batch whose turn has come: one statement
+        def flaky_single(steps: Any, b: Batch, *staged: Any) -> Any:  # merges and offsets as one statement
             if id(b.positions) in to_fail:
                 to_fail.discard(id(b.positions))
                 raise TransientError("injected: connection lost")
-            return single(steps, b)
+            return single(steps, b, *staged)
 
         sink._single_statement = flaky_single  # type: ignore[method-assign,assignment]
 
@@ -265,10 +265,10 @@ class _Held:
 
         sink.offsets.store = stored  # type: ignore[method-assign,assignment]
         sink._run_all = ran  # type: ignore[method-assign,assignment]
-        # A held batch is written in a transaction even when its turn has come (else, sent
-        # inline, it would be one statement: nothing to hold it in).
+        # A held batch stores its offsets in a statement of their own even when its turn has
+        # come (else its merges and offsets would be one statement: nothing to hold it in).
         single = sink._single_statement
-        sink._single_statement = lambda steps, b: None if b.batch_id in held_ids else single(steps, b)  # type: ignore[method-assign,assignment]
+        sink._single_statement = lambda steps, b, *staged: None if b.batch_id in held_ids else single(steps, b, *staged)  # type: ignore[method-assign]
         assert held_ids
 
 

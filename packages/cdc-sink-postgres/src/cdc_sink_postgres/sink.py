@@ -362,10 +362,9 @@ class PostgresSink:
                         await conn.execute(*single)
                     else:
                         # _run_all opens the transaction (its BEGIN shares a round trip with the
-                        # prelude); on a failure the pool's reset, or the bisecting path below,
-                        # rolls it back.
+                        # prelude) and stores the offsets; on a failure the pool's reset, or the
+                        # bisecting path below, rolls it back.
                         created = await self._run_all(conn, steps, batch, flight, slot)
-                        await self.offsets.store(conn, self.name, batch.positions)
                         await conn.execute("COMMIT")
                         self._staging_created(conn).update(created)
                 except Exception as exc:
@@ -482,8 +481,8 @@ class PostgresSink:
         self, conn: Any, steps: Sequence[_Step], batch: Batch, flight: Flight | None = None, slot: EarlySlot | None = None
     ) -> set[str]:
         """The fast path: a transaction begun, every table's records staged and merged in it, no
-        savepoints; the caller stores the offsets and commits. Returns the staging tables created
-        (they exist once the transaction commits).
+        savepoints, and the offsets stored; the caller commits. Returns the staging tables
+        created (they exist once the transaction commits).
 
         Staging tables are private to the session, so they are filled before the batch's turn
         (``Batch.wait_turn``: while the previous batch may still be merging on another
@@ -516,6 +515,12 @@ class PostgresSink:
             await batch.wait_turn()
             if slot is not None:
                 slot.release()
+            # In its turn, with every step inline or staged already: the merges and the offsets
+            # as one statement.
+            together = self._single_statement(steps, batch, early)
+            if together is not None:
+                await conn.execute(*together)
+                return set(missing)
         else:
             merged_then_wait = self._merged_then_waiting(steps, early, locks)
             if merged_then_wait is not None:
@@ -523,6 +528,7 @@ class PostgresSink:
                 await batch.wait_turn()
                 if slot is not None:
                     slot.release()
+                await self.offsets.store(conn, self.name, batch.positions)
                 return set(missing)
         used: set[str] = set()
         for i, (merge, records, payload, inline) in enumerate(steps):
@@ -542,6 +548,7 @@ class PostgresSink:
             await batch.wait_turn()
             if slot is not None:
                 slot.release()
+        await self.offsets.store(conn, self.name, batch.positions)
         return set(missing)
 
     def _merged_then_waiting(self, steps: Sequence[_Step], early: Collection[int], locks: Sequence[int]) -> tuple[Any, ...] | None:
@@ -569,23 +576,27 @@ class PostgresSink:
         wait = f"SELECT pg_advisory_xact_lock_shared(${n + 1}::integer, l) FROM unnest(${n + 2}::integer[]) AS l"
         return (f"WITH {ctes} {wait} WHERE {merged}", *args, self._flights.space, list(locks))
 
-    def _single_statement(self, steps: Sequence[_Step], batch: Batch) -> tuple[Any, ...] | None:
+    def _single_statement(self, steps: Sequence[_Step], batch: Batch, staged: Collection[int] = ()) -> tuple[Any, ...] | None:
         """The whole batch as ONE statement, atomic on its own (its implicit transaction holds
-        the data and the offsets): each merge sent inline and the offsets upsert, all but the
-        last as data-modifying CTEs (each writes other relations; PostgreSQL runs every one of
-        them). One round trip, where a transaction takes at least four. For a batch whose turn
-        has come (nothing to do before it) and whose every step is sent inline; else None.
-        Returns the statement and its arguments."""
-        if not steps or not all(step.inline for step in steps):
+        the data and the offsets): each merge and the offsets upsert, all but the last as
+        data-modifying CTEs (each writes other relations; PostgreSQL runs every one of them).
+        One round trip, where a transaction takes at least three. For a batch whose turn has
+        come (nothing to do before it) and whose every step is sent inline, or (inside the
+        batch's transaction) is one of the steps ``staged`` already; else None. Returns the
+        statement and its arguments."""
+        if not steps or not all(step.inline or i in staged for i, step in enumerate(steps)):
             return None
         parts: list[str] = []
         args: list[Any] = []
         if batch.positions:
             parts.append(self.offsets.upsert_sql)
             args += self.offsets.upsert_args(self.name, batch.positions)
-        for merge, records, _, _ in steps:
-            parts.append(merge.inline_sql(len(args) + 1))
-            args += merge.inline_args(records)
+        for merge, records, _, inline in steps:
+            if inline:
+                parts.append(merge.inline_sql(len(args) + 1))
+                args += merge.inline_args(records)
+            else:
+                parts.append(merge.merge_sql)
         ctes = ", ".join(f'"#write{i}" AS ({sql})' for i, sql in enumerate(parts[:-1]))
         return (f"WITH {ctes} {parts[-1]}" if ctes else parts[-1], *args)
 
