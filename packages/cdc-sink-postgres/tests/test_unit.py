@@ -303,6 +303,10 @@ _BAD = {"a": "nul\x00", "b": 2**40, "c": Decimal("NaN"), "d": dt.datetime(2026, 
 def _fold_events(draw: st.DrawFn) -> list[Any]:
     events = []
     for _ in range(draw(st.integers(1, 12))):
+        if draw(st.integers(0, 3)) == 0:  # runs of partition deletions too, some of a bad key
+            pk = draw(st.sampled_from([0, 1, 2, 3, 2**40]))
+            events.append(partition_delete(_FOLD_SCHEMA, {"pk": pk}, draw(st.integers(1, 4))))
+            continue
         cells: dict[str, Any] = {}
         for name in draw(st.sets(st.sampled_from(sorted(_GOOD)))):
             ts = draw(st.integers(1, 4))
@@ -356,7 +360,11 @@ def test_fast_fold_matches_the_reference_fold(events: list[Any]) -> None:
                         fold.add(e)
                     except ValueRejected:
                         rejected.add(i)
-            return rejected, [fold.staged_rows() if fold.rows else None, fold.staged_statics() if fold.statics else None]
+            return rejected, [
+                fold.staged_rows() if fold.rows else None,
+                fold.staged_statics() if fold.statics else None,
+                dict(fold.partition_deletions),
+            ]
         except NeedsEagerFold:
             return None
 
@@ -366,11 +374,12 @@ def test_fast_fold_matches_the_reference_fold(events: list[Any]) -> None:
         if one is None or every is None:
             assert not eager
             continue
-        rejected, staged = one
+        rejected, (*staged, deletions) = one
         assert every[0] == rejected
-        assert [None if s is None else (s.present, s.aliases, s.records) for s in every[1]] == [
+        assert [None if s is None else (s.present, s.aliases, s.records) for s in every[1][:2]] == [
             None if s is None else (s.present, s.aliases, s.records) for s in staged
         ]
+        assert every[1][2] == deletions == ref.partition_deletions
         assert rejected == ref_rejected
         for got, expected in zip(staged, (expected_rows, expected_statics), strict=True):
             if got is None:

@@ -609,6 +609,12 @@ class RecordFold:
                 i = module.fold_inline(listed, i, target, list(keys), fast, side.width, row, cell_type, ValueRejected, rejected)
                 if i >= n:
                     break
+                # A run of partition deletions (the accelerator folds rows only): folded here, not
+                # through add() and a call of the accelerator each.
+                after = self._partition_deletions_from(listed, i, rejected)
+                if after > i:
+                    i = after
+                    continue
                 try:
                     add(listed[i])
                 except ValueRejected as exc:
@@ -656,6 +662,31 @@ class RecordFold:
             except ValueRejected as exc:
                 rejected.append((i, exc))
         return rejected
+
+    def _partition_deletions_from(self, events: Sequence[ChangeEvent], i: int, rejected: list[tuple[int, ValueRejected]]) -> int:
+        """Fold the partition deletions ``events[i:]`` starts with, as :meth:`add` would;
+        returns the index of the first other event (or the end)."""
+        pk_conv = self.plan.pk_conv
+        deletions = self.partition_deletions
+        kind = ChangeKind.PARTITION_DELETE
+        n = len(events)
+        while i < n:
+            event = events[i]
+            if event.kind is not kind:
+                break
+            i += 1
+            try:
+                key_values = event.key
+                pk: Key = tuple([conv(key_values[name]) for name, conv in pk_conv])
+            except ValueRejected as exc:
+                rejected.append((i - 1, exc))
+                continue
+            deletion = event.partition_deletion
+            if deletion is not None:
+                old = deletions.get(pk)
+                ts = deletion.timestamp
+                deletions[pk] = ts if old is None or ts > old else old
+        return i
 
     def _add_deletion(self, event: ChangeEvent, pk: Key) -> None:
         if event.kind is ChangeKind.PARTITION_DELETE:
