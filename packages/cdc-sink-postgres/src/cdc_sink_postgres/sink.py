@@ -560,14 +560,8 @@ class PostgresSink:
         arguments."""
         if not steps or not locks or not all(step.inline or i in early for i, step in enumerate(steps)):
             return None
-        parts: list[str] = []
         args: list[Any] = []
-        for merge, records, _, inline in steps:
-            if inline:
-                parts.append(merge.inline_sql(len(args) + 1))
-                args += merge.inline_args(records)
-            else:
-                parts.append(merge.merge_sql)
+        parts = _merge_statements(steps, args)
         ctes = ", ".join(f'"#write{i}" AS ({sql} RETURNING 1)' for i, sql in enumerate(parts))
         merged = " AND ".join(f'(SELECT count(*) FROM "#write{i}") >= 0' for i in range(len(parts)))
         # The lock ids as parameters: the statement's text stays the same from batch to batch
@@ -591,12 +585,7 @@ class PostgresSink:
         if batch.positions:
             parts.append(self.offsets.upsert_sql)
             args += self.offsets.upsert_args(self.name, batch.positions)
-        for merge, records, _, inline in steps:
-            if inline:
-                parts.append(merge.inline_sql(len(args) + 1))
-                args += merge.inline_args(records)
-            else:
-                parts.append(merge.merge_sql)
+        parts += _merge_statements(steps, args)
         ctes = ", ".join(f'"#write{i}" AS ({sql})' for i, sql in enumerate(parts[:-1]))
         return (f"WITH {ctes} {parts[-1]}" if ctes else parts[-1], *args)
 
@@ -710,6 +699,20 @@ class _Step(NamedTuple):
     records: Sequence[Sequence[Any]]
     payload: Payload | None  # the records' binary COPY payload; None: asyncpg encodes them
     inline: bool  # sent inline, as array parameters (StagedMerge.sends_inline): no staging, no payload
+
+
+def _merge_statements(steps: Sequence[_Step], args: list[Any]) -> list[str]:
+    """Each step's merge as a statement to combine with others: an inline step reads array
+    parameters, appended to ``args`` (numbered after those already there); a staged one its
+    staging table."""
+    parts: list[str] = []
+    for merge, records, _, inline in steps:
+        if inline:
+            parts.append(merge.inline_sql(len(args) + 1))
+            args += merge.inline_args(records)
+        else:
+            parts.append(merge.merge_sql)
+    return parts
 
 
 async def _encoded(steps: Sequence[tuple[StagedMerge, Sequence[Sequence[Any]]]], inline_max_values: int) -> list[_Step]:
