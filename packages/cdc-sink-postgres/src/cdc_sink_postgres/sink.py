@@ -521,15 +521,22 @@ class PostgresSink:
             if together is not None:
                 await conn.execute(*together)
                 return set(missing)
+            await self._merge_each(conn, steps, early)
         else:
-            merged_then_wait = self._merged_then_waiting(steps, early, locks)
-            if merged_then_wait is not None:
-                await conn.execute(*merged_then_wait)
-                await batch.wait_turn()
-                if slot is not None:
-                    slot.release()
-                await self.offsets.store(conn, self.name, batch.positions)
-                return set(missing)
+            # Before its turn: the merges, then the wait in the server for the earlier writes'
+            # transactions, in one statement when every step is inline or staged already.
+            ready = _ready(steps, early)
+            if not ready:
+                await self._merge_each(conn, steps, early)
+            await conn.execute(*self._merged_then_waiting(steps if ready else (), locks))
+            await batch.wait_turn()
+            if slot is not None:
+                slot.release()
+        await self.offsets.store(conn, self.name, batch.positions)
+        return set(missing)
+
+    async def _merge_each(self, conn: Any, steps: Sequence[_Step], early: Collection[int]) -> None:
+        """Every step's merge, one statement each (the ``early`` ones staged already)."""
         used: set[str] = set()
         for i, (merge, records, payload, inline) in enumerate(steps):
             if inline:
@@ -542,33 +549,24 @@ class PostgresSink:
                     await conn.execute(merge.truncate_sql)
                 await merge.copy_and_merge(conn, records, payload)
             used.add(merge.staging)
-        if locks is not None:
-            for lock in locks:
-                await conn.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", self._flights.space, lock)
-            await batch.wait_turn()
-            if slot is not None:
-                slot.release()
-        await self.offsets.store(conn, self.name, batch.positions)
-        return set(missing)
 
-    def _merged_then_waiting(self, steps: Sequence[_Step], early: Collection[int], locks: Sequence[int]) -> tuple[Any, ...] | None:
-        """A batch merging before its turn: its merges, then its wait inside the server for the
-        earlier writes' transactions (``locks``), as ONE statement and round trip. The merges are
-        data-modifying CTEs the wait reads first (their row counts gate it, an InitPlan evaluated
-        before the first lock is taken), so they run before it. For a batch whose every step is
-        sent inline or staged already (``early``); else None. Returns the statement and its
-        arguments."""
-        if not steps or not locks or not all(step.inline or i in early for i, step in enumerate(steps)):
-            return None
+    def _merged_then_waiting(self, steps: Sequence[_Step], locks: Sequence[int]) -> tuple[Any, ...]:
+        """The wait inside the server for the earlier writes' transactions (``locks``), after
+        ``steps``' merges (each sent inline or staged already; none: the wait alone), as ONE
+        statement and round trip. The merges are data-modifying CTEs the wait reads first (their
+        row counts gate it, an InitPlan evaluated before the first lock is taken), so they run
+        before it. Returns the statement and its arguments."""
         args: list[Any] = []
         parts = _merge_statements(steps, args)
-        ctes = ", ".join(f'"#write{i}" AS ({sql} RETURNING 1)' for i, sql in enumerate(parts))
-        merged = " AND ".join(f'(SELECT count(*) FROM "#write{i}") >= 0' for i in range(len(parts)))
         # The lock ids as parameters: the statement's text stays the same from batch to batch
         # (asyncpg prepares each new text: a round trip and a plan).
         n = len(args)
         wait = f"SELECT pg_advisory_xact_lock_shared(${n + 1}::integer, l) FROM unnest(${n + 2}::integer[]) AS l"
-        return (f"WITH {ctes} {wait} WHERE {merged}", *args, self._flights.space, list(locks))
+        if parts:
+            ctes = ", ".join(f'"#write{i}" AS ({sql} RETURNING 1)' for i, sql in enumerate(parts))
+            merged = " AND ".join(f'(SELECT count(*) FROM "#write{i}") >= 0' for i in range(len(parts)))
+            wait = f"WITH {ctes} {wait} WHERE {merged}"
+        return (wait, *args, self._flights.space, list(locks))
 
     def _single_statement(self, steps: Sequence[_Step], batch: Batch, staged: Collection[int] = ()) -> tuple[Any, ...] | None:
         """The whole batch as ONE statement, atomic on its own (its implicit transaction holds
@@ -578,7 +576,7 @@ class PostgresSink:
         come (nothing to do before it) and whose every step is sent inline, or (inside the
         batch's transaction) is one of the steps ``staged`` already; else None. Returns the
         statement and its arguments."""
-        if not steps or not all(step.inline or i in staged for i, step in enumerate(steps)):
+        if not steps or not _ready(steps, staged):
             return None
         parts: list[str] = []
         args: list[Any] = []
@@ -699,6 +697,11 @@ class _Step(NamedTuple):
     records: Sequence[Sequence[Any]]
     payload: Payload | None  # the records' binary COPY payload; None: asyncpg encodes them
     inline: bool  # sent inline, as array parameters (StagedMerge.sends_inline): no staging, no payload
+
+
+def _ready(steps: Sequence[_Step], staged: Collection[int]) -> bool:
+    """Every step can merge as part of a combined statement: sent inline, or ``staged`` already."""
+    return all(step.inline or i in staged for i, step in enumerate(steps))
 
 
 def _merge_statements(steps: Sequence[_Step], args: list[Any]) -> list[str]:
