@@ -35,6 +35,9 @@ from cdc_core.testing.contract import batches_of, normalise_state
 from cdc_core.testing.model import latest_state
 from cdc_core.testing.strategies import NOW, event_histories, shuffled_with_duplicates
 from cdc_sink_postgres.config import DEFAULT_INLINE_MAX_VALUES, PostgresSinkConfig, SslConfig, TableConfig
+from cdc_sink_postgres.ddl import LatestStateDdl
+from cdc_sink_postgres.layout import TableLayout
+from cdc_sink_postgres.merge import latest_state_merges
 from cdc_sink_postgres.sink import PostgresSink
 from cdc_sink_postgres.testing import PostgresHarness
 
@@ -829,6 +832,113 @@ async def test_partial_update_and_null_and_older_write_after_delete(harness: Pos
     )
     await sink.write(batch([row_delete, upsert(s, {"pk": 1}, 60, insert=False, b=6)]))
     assert (await harness.read_state(s, NOW)).rows == {(1,): {"pk": 1, "a": None, "b": 6}}
+
+
+def _layout(h: PostgresHarness, s: TableSchema) -> TableLayout:
+    cfg = h.config()
+    return TableLayout.from_schema(s, pg_schema=cfg.schema, base=cfg.destination_name(s.keyspace, s.table))
+
+
+async def test_partition_tombstones_are_appended_and_the_newest_shadows(harness: PostgresHarness) -> None:
+    """A partition tombstone is a row appended (no unique key, no ON CONFLICT): a replay or an
+    older deletion arriving later adds one, and the views go by each partition's newest."""
+    s = schema(f"pdel_{uuid.uuid4().hex[:6]}", {"pk": "int", "a": "text"})
+    sink = await harness.make_sink()
+    await sink.write(batch([upsert(s, {"pk": 1}, 10, a="x"), upsert(s, {"pk": 2}, 10, a="y")]))
+    await sink.write(batch([partition_delete(s, {"pk": 1}, 30)]))
+    await sink.write(batch([partition_delete(s, {"pk": 1}, 30)]))  # replayed
+    await sink.write(batch([partition_delete(s, {"pk": 1}, 20)]))  # older, later
+    await sink.write(batch([upsert(s, {"pk": 1}, 25, a="older than the newest tombstone")]))
+    assert (await harness.read_state(s, NOW)).rows == {(2,): {"pk": 2, "a": "y"}}
+    await sink.write(batch([upsert(s, {"pk": 1}, 31, insert=False, a="newer")]))
+    assert (await harness.read_state(s, NOW)).rows == {(1,): {"pk": 1, "a": "newer"}, (2,): {"pk": 2, "a": "y"}}
+    layout = _layout(harness, s)
+    conn = await asyncpg.connect(harness.dsn)
+    try:
+        rows = await conn.fetch(f"SELECT pk, ts FROM {layout.q(layout.partition_deletions)} ORDER BY ts")
+        assert [tuple(r) for r in rows] == [(1, 20), (1, 30), (1, 30)]
+        assert await conn.fetchval(f"SELECT count(*) FROM {layout.q(layout.view)}") == 2  # one row per key
+    finally:
+        await conn.close()
+
+
+async def test_writers_of_the_same_partition_tombstone_do_not_wait_for_each_other(pg_dsn: str) -> None:
+    """Two transactions appending a tombstone of the same partition: neither waits for the other
+    (no unique key to check against an uncommitted row), which is why a batch's footprint — what
+    decides whether it may merge before its turn — leaves partition tombstones out."""
+    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}")
+    try:
+        s = schema(f"pdel_{uuid.uuid4().hex[:6]}", {"pk": "int", "a": "text"})
+        sink = await _sink(h)
+        await sink.write(batch([partition_delete(s, {"pk": 1}, 5)]))
+        merge = latest_state_merges(_layout(h, s)).partition_deletions
+        first, second = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
+        try:
+            async with first.transaction():
+                await first.execute(merge.inline_sql(), [1], [10])
+                async with second.transaction():
+                    await second.execute("SET LOCAL lock_timeout = '500ms'")
+                    await second.execute(merge.inline_sql(), [1], [20])  # would raise LockNotAvailableError
+            assert (await h.read_state(s, NOW)).rows == {}
+            rows = await first.fetch(f"SELECT ts FROM {_layout(h, s).q(_layout(h, s).partition_deletions)} ORDER BY ts")
+            assert [r["ts"] for r in rows] == [5, 10, 20]
+        finally:
+            await first.close()
+            await second.close()
+    finally:
+        await h.destroy()
+
+
+@pytest.mark.parametrize("case", ["same-columns", "column-added", "view-changed-by-hand"])
+async def test_a_partition_tombstone_table_of_an_older_version_is_made_append_only(pg_dsn: str, case: str) -> None:
+    """Restarted over a tombstone table an older sink made (one upserted row per partition, under
+    a primary key, and views joining it directly), the sink drops the key, indexes it like a new
+    one and replaces the views — also when the table evolves in the same start. When the views
+    cannot be replaced (here: a column added to one by hand), it changes nothing and says why:
+    the old views would show a row per tombstone."""
+    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}")
+    try:
+        table = f"pdel_{uuid.uuid4().hex[:6]}"
+        s = schema(table, {"pk": "int", "a": "text"})
+        sink = await _sink(h)
+        await sink.write(batch([upsert(s, {"pk": 1}, 10, a="x"), upsert(s, {"pk": 2}, 10, a="y"), partition_delete(s, {"pk": 2}, 20)]))
+        layout, ddl = _layout(h, s), LatestStateDdl()
+        pdel = layout.q(layout.partition_deletions)
+        conn = await asyncpg.connect(pg_dsn)
+        try:  # back to how the sink made them before 2026-11-27
+            await conn.execute(f'DROP INDEX {layout.q(layout.partition_deletions_index)}; ALTER TABLE {pdel} ADD PRIMARY KEY ("pk")')
+            old_view = ddl.row_view(layout).replace(ddl._partition_deletion(layout), pdel)
+            assert old_view != ddl.row_view(layout)
+            if case == "view-changed-by-hand":
+                old_view = old_view.replace(" FROM ", ", 1 AS extra FROM ", 1)
+            await conn.execute(old_view.replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1))
+        finally:
+            await conn.close()
+        await h.destroy()
+        if case == "column-added":
+            s = schema(table, {"pk": "int", "a": "text", "b": "int"})
+        restarted = await _sink(h)
+        events = [partition_delete(s, {"pk": 2}, 30), upsert(s, {"pk": 2}, 35, a="back"), partition_delete(s, {"pk": 1}, 40)]
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            primary_keys = "SELECT count(*) FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'"
+            if case == "view-changed-by-hand":
+                with pytest.raises(PermanentError, match="partition tombstones are appended"):
+                    await restarted.write(batch(events))
+                assert await conn.fetchval(primary_keys, pdel) == 1
+                return
+            assert (await restarted.write(batch(events))).rejected == []
+            expected = {"pk": 2, "a": "back"} | ({"b": None} if case == "column-added" else {})
+            assert (await h.read_state(s, NOW)).rows == {(2,): expected}
+            layout = _layout(h, s)
+            assert await conn.fetchval(f"SELECT count(*) FROM {layout.q(layout.view)}") == 1  # not one row per tombstone
+            assert await conn.fetchval(primary_keys, pdel) == 0
+            assert await conn.fetchval("SELECT to_regclass($1)", layout.q(layout.partition_deletions_index)) is not None
+            assert [tuple(r) for r in await conn.fetch(f"SELECT pk, ts FROM {pdel} ORDER BY pk, ts")] == [(1, 40), (2, 20), (2, 30)]
+        finally:
+            await conn.close()
+    finally:
+        await h.destroy()
 
 
 # --- offsets, TLS, credentials ---------------------------------------------------------------

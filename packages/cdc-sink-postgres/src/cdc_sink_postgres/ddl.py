@@ -117,9 +117,13 @@ class LatestStateDdl:
     def deletion_table_statements(self, layout: TableLayout) -> list[str]:
         pk_defs = self.key_definitions(layout.partition_key)
         pk = ", ".join(q(c.ident) for c in layout.partition_key)
+        # Partition tombstones are appended, one row per deletion written (a partition deleted
+        # again, or by several replicas, has several rows; the views take the newest): no unique
+        # key, so no ON CONFLICT — half the server's work per deletion, and no row lock another
+        # writer of the same partition could wait for.
         out = [
-            f"CREATE TABLE IF NOT EXISTS {layout.q(layout.partition_deletions)} "
-            f"({', '.join(pk_defs)}, ts bigint NOT NULL, PRIMARY KEY ({pk}))"
+            f"CREATE TABLE IF NOT EXISTS {layout.q(layout.partition_deletions)} ({', '.join(pk_defs)}, ts bigint NOT NULL)",
+            self.partition_deletions_index(layout),
         ]
         if layout.clustering:
             bounds: list[str] = []
@@ -131,6 +135,19 @@ class LatestStateDdl:
                 f"({', '.join(pk_defs + bounds)}, {q('#bounds')} text NOT NULL, ts bigint NOT NULL, PRIMARY KEY ({pk}, {q('#bounds')}))"
             )
         return out
+
+    def partition_deletions_index(self, layout: TableLayout) -> str:
+        pk = ", ".join(q(c.ident) for c in layout.partition_key)
+        return f"CREATE INDEX IF NOT EXISTS {q(layout.partition_deletions_index)} ON {layout.q(layout.partition_deletions)} ({pk}, ts)"
+
+    def partition_deletions_migration(self, layout: TableLayout, primary_key: str) -> list[str]:
+        """A partition-tombstone table created before 2026-11-27 (primary key on the partition
+        key, one upserted row per partition) made append-only: its constraint ``primary_key``
+        dropped, the index of :meth:`partition_deletions_index` created. Its rows stay valid."""
+        return [
+            f"ALTER TABLE {layout.q(layout.partition_deletions)} DROP CONSTRAINT {q(primary_key)}",
+            self.partition_deletions_index(layout),
+        ]
 
     def create_statements(self, layout: TableLayout) -> list[str]:
         """Everything a new table needs (idempotent: IF NOT EXISTS everywhere)."""
@@ -228,6 +245,13 @@ class LatestStateDdl:
             out.append(self.static_view(layout))
         return out
 
+    def _partition_deletion(self, layout: TableLayout) -> str:
+        """Each partition's newest tombstone (its table may hold several per partition). Grouped,
+        not a lateral max(): a query of one partition gets its key pushed down into the group
+        (an index scan), and a scan of the whole view can hash-join."""
+        keys = ", ".join(q(c.ident) for c in layout.partition_key)
+        return f"(SELECT {keys}, max(ts) AS ts FROM {layout.q(layout.partition_deletions)} GROUP BY {keys})"
+
     def _pk_join(self, layout: TableLayout, alias: str) -> str:
         return " AND ".join(f"{alias}.{q(c.ident)} = r.{q(c.ident)}" for c in layout.partition_key)
 
@@ -250,7 +274,7 @@ class LatestStateDdl:
         return (
             f"CREATE VIEW {layout.q(layout.view)} AS SELECT {keys}{shown} "
             f"FROM {layout.q(layout.state_table)} r "
-            f"LEFT JOIN {layout.q(layout.partition_deletions)} p ON {self._pk_join(layout, 'p')} "
+            f"LEFT JOIN {self._partition_deletion(layout)} p ON {self._pk_join(layout, 'p')} "
             f"CROSS JOIN LATERAL (SELECT greatest({', '.join(deletions)}) AS del, {NOW_SQL} AS now) x "
             f"CROSS JOIN LATERAL (SELECT {rendered}) v "
             f"WHERE {live}"
@@ -265,7 +289,7 @@ class LatestStateDdl:
         return (
             f"CREATE VIEW {layout.q(layout.static_view)} AS SELECT {keys}{shown} "
             f"FROM {layout.q(layout.static_table)} r "
-            f"LEFT JOIN {layout.q(layout.partition_deletions)} p ON {self._pk_join(layout, 'p')} "
+            f"LEFT JOIN {self._partition_deletion(layout)} p ON {self._pk_join(layout, 'p')} "
             f"CROSS JOIN LATERAL (SELECT greatest(r.{q(DELETED_TS)}, p.ts) AS del, {NOW_SQL} AS now) x "
             f"CROSS JOIN LATERAL (SELECT {rendered}) v "
             f"WHERE {live}"

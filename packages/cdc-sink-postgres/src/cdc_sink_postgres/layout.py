@@ -257,6 +257,10 @@ class TableLayout:
         return pg_name(f"{self.base}__partition_deletions")
 
     @property
+    def partition_deletions_index(self) -> str:
+        return pg_name(f"{self.base}__partition_deletions_key_ts")
+
+    @property
     def range_deletions(self) -> str:
         return pg_name(f"{self.base}__range_deletions")
 

@@ -2,9 +2,10 @@
 
 Per table and batch: the pre-merged records are COPied (binary) into a TEMP staging table shaped
 like the target, then ONE ``INSERT … SELECT … ON CONFLICT DO UPDATE`` folds them in with
-last-write-wins per cell (tombstone wins ties), greatest() for deletions and an element-wise
-merge for collections. Every rule is commutative, associative and idempotent, so any order of
-batches, replays and concurrent writers converge.
+last-write-wins per cell (tombstone wins ties), greatest() for row and range deletions and an
+element-wise merge for collections; partition tombstones are appended, the newest one counting.
+Every rule is commutative, associative and idempotent, so any order of batches, replays and
+concurrent writers converge.
 """
 
 from __future__ import annotations
@@ -241,6 +242,9 @@ class RowMergeShapes:
 
 
 def _partition_deletions_merge(layout: TableLayout) -> StagedMerge:
+    """Partition tombstones appended (ddl: no unique key; the views take each partition's
+    newest), so a replay or another replica's copy of a deletion adds a row and changes nothing
+    visible. Sorted by key: neighbouring index entries go in together."""
     keys = layout.partition_key
     names = [c.ident for c in keys] + ["ts"]
     types = [c.staging_sql for c in keys] + ["bigint"]
@@ -252,7 +256,7 @@ def _partition_deletions_merge(layout: TableLayout) -> StagedMerge:
         column_types=tuple(types),
         select_sql=f"INSERT INTO {layout.q(layout.partition_deletions)} AS t ({', '.join(q(n) for n in names)}) "
         f"SELECT {', '.join([_cast(c, f's.{q(c.ident)}') for c in keys] + ['s.ts'])}",
-        tail_sql=f"ORDER BY {key_list} ON CONFLICT ({key_list}) DO UPDATE SET ts = greatest(t.ts, excluded.ts)",
+        tail_sql=f"ORDER BY {key_list}",
     )
 
 
