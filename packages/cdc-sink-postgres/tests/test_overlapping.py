@@ -14,7 +14,7 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pg_sink_helpers import batch, collections_schema, schema, upsert
+from pg_sink_helpers import batch, collections_schema, partition_delete, schema, upsert
 
 from cdc_core.errors import TransientError
 from cdc_core.sinks import Batch
@@ -320,6 +320,22 @@ def _disjoint() -> tuple[Batch, Batch]:
 
 def _sharing() -> tuple[Batch, Batch]:
     return batch([upsert(S, {"pk": 1}, 10, v="a"), upsert(S, {"pk": 3}, 10, v="c")]), batch([upsert(S, {"pk": 3}, 20, v="c2")])
+
+
+def _sharing_a_partition_tombstone() -> tuple[Batch, Batch]:
+    first = batch([upsert(S, {"pk": 1}, 10, v="a"), partition_delete(S, {"pk": 3}, 10)])
+    return first, batch([partition_delete(S, {"pk": 3}, 20), upsert(S, {"pk": 2}, 10, v="b")])
+
+
+async def test_batches_sharing_only_a_partition_tombstone_merge_before_their_turn(harness: PostgresHarness) -> None:
+    """Partition tombstones are appended and lock nothing, so they are no part of a footprint: a
+    batch deleting a partition that a pending earlier batch deletes too still merges early."""
+    async with _pair(harness, _sharing_a_partition_tombstone) as (_, second, held, w1, w2):
+        await _wait_for(lambda: _waits_in_server(harness.dsn, held, second))
+        held.gate.set()
+        await asyncio.wait_for(asyncio.gather(w1, w2), 10)
+        visible, offsets = await _visible(harness.dsn, harness.sink_name)
+        assert visible == {0, 1, 2} and offsets == {"n1": second.positions["n1"].offset}
 
 
 async def test_disjoint_batches_merge_before_their_turn_and_commit_after(harness: PostgresHarness) -> None:
