@@ -862,6 +862,42 @@ async def test_partition_tombstones_are_appended_and_the_newest_shadows(harness:
         await conn.close()
 
 
+def _range_delete(s: TableSchema, pk: int, lo: int, hi: int, ts: int) -> ChangeEvent:
+    return ChangeEvent(
+        position=pos(),
+        schema=s,
+        kind=ChangeKind.RANGE_DELETE,
+        key={"pk": pk},
+        range_deletion=RangeDeletion(
+            start=RangeBound(values=(lo,), inclusive=True),
+            end=RangeBound(values=(hi,), inclusive=True),
+            deletion=Deletion(timestamp=ts, local_deletion_time=1),
+        ),
+    )
+
+
+async def test_range_tombstones_are_appended_and_the_newest_shadows(harness: PostgresHarness) -> None:
+    """Range tombstones are appended too: a replay and an older, wider deletion arriving later
+    add rows; each row shows as the newest tombstone covering it allows."""
+    s = schema(f"rdel_{uuid.uuid4().hex[:6]}", {"pk": "int", "ck": "int", "v": "text"}, ck=("ck",))
+    events = [upsert(s, {"pk": 1, "ck": ck}, 10, v=f"v{ck}") for ck in range(1, 6)]
+    events += [_range_delete(s, 1, 2, 4, 20), _range_delete(s, 1, 2, 4, 20), _range_delete(s, 1, 1, 5, 15)]
+    events += [upsert(s, {"pk": 1, "ck": 3}, 18, v="older than its tombstone"), upsert(s, {"pk": 1, "ck": 1}, 16, v="newer")]
+    sink = await harness.make_sink()
+    for e in events:
+        assert (await sink.write(batch([e]))).rejected == []
+    state = await harness.read_state(s, NOW)
+    assert state.rows == {(1, 1): {"pk": 1, "ck": 1, "v": "newer"}}
+    assert normalise_state(state) == normalise_state(latest_state(events, now=NOW))
+    layout = _layout(harness, s)
+    conn = await asyncpg.connect(harness.dsn)
+    try:
+        rows = await conn.fetch(f'SELECT "start#ck", "end#ck", ts FROM {layout.q(layout.range_deletions)} ORDER BY ts, "start#ck"')
+        assert [tuple(r) for r in rows] == [(1, 5, 15), (2, 4, 20), (2, 4, 20)]
+    finally:
+        await conn.close()
+
+
 async def test_writers_of_the_same_partition_tombstone_do_not_wait_for_each_other(pg_dsn: str) -> None:
     """Two transactions appending a tombstone of the same partition: neither waits for the other
     (no unique key to check against an uncommitted row), which is why a batch's footprint — what
@@ -923,7 +959,7 @@ async def test_a_partition_tombstone_table_of_an_older_version_is_made_append_on
         try:
             primary_keys = "SELECT count(*) FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'"
             if case == "view-changed-by-hand":
-                with pytest.raises(PermanentError, match="partition tombstones are appended"):
+                with pytest.raises(PermanentError, match="its tombstones are appended"):
                     await restarted.write(batch(events))
                 assert await conn.fetchval(primary_keys, pdel) == 1
                 return
@@ -935,6 +971,41 @@ async def test_a_partition_tombstone_table_of_an_older_version_is_made_append_on
             assert await conn.fetchval(primary_keys, pdel) == 0
             assert await conn.fetchval("SELECT to_regclass($1)", layout.q(layout.partition_deletions_index)) is not None
             assert [tuple(r) for r in await conn.fetch(f"SELECT pk, ts FROM {pdel} ORDER BY pk, ts")] == [(1, 40), (2, 20), (2, 30)]
+        finally:
+            await conn.close()
+    finally:
+        await h.destroy()
+
+
+async def test_a_range_tombstone_table_of_an_older_version_is_made_append_only(pg_dsn: str) -> None:
+    """A range-tombstone table an older sink made (primary key on the partition key and the
+    bounds, one upserted row per range) is made append-only on restart: replaying a range
+    deletion then adds a row instead of violating the key."""
+    h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}")
+    try:
+        s = schema(f"rdel_{uuid.uuid4().hex[:6]}", {"pk": "int", "ck": "int", "v": "text"}, ck=("ck",))
+        events = [upsert(s, {"pk": 1, "ck": ck}, 10, v=f"v{ck}") for ck in range(1, 4)] + [_range_delete(s, 1, 1, 2, 20)]
+        sink = await _sink(h)
+        await sink.write(batch(events))
+        layout = _layout(h, s)
+        rdel = layout.q(layout.range_deletions)
+        conn = await asyncpg.connect(pg_dsn)
+        try:  # back to how the sink made it before 2026-11-27
+            await conn.execute(f'DROP INDEX {layout.q(layout.range_deletions_index)}; ALTER TABLE {rdel} ADD PRIMARY KEY ("pk", "#bounds")')
+        finally:
+            await conn.close()
+        await h.destroy()
+        restarted = await _sink(h)
+        again = [_range_delete(s, 1, 1, 2, 20), _range_delete(s, 1, 2, 3, 30)]  # a replay, and a newer one
+        assert (await restarted.write(batch(again))).rejected == []
+        assert (await h.read_state(s, NOW)).rows == {}
+        assert normalise_state(await h.read_state(s, NOW)) == normalise_state(latest_state(events + again, now=NOW))
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            keys = await conn.fetchval("SELECT count(*) FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'", rdel)
+            assert keys == 0
+            assert await conn.fetchval("SELECT to_regclass($1)", layout.q(layout.range_deletions_index)) is not None
+            assert await conn.fetchval(f"SELECT count(*) FROM {rdel}") == 3
         finally:
             await conn.close()
     finally:

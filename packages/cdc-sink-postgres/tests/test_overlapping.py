@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,9 +15,10 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pg_sink_helpers import batch, collections_schema, partition_delete, schema, upsert
+from pg_sink_helpers import batch, collections_schema, partition_delete, pos, schema, upsert
 
 from cdc_core.errors import TransientError
+from cdc_core.events import ChangeEvent, ChangeKind, Deletion, RangeBound, RangeDeletion
 from cdc_core.sinks import Batch
 from cdc_core.testing.contract import batches_of, normalise_state
 from cdc_core.testing.model import latest_state
@@ -325,6 +327,31 @@ def _sharing() -> tuple[Batch, Batch]:
 def _sharing_a_partition_tombstone() -> tuple[Batch, Batch]:
     first = batch([upsert(S, {"pk": 1}, 10, v="a"), partition_delete(S, {"pk": 3}, 10)])
     return first, batch([partition_delete(S, {"pk": 3}, 20), upsert(S, {"pk": 2}, 10, v="b")])
+
+
+R = schema("overlap_ranges", {"pk": "int", "ck": "int", "v": "text"}, ck=("ck",))
+
+
+def _range_delete(pk: int, lo: int, hi: int, ts: int) -> ChangeEvent:
+    bound = functools.partial(RangeBound, inclusive=True)
+    deletion = RangeDeletion(start=bound(values=(lo,)), end=bound(values=(hi,)), deletion=Deletion(timestamp=ts, local_deletion_time=1))
+    return ChangeEvent(position=pos(), schema=R, kind=ChangeKind.RANGE_DELETE, key={"pk": pk}, range_deletion=deletion)
+
+
+def _sharing_a_range_tombstone() -> tuple[Batch, Batch]:
+    first = batch([upsert(R, {"pk": 1, "ck": 1}, 10, v="a"), _range_delete(3, 1, 2, 10)])
+    return first, batch([_range_delete(3, 1, 2, 20), upsert(R, {"pk": 2, "ck": 1}, 10, v="b")])
+
+
+async def test_batches_sharing_only_a_range_tombstone_merge_before_their_turn(harness: PostgresHarness) -> None:
+    """Range tombstones are appended too: no part of a footprint either."""
+    async with _pair(harness, _sharing_a_range_tombstone) as (_, second, held, w1, w2):
+        await _wait_for(lambda: _waits_in_server(harness.dsn, held, second))
+        held.gate.set()
+        await asyncio.wait_for(asyncio.gather(w1, w2), 10)
+        assert set((await harness.read_state(R, NOW)).rows) == {(1, 1), (2, 1)}
+        _, offsets = await _visible(harness.dsn, harness.sink_name)
+        assert offsets == {"n1": second.positions["n1"].offset}
 
 
 async def test_batches_sharing_only_a_partition_tombstone_merge_before_their_turn(harness: PostgresHarness) -> None:

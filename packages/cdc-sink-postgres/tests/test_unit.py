@@ -192,13 +192,17 @@ def test_inline_merge_reads_the_same_columns_from_array_parameters() -> None:
     assert 'we"ird' not in merges.rows.inline_sql().replace('we""ird', "")
 
 
-def test_partition_tombstones_are_appended_under_a_non_unique_index() -> None:
+def test_tombstones_are_appended_under_non_unique_indexes() -> None:
     layout = TableLayout.from_schema(schema("t", {"pk": "int", "ck": "int", "v": "text"}, ck=("ck",)), pg_schema="cdc", base="ks_t")
-    table, index, *_ = LatestStateDdl().deletion_table_statements(layout)
+    table, index, ranges, range_index = LatestStateDdl().deletion_table_statements(layout)
     assert table.startswith('CREATE TABLE IF NOT EXISTS "cdc"."ks_t__partition_deletions"') and "PRIMARY KEY" not in table
     assert index == 'CREATE INDEX IF NOT EXISTS "ks_t__partition_deletions_key_ts" ON "cdc"."ks_t__partition_deletions" ("pk", ts)'
-    merge = latest_state_merges(layout).partition_deletions
-    assert "ON CONFLICT" not in merge.merge_sql and "ON CONFLICT" not in merge.inline_sql()
+    assert ranges.startswith('CREATE TABLE IF NOT EXISTS "cdc"."ks_t__range_deletions"') and "PRIMARY KEY" not in ranges
+    assert range_index == 'CREATE INDEX IF NOT EXISTS "ks_t__range_deletions_key" ON "cdc"."ks_t__range_deletions" ("pk")'
+    merges = latest_state_merges(layout)
+    assert merges.range_deletions is not None
+    for merge in (merges.partition_deletions, merges.range_deletions):
+        assert "ON CONFLICT" not in merge.merge_sql and "ON CONFLICT" not in merge.inline_sql()
     # The views take each partition's newest tombstone, not every row of it.
     view = LatestStateDdl().row_view(layout)
     assert '(SELECT "pk", max(ts) AS ts FROM "cdc"."ks_t__partition_deletions" GROUP BY "pk") p' in view

@@ -116,11 +116,10 @@ class LatestStateDdl:
 
     def deletion_table_statements(self, layout: TableLayout) -> list[str]:
         pk_defs = self.key_definitions(layout.partition_key)
-        pk = ", ".join(q(c.ident) for c in layout.partition_key)
-        # Partition tombstones are appended, one row per deletion written (a partition deleted
+        # Tombstones are appended, one row per deletion written (a partition or range deleted
         # again, or by several replicas, has several rows; the views take the newest): no unique
         # key, so no ON CONFLICT — half the server's work per deletion, and no row lock another
-        # writer of the same partition could wait for.
+        # writer of the same tombstone could wait for.
         out = [
             f"CREATE TABLE IF NOT EXISTS {layout.q(layout.partition_deletions)} ({', '.join(pk_defs)}, ts bigint NOT NULL)",
             self.partition_deletions_index(layout),
@@ -132,22 +131,30 @@ class LatestStateDdl:
                 bounds += [f"{q(f'#{side}_len')} integer NOT NULL", f"{q(f'#{side}_incl')} boolean NOT NULL"]
             out.append(
                 f"CREATE TABLE IF NOT EXISTS {layout.q(layout.range_deletions)} "
-                f"({', '.join(pk_defs + bounds)}, {q('#bounds')} text NOT NULL, ts bigint NOT NULL, PRIMARY KEY ({pk}, {q('#bounds')}))"
+                f"({', '.join(pk_defs + bounds)}, {q('#bounds')} text NOT NULL, ts bigint NOT NULL)"
             )
+            out.append(self.range_deletions_index(layout))
         return out
 
     def partition_deletions_index(self, layout: TableLayout) -> str:
         pk = ", ".join(q(c.ident) for c in layout.partition_key)
         return f"CREATE INDEX IF NOT EXISTS {q(layout.partition_deletions_index)} ON {layout.q(layout.partition_deletions)} ({pk}, ts)"
 
-    def partition_deletions_migration(self, layout: TableLayout, primary_key: str) -> list[str]:
-        """A partition-tombstone table created before 2026-11-27 (primary key on the partition
-        key, one upserted row per partition) made append-only: its constraint ``primary_key``
-        dropped, the index of :meth:`partition_deletions_index` created. Its rows stay valid."""
-        return [
-            f"ALTER TABLE {layout.q(layout.partition_deletions)} DROP CONSTRAINT {q(primary_key)}",
-            self.partition_deletions_index(layout),
-        ]
+    def range_deletions_index(self, layout: TableLayout) -> str:
+        pk = ", ".join(q(c.ident) for c in layout.partition_key)
+        return f"CREATE INDEX IF NOT EXISTS {q(layout.range_deletions_index)} ON {layout.q(layout.range_deletions)} ({pk})"
+
+    def tombstone_tables(self, layout: TableLayout) -> list[str]:
+        """The layout's tombstone tables (unqualified names)."""
+        return [layout.partition_deletions] + ([layout.range_deletions] if layout.clustering else [])
+
+    def tombstones_migration(self, layout: TableLayout, table: str, primary_key: str) -> list[str]:
+        """A tombstone table (one of :meth:`tombstone_tables`) created before 2026-11-27, with a
+        primary key (the partition key, or it and the range's bounds) and one upserted row per
+        key, made append-only: its constraint ``primary_key`` dropped and its index created. Its
+        rows stay valid."""
+        index = self.partition_deletions_index(layout) if table == layout.partition_deletions else self.range_deletions_index(layout)
+        return [f"ALTER TABLE {layout.q(table)} DROP CONSTRAINT {q(primary_key)}", index]
 
     def create_statements(self, layout: TableLayout) -> list[str]:
         """Everything a new table needs (idempotent: IF NOT EXISTS everywhere)."""

@@ -265,6 +265,10 @@ class TableLayout:
         return pg_name(f"{self.base}__range_deletions")
 
     @property
+    def range_deletions_index(self) -> str:
+        return pg_name(f"{self.base}__range_deletions_key")
+
+    @property
     def history_table(self) -> str:
         return pg_name(self.base)
 

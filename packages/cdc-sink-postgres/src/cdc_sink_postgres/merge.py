@@ -2,8 +2,9 @@
 
 Per table and batch: the pre-merged records are COPied (binary) into a TEMP staging table shaped
 like the target, then ONE ``INSERT … SELECT … ON CONFLICT DO UPDATE`` folds them in with
-last-write-wins per cell (tombstone wins ties), greatest() for row and range deletions and an
-element-wise merge for collections; partition tombstones are appended, the newest one counting.
+last-write-wins per cell (tombstone wins ties), greatest() for row deletions and an
+element-wise merge for collections; partition and range tombstones are appended, the newest
+one counting.
 Every rule is commutative, associative and idempotent, so any order of batches, replays and
 concurrent writers converge.
 """
@@ -270,6 +271,8 @@ def range_columns(layout: TableLayout) -> list[tuple[str, str, ColumnLayout | No
 
 
 def _range_deletions_merge(layout: TableLayout) -> StagedMerge:
+    """Range tombstones appended, as partition tombstones are (the view takes the newest one
+    covering a row, however many cover it)."""
     cols = range_columns(layout)
     staging = pg_name(f"cdc_stage_{layout.signature}_rdel")
     key_list = ", ".join([q(c.ident) for c in layout.partition_key] + [q("#bounds")])
@@ -280,7 +283,7 @@ def _range_deletions_merge(layout: TableLayout) -> StagedMerge:
         column_types=tuple(t for _, t, _ in cols),
         select_sql=f"INSERT INTO {layout.q(layout.range_deletions)} AS t ({', '.join(q(n) for n, _, _ in cols)}) "
         f"SELECT {', '.join(select)}",
-        tail_sql=f"ORDER BY {key_list} ON CONFLICT ({key_list}) DO UPDATE SET ts = greatest(t.ts, excluded.ts)",
+        tail_sql=f"ORDER BY {key_list}",
     )
 
 

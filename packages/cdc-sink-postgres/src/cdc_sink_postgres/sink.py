@@ -274,7 +274,7 @@ class PostgresSink:
         layout = TableLayout.from_schema(schema, pg_schema=cfg.schema, base=base, overrides=overrides, known=known)
         added = [c for c in layout.columns if c.name not in known_by_name]
         changed = [c for c in layout.columns if c.name in known_by_name and c != known_by_name[c.name]]
-        migrated = bool(known) and base not in self._views_refreshed and await self._append_partition_deletions(conn, layout)
+        migrated = bool(known) and base not in self._views_refreshed and await self._append_tombstones(conn, layout)
         changed_drop = [c for c in changed if c.dropped != known_by_name[c.name].dropped]
         retyped = [c for c in changed if c.cql_type != known_by_name[c.name].cql_type]
         for c in retyped:
@@ -296,9 +296,9 @@ class PostgresSink:
                         raise
                     if migrated:  # the old views would show a row per tombstone: undo it all
                         raise PermanentError(
-                            f"table {cfg.schema}.{base}: its partition tombstones are appended since 2026-11-27, and its views "
+                            f"table {cfg.schema}.{base}: its tombstones are appended since 2026-11-27, and its views "
                             f"must be replaced to read the newest one per partition, which failed: {type(exc).__name__}: {exc} "
-                            "(see docs/sinks/postgres.md, Partition tombstones)"
+                            "(see docs/sinks/postgres.md, Tombstones)"
                         ) from None
                     log.warning("postgres sink could not refresh views", sink=self.name, table=f"{cfg.schema}.{base}", error=str(exc))
                 self._views_refreshed.add(base)
@@ -336,22 +336,24 @@ class PostgresSink:
         )
         return layout, True
 
-    async def _append_partition_deletions(self, conn: Any, layout: TableLayout) -> bool:
-        """Whether the partition-tombstone table was one an older version of the sink created
-        (one upserted row per partition, under a primary key), now made append-only as the merge
-        writes it. Inside the caller's transaction (the table's DDL lock), which then replaces the
-        views (they must take each partition's newest tombstone before a second one is written):
-        if that fails, everything is rolled back."""
-        table = layout.q(layout.partition_deletions)
-        primary_key = await conn.fetchval("SELECT conname FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'", table)
-        if primary_key is None:
-            return False
-        for stmt in self.ddl.partition_deletions_migration(layout, primary_key):
-            await conn.execute(stmt)
-        log.info(
-            "postgres sink made partition tombstones append-only", sink=self.name, table=f"{layout.pg_schema}.{layout.partition_deletions}"
-        )
-        return True
+    async def _append_tombstones(self, conn: Any, layout: TableLayout) -> bool:
+        """Whether a tombstone table was one an older version of the sink created (one upserted
+        row per key, under a primary key), now made append-only as the merges write it. Inside
+        the caller's transaction (the table's DDL lock), which then replaces the views (they
+        must take the newest tombstone of a key before a second one is written): if that fails,
+        everything is rolled back."""
+        migrated = False
+        for table in self.ddl.tombstone_tables(layout):
+            primary_key = await conn.fetchval(
+                "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'", layout.q(table)
+            )
+            if primary_key is None:
+                continue
+            for stmt in self.ddl.tombstones_migration(layout, table, primary_key):
+                await conn.execute(stmt)
+            log.info("postgres sink made tombstones append-only", sink=self.name, table=f"{layout.pg_schema}.{table}")
+            migrated = True
+        return migrated
 
     # --- writing --------------------------------------------------------------------------------
 
@@ -773,8 +775,8 @@ async def _keep_session(conn: Any) -> None:
 
 
 def _footprint(work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> dict[str, Any] | None:
-    """The rows a batch's merges lock, per relation; None with a history-mode table. (Partition
-    tombstones are appended: their inserts lock nothing another write waits for.)"""
+    """The rows a batch's merges lock, per relation; None with a history-mode table. (Tombstones
+    are appended: their inserts lock nothing another write waits for.)"""
     relations: list[tuple[str, Any]] = []
     for target, _, prepared in work:
         if target.history is not None or not isinstance(prepared, PreparedTable):
@@ -783,7 +785,6 @@ def _footprint(work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> di
         relations += [
             (layout.q(layout.state_table), fold.rows.keys()),
             (layout.q(layout.static_table), fold.statics.keys()),
-            (layout.q(layout.range_deletions), fold.range_deletions.keys()),
         ]
     return footprint(relations)
 
