@@ -6,7 +6,7 @@ import itertools
 import uuid
 from typing import Any
 
-from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deletion, Liveness
+from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deletion, Liveness, RangeBound, RangeDeletion
 from cdc_core.positions import Position
 from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
 from cdc_core.sinks import Batch
@@ -56,6 +56,16 @@ def partition_delete(s: TableSchema, key: dict[str, Any], ts: int) -> ChangeEven
         kind=ChangeKind.PARTITION_DELETE,
         key=key,
         partition_deletion=Deletion(timestamp=ts, local_deletion_time=1),
+    )
+
+
+def range_delete(s: TableSchema, key: dict[str, Any], start: RangeBound | None, end: RangeBound | None, ts: int) -> ChangeEvent:
+    return ChangeEvent(
+        position=pos(),
+        schema=s,
+        kind=ChangeKind.RANGE_DELETE,
+        key=key,
+        range_deletion=RangeDeletion(start=start, end=end, deletion=Deletion(timestamp=ts, local_deletion_time=1)),
     )
 
 

@@ -22,11 +22,11 @@ import structlog
 from frozendict import frozendict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pg_sink_helpers import batch, collections_schema, partition_delete, pos, schema, upsert
+from pg_sink_helpers import batch, collections_schema, partition_delete, pos, range_delete, schema, upsert
 
 from cdc_core.cqltypes import Duration
 from cdc_core.errors import PermanentError, TransientError
-from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deletion, ElementChange, RangeBound, RangeDeletion
+from cdc_core.events import Cell, ChangeEvent, ComplexChange, Deletion, ElementChange, RangeBound
 from cdc_core.positions import Position
 from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
 from cdc_core.secrets import Secret
@@ -452,17 +452,7 @@ async def test_range_deletion_with_huge_bounds_is_stored(harness: PostgresHarnes
         upsert(s, {"pk": 1, "ck": "a"}, 10, v=1),
         upsert(s, {"pk": 1, "ck": "az"}, 10, v=2),
         upsert(s, {"pk": 1, "ck": "c"}, 10, v=3),
-        ChangeEvent(
-            position=pos(),
-            schema=s,
-            kind=ChangeKind.RANGE_DELETE,
-            key={"pk": 1},
-            range_deletion=RangeDeletion(
-                start=RangeBound(values=(lo,), inclusive=True),
-                end=RangeBound(values=(hi,), inclusive=True),
-                deletion=Deletion(timestamp=20, local_deletion_time=1),
-            ),
-        ),
+        range_delete(s, {"pk": 1}, RangeBound(values=(lo,), inclusive=True), RangeBound(values=(hi,), inclusive=True), 20),
     ]
     sink = await harness.make_sink()
     result = await sink.write(batch(events))
@@ -505,19 +495,11 @@ async def test_range_deletion_orders_timeuuids_like_cassandra(harness: PostgresH
     same_hi, same_lo = _tu(2**40, clock_seq=0x7F), _tu(2**40, clock_seq=0xFF)
     rows = {"early": early, "late": late, "same_hi": same_hi, "same_lo": same_lo}
 
-    def range_delete(pk: int, end: uuid.UUID, ts: int) -> ChangeEvent:
-        return ChangeEvent(
-            position=pos(),
-            schema=s,
-            kind=ChangeKind.RANGE_DELETE,
-            key={"pk": pk},
-            range_deletion=RangeDeletion(
-                start=None, end=RangeBound(values=(end,), inclusive=False), deletion=Deletion(timestamp=ts, local_deletion_time=1)
-            ),
-        )
+    def until(pk: int, end: uuid.UUID, ts: int) -> ChangeEvent:
+        return range_delete(s, {"pk": pk}, None, RangeBound(values=(end,), inclusive=False), ts)
 
     events = [upsert(s, {"pk": pk, "ck": u}, 100, v=name) for pk in (1, 2) for name, u in rows.items()]
-    events += [range_delete(1, late, 200), range_delete(2, same_hi, 200)]  # DELETE … WHERE ck < x
+    events += [until(1, late, 200), until(2, same_hi, 200)]  # DELETE … WHERE ck < x
     sink = await harness.make_sink()
     assert not (await sink.write(batch(events))).rejected
     state = await harness.read_state(s, NOW)
@@ -863,17 +845,7 @@ async def test_partition_tombstones_are_appended_and_the_newest_shadows(harness:
 
 
 def _range_delete(s: TableSchema, pk: int, lo: int, hi: int, ts: int) -> ChangeEvent:
-    return ChangeEvent(
-        position=pos(),
-        schema=s,
-        kind=ChangeKind.RANGE_DELETE,
-        key={"pk": pk},
-        range_deletion=RangeDeletion(
-            start=RangeBound(values=(lo,), inclusive=True),
-            end=RangeBound(values=(hi,), inclusive=True),
-            deletion=Deletion(timestamp=ts, local_deletion_time=1),
-        ),
-    )
+    return range_delete(s, {"pk": pk}, RangeBound(values=(lo,), inclusive=True), RangeBound(values=(hi,), inclusive=True), ts)
 
 
 async def test_range_tombstones_are_appended_and_the_newest_shadows(harness: PostgresHarness) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,10 +14,10 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pg_sink_helpers import batch, collections_schema, partition_delete, pos, schema, upsert
+from pg_sink_helpers import batch, collections_schema, partition_delete, range_delete, schema, upsert
 
 from cdc_core.errors import TransientError
-from cdc_core.events import ChangeEvent, ChangeKind, Deletion, RangeBound, RangeDeletion
+from cdc_core.events import ChangeEvent, RangeBound
 from cdc_core.sinks import Batch
 from cdc_core.testing.contract import batches_of, normalise_state
 from cdc_core.testing.model import latest_state
@@ -333,9 +332,7 @@ R = schema("overlap_ranges", {"pk": "int", "ck": "int", "v": "text"}, ck=("ck",)
 
 
 def _range_delete(pk: int, lo: int, hi: int, ts: int) -> ChangeEvent:
-    bound = functools.partial(RangeBound, inclusive=True)
-    deletion = RangeDeletion(start=bound(values=(lo,)), end=bound(values=(hi,)), deletion=Deletion(timestamp=ts, local_deletion_time=1))
-    return ChangeEvent(position=pos(), schema=R, kind=ChangeKind.RANGE_DELETE, key={"pk": pk}, range_deletion=deletion)
+    return range_delete(R, {"pk": pk}, RangeBound(values=(lo,), inclusive=True), RangeBound(values=(hi,), inclusive=True), ts)
 
 
 def _sharing_a_range_tombstone() -> tuple[Batch, Batch]:
