@@ -35,6 +35,7 @@ import asyncio
 import datetime as dt
 import functools
 import gc
+import logging
 import os
 import platform
 import statistics
@@ -46,6 +47,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import structlog
 
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, Deletion, Liveness
 from cdc_core.positions import Position
@@ -288,6 +290,8 @@ async def main() -> None:
     parser.add_argument("--workers", default="1,2", help="connections (baselines; the sink's pool)")
     parser.add_argument("--overlap", type=int, default=None, help="the sink's overlapping_writes (default: 2, or the connections if more)")
     args = parser.parse_args()
+    # The sink's info lines (one per table created) would land between the table's rows on stdout.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     conn = await asyncpg.connect(args.dsn)
     version = await conn.fetchval("SHOW server_version")
     settings = {k: await conn.fetchval(f"SHOW {k}") for k in ("synchronous_commit", "fsync", "shared_buffers")}
