@@ -116,13 +116,14 @@ class LatestStateDdl:
 
     def deletion_table_statements(self, layout: TableLayout) -> list[str]:
         pk_defs = self.key_definitions(layout.partition_key)
+        indexes = self.tombstone_indexes(layout)
         # Tombstones are appended, one row per deletion written (a partition or range deleted
         # again, or by several replicas, has several rows; the views take the newest): no unique
         # key, so no ON CONFLICT — half the server's work per deletion, and no row lock another
         # writer of the same tombstone could wait for.
         out = [
             f"CREATE TABLE IF NOT EXISTS {layout.q(layout.partition_deletions)} ({', '.join(pk_defs)}, ts bigint NOT NULL)",
-            self.partition_deletions_index(layout),
+            indexes[layout.partition_deletions],
         ]
         if layout.clustering:
             bounds: list[str] = []
@@ -133,28 +134,29 @@ class LatestStateDdl:
                 f"CREATE TABLE IF NOT EXISTS {layout.q(layout.range_deletions)} "
                 f"({', '.join(pk_defs + bounds)}, {q('#bounds')} text NOT NULL, ts bigint NOT NULL)"
             )
-            out.append(self.range_deletions_index(layout))
+            out.append(indexes[layout.range_deletions])
         return out
 
-    def partition_deletions_index(self, layout: TableLayout) -> str:
+    def tombstone_indexes(self, layout: TableLayout) -> dict[str, str]:
+        """Each tombstone table of the layout (unqualified name) → the statement creating its
+        index: partition tombstones on (partition key, ts), range tombstones on the partition key."""
         pk = ", ".join(q(c.ident) for c in layout.partition_key)
-        return f"CREATE INDEX IF NOT EXISTS {q(layout.partition_deletions_index)} ON {layout.q(layout.partition_deletions)} ({pk}, ts)"
-
-    def range_deletions_index(self, layout: TableLayout) -> str:
-        pk = ", ".join(q(c.ident) for c in layout.partition_key)
-        return f"CREATE INDEX IF NOT EXISTS {q(layout.range_deletions_index)} ON {layout.q(layout.range_deletions)} ({pk})"
-
-    def tombstone_tables(self, layout: TableLayout) -> list[str]:
-        """The layout's tombstone tables (unqualified names)."""
-        return [layout.partition_deletions] + ([layout.range_deletions] if layout.clustering else [])
+        out = {
+            layout.partition_deletions: f"CREATE INDEX IF NOT EXISTS {q(layout.partition_deletions_index)} "
+            f"ON {layout.q(layout.partition_deletions)} ({pk}, ts)"
+        }
+        if layout.clustering:
+            out[layout.range_deletions] = (
+                f"CREATE INDEX IF NOT EXISTS {q(layout.range_deletions_index)} ON {layout.q(layout.range_deletions)} ({pk})"
+            )
+        return out
 
     def tombstones_migration(self, layout: TableLayout, table: str, primary_key: str) -> list[str]:
-        """A tombstone table (one of :meth:`tombstone_tables`) created before 2026-11-27, with a
-        primary key (the partition key, or it and the range's bounds) and one upserted row per
+        """A tombstone table (a key of :meth:`tombstone_indexes`) created before 2026-11-27, with
+        a primary key (the partition key, or it and the range's bounds) and one upserted row per
         key, made append-only: its constraint ``primary_key`` dropped and its index created. Its
         rows stay valid."""
-        index = self.partition_deletions_index(layout) if table == layout.partition_deletions else self.range_deletions_index(layout)
-        return [f"ALTER TABLE {layout.q(table)} DROP CONSTRAINT {q(primary_key)}", index]
+        return [f"ALTER TABLE {layout.q(table)} DROP CONSTRAINT {q(primary_key)}", self.tombstone_indexes(layout)[table]]
 
     def create_statements(self, layout: TableLayout) -> list[str]:
         """Everything a new table needs (idempotent: IF NOT EXISTS everywhere)."""

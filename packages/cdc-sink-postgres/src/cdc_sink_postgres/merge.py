@@ -4,9 +4,8 @@ Per table and batch: the pre-merged records are COPied (binary) into a TEMP stag
 like the target, then ONE ``INSERT … SELECT … ON CONFLICT DO UPDATE`` folds them in with
 last-write-wins per cell (tombstone wins ties), greatest() for row deletions and an
 element-wise merge for collections; partition and range tombstones are appended, the newest
-one counting.
-Every rule is commutative, associative and idempotent, so any order of batches, replays and
-concurrent writers converge.
+one counting. Every rule is commutative, associative and idempotent, so any order of batches,
+replays and concurrent writers converge.
 """
 
 from __future__ import annotations
@@ -255,7 +254,7 @@ def _partition_deletions_merge(layout: TableLayout) -> StagedMerge:
         staging=staging,
         columns=tuple(names),
         column_types=tuple(types),
-        select_sql=f"INSERT INTO {layout.q(layout.partition_deletions)} AS t ({', '.join(q(n) for n in names)}) "
+        select_sql=f"INSERT INTO {layout.q(layout.partition_deletions)} ({', '.join(q(n) for n in names)}) "
         f"SELECT {', '.join([_cast(c, f's.{q(c.ident)}') for c in keys] + ['s.ts'])}",
         tail_sql=f"ORDER BY {key_list}",
     )
@@ -281,8 +280,7 @@ def _range_deletions_merge(layout: TableLayout) -> StagedMerge:
         staging=staging,
         columns=tuple(n for n, _, _ in cols),
         column_types=tuple(t for _, t, _ in cols),
-        select_sql=f"INSERT INTO {layout.q(layout.range_deletions)} AS t ({', '.join(q(n) for n, _, _ in cols)}) "
-        f"SELECT {', '.join(select)}",
+        select_sql=f"INSERT INTO {layout.q(layout.range_deletions)} ({', '.join(q(n) for n, _, _ in cols)}) SELECT {', '.join(select)}",
         tail_sql=f"ORDER BY {key_list}",
     )
 

@@ -343,7 +343,7 @@ class PostgresSink:
         must take the newest tombstone of a key before a second one is written): if that fails,
         everything is rolled back."""
         migrated = False
-        for table in self.ddl.tombstone_tables(layout):
+        for table in self.ddl.tombstone_indexes(layout):
             primary_key = await conn.fetchval(
                 "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'", layout.q(table)
             )
