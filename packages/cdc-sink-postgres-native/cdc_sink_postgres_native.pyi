@@ -4,6 +4,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 __version__: str
+FOLD_API: int
 
 def encode_copy(records: Iterable[Sequence[Any]], codes: bytes, fields: Sequence[int] | None = None) -> bytes | None:
     """The PostgreSQL binary ``COPY`` payload (signature, header, one tuple per record, trailer).
@@ -31,7 +32,7 @@ def fold_inline(
     events: list[Any],
     start: int,
     target: dict[tuple[Any, ...], list[Any]],
-    keys: list[tuple[str, Any]],
+    keys: Sequence[tuple[str, Any, int]],
     fast: dict[str, tuple[int, Any]],
     width: int,
     row_kind: Any,
@@ -41,5 +42,6 @@ def fold_inline(
 ) -> int:
     """``RecordFold.add_all``'s inline path from event ``start`` on (row events of a new key writing
     only simple cells of ``fast`` columns become staging records in ``target``; a converter raising
-    ``rejected_type`` appends (index, error) to ``rejected``); returns the index of the first event
+    ``rejected_type`` appends (index, error) to ``rejected``; ``keys``: (name, converter, int bits
+    or -1) of the key columns, an exact int within ±2**bits used as it is); returns the index of the first event
     left to the general path (``len(events)`` if none)."""

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from cdc_core.cqltypes import parse_type
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, Liveness
 from cdc_core.positions import Position
-from cdc_core.schema import ColumnKind, ColumnSchema, TableSchema
+from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
 from cdc_sink_postgres import native
 from cdc_sink_postgres.layout import TableLayout
 from cdc_sink_postgres.premerge import FoldPlan, NeedsEagerFold, RecordFold, StagingRecords
@@ -149,9 +149,9 @@ _event = st.builds(
 )
 
 
-def _staged(events: list[ChangeEvent], monkeypatch: pytest.MonkeyPatch, switch: str, eager: bool) -> Any:
+def _staged(events: list[ChangeEvent], monkeypatch: pytest.MonkeyPatch, switch: str, eager: bool, plan: FoldPlan = PLAN) -> Any:
     monkeypatch.setenv("CDC_SINK_POSTGRES_NATIVE", switch)
-    fold = RecordFold(PLAN, eager=eager)
+    fold = RecordFold(plan, eager=eager)
     try:
         rejected = [(i, type(exc), str(exc)) for i, exc in fold.add_all(events)]
         out: StagingRecords | None = fold.staged_rows() if fold.rows else None
@@ -197,3 +197,75 @@ def test_records_folded_natively_are_not_tracked_by_the_cyclic_gc(monkeypatch: p
     for key, record in fold.rows.items():
         assert not gc.is_tracked(record) and not gc.is_tracked(key)
     assert gc.is_tracked([object()])  # (a list is tracked by default)
+
+
+# A smallint partition key and an int clustering column: the accelerator checks integer keys
+# against the range of their converter (typemap.int_converter_bits) instead of calling it.
+SMALL_KEYS = TableSchema(
+    keyspace="ks",
+    table="small_keys",
+    id=uuid.UUID(int=78),
+    columns=(
+        ColumnSchema(name="pk", type="smallint", kind=ColumnKind.PARTITION_KEY),
+        ColumnSchema(name="ck", type="int", kind=ColumnKind.CLUSTERING, position=0, clustering_order=ClusteringOrder.ASC),
+        ColumnSchema(name="v", type="text", kind=ColumnKind.REGULAR, position=-1),
+    ),
+)
+SMALL_PLAN = FoldPlan(TableLayout.from_schema(SMALL_KEYS, pg_schema="s", base="small_keys"))
+_KEY_EDGES: list[Any] = [0, -1, 2**15 - 1, -(2**15), 2**15, -(2**15) - 1, 2**31 - 1, -(2**31), 2**31, -(2**31) - 1]
+_KEY_EDGES += [2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 2**64, True, 1.0, "1", None]
+_key = st.sampled_from(_KEY_EDGES) | st.integers(-(2**65), 2**65)
+
+
+@pytest.mark.parametrize("eager", [False, True])
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(st.tuples(_key, _key), min_size=1, max_size=10))
+def test_integer_keys_are_checked_natively_as_their_converters_check_them(eager: bool, keys: list[tuple[Any, Any]]) -> None:
+    assert [bits for _, _, bits in SMALL_PLAN.native_keys] == [15, 31]
+    assert [bits for _, _, bits in PLAN.native_keys] == [63]
+    events = [
+        ChangeEvent(
+            position=Position(node="n", segment_id=1, offset=i, index=0),
+            schema=SMALL_KEYS,
+            kind=ChangeKind.ROW,
+            key={"pk": pk, "ck": ck},
+            cells={"v": Cell(timestamp=1, value="x")},
+        )
+        for i, (pk, ck) in enumerate(keys)
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        reference = _staged(events, mp, "0", eager, SMALL_PLAN)
+        accelerated = _staged(events, mp, "1", eager, SMALL_PLAN)
+    assert accelerated == reference
+
+
+class _KeyShadowed(ChangeEvent):
+    """A subclass reading ``key`` through a property where ChangeEvent has a slot."""
+
+    __slots__ = ()
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return {"pk": 99}
+
+
+@pytest.mark.parametrize("shadowed_first", [False, True])
+def test_an_attribute_a_subclass_shadows_is_read_through_it(monkeypatch: pytest.MonkeyPatch, shadowed_first: bool) -> None:
+    """The accelerator reads the slots of the class it met first directly, and any other class's
+    attributes as Python does."""
+    events = [
+        ChangeEvent(
+            position=Position(node="n", segment_id=1, offset=i, index=0),
+            schema=SCHEMA,
+            kind=ChangeKind.ROW,
+            key={"pk": i},
+            cells={"c_text": Cell(timestamp=1, value=f"v{i}")},
+        )
+        for i in range(2)
+    ]
+    object.__setattr__(events[0 if shadowed_first else 1], "__class__", _KeyShadowed)
+    reference = _staged(events, monkeypatch, "0", False)
+    accelerated = _staged(events, monkeypatch, "1", False)
+    assert accelerated == reference
+    _, (_, _, records), _, _ = accelerated
+    assert sorted(r[0] for r in records) == sorted([99, 1 if shadowed_first else 0])

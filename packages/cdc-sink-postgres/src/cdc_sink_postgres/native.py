@@ -27,6 +27,7 @@ __all__ = [
     "copy_codes",
     "encode_copy",
     "encode_copy_sliced",
+    "fold_module",
     "native_module",
     "pieces",
 ]
@@ -87,6 +88,13 @@ def native_module() -> ModuleType | None:
     if _native is None or os.environ.get("CDC_SINK_POSTGRES_NATIVE", "").strip().lower() in _OFF:
         return None
     return _native
+
+
+def fold_module() -> ModuleType | None:
+    """The accelerator if its ``fold_inline`` takes this package's arguments (``FOLD_API`` 2);
+    an older build of it still encodes and checks, while the fold runs in Python."""
+    module = native_module()
+    return module if module is not None and getattr(module, "FOLD_API", 1) == 2 else None
 
 
 def check_spec(cql_name: str) -> tuple[int, int] | None:

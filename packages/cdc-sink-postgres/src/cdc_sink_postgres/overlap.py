@@ -32,7 +32,8 @@ import asyncio
 import itertools
 import secrets
 import weakref
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from cdc_core.sinks import Batch
@@ -41,8 +42,8 @@ from cdc_core.turns import Turn
 __all__ = ["EarlySlot", "EarlySlots", "Flight", "Flights", "Footprint", "turn_due"]
 
 # Per destination relation (its qualified name), the keys of the rows a write's merges lock
-# (sets or dict key views, so that membership is a hashed look-up).
-Footprint = Mapping[str, Collection[Hashable]]
+# (sets or dict key views: hashed membership, and isdisjoint in C).
+Footprint = Mapping[str, AbstractSet[Hashable]]
 
 
 class Flight:
@@ -102,12 +103,12 @@ def disjoint(a: Footprint, b: Footprint) -> bool:
         if theirs is None:
             continue
         small, large = (keys, theirs) if len(keys) <= len(theirs) else (theirs, keys)
-        if any(k in large for k in small):  # sets or dict key views: hashed look-ups
+        if not large.isdisjoint(small):  # (iterates the smaller, looking each up in the larger)
             return False
     return True
 
 
-def footprint(relations: Sequence[tuple[str, Collection[Hashable]]]) -> dict[str, Collection[Hashable]]:
+def footprint(relations: Sequence[tuple[str, AbstractSet[Hashable]]]) -> dict[str, AbstractSet[Hashable]]:
     """Merge (relation, keys) pairs into one footprint (a relation named twice: both key sets)."""
     out: dict[str, Any] = {}
     for relation, keys in relations:

@@ -21,12 +21,13 @@ import orjson
 from cdc_core.cqltypes import CqlType, value_to_json
 from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Liveness, RangeBound
 from cdc_sink_postgres.layout import ColumnLayout, TableLayout
-from cdc_sink_postgres.native import ProjectedRecords, check_spec, native_module
+from cdc_sink_postgres.native import ProjectedRecords, check_spec, fold_module, native_module
 from cdc_sink_postgres.typemap import (
     ValueRejected,
     bulk_check,
     dumps,
     element_text,
+    int_converter_bits,
     is_array_element,
     key_string,
     list_path_key,
@@ -391,7 +392,13 @@ class FoldPlan:
         pk_conv, ck_conv = layout.key_converters
         self.pk_conv = tuple((n, size_checked(layout.column(n), c)) for n, c in pk_conv)
         self.ck_conv = tuple((n, size_checked(layout.column(n), c)) for n, c in ck_conv)
+        # The key columns for the accelerator's fold: (name, converter, int bits or -1).
+        self.native_keys = tuple((n, c, _or_minus_one(int_converter_bits(c))) for n, c in self.pk_conv + self.ck_conv)
         self.columns = {c.name: c for c in layout.columns}
+
+
+def _or_minus_one(bits: int | None) -> int:
+    return -1 if bits is None else bits
 
 
 def _merge_records(acc: list[Any], new: list[Any], side: _Side) -> None:
@@ -599,14 +606,14 @@ class RecordFold:
         second: tuple[str, Any] = keys[-1] if keys else ("", None)
         name1, conv1 = first
         name2, conv2 = second
-        module = native_module() if inline else None
+        module = fold_module() if inline else None
         if module is not None:
             # The accelerator runs the same inline path; each event it leaves goes through add().
             listed = events if type(events) is list else list(events)
             n = len(listed)
             i = 0
             while i < n:
-                i = module.fold_inline(listed, i, target, list(keys), fast, side.width, row, cell_type, ValueRejected, rejected)
+                i = module.fold_inline(listed, i, target, plan.native_keys, fast, side.width, row, cell_type, ValueRejected, rejected)
                 if i >= n:
                     break
                 # A run of partition deletions (the accelerator folds rows only): folded here, not

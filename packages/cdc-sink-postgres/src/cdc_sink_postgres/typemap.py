@@ -212,6 +212,12 @@ def _fast_text(value: Any) -> Any:
     return check_text(value)
 
 
+# The converter of each CQL integer type → the range it passes unchanged (an exact int v with
+# -(2**bits) ≤ v < 2**bits): the accelerator's fold checks that range itself, without a call.
+_INT_CONVERTER_BITS: dict[Callable[[Any], Any], int] = {}
+
+
+@functools.cache
 def _int_converter(name: str) -> Any:
     bits = _INT_RANGES[name]
     lo, hi = -(2**bits), 2**bits
@@ -221,7 +227,14 @@ def _int_converter(name: str) -> Any:
             return value
         return _check_int(value, name)
 
+    _INT_CONVERTER_BITS[conv] = bits
     return conv
+
+
+def int_converter_bits(convert: Callable[[Any], Any]) -> int | None:
+    """``bits`` when ``convert`` is the converter of a CQL integer type, which returns an exact
+    int in [-(2**bits), 2**bits) unchanged (and checks anything else); None for any other."""
+    return _INT_CONVERTER_BITS.get(convert)
 
 
 def _float_conv(value: Any) -> Any:
