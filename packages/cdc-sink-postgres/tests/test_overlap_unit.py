@@ -19,8 +19,11 @@ key_sets = keys | keys.map(lambda s: dict.fromkeys(s).keys())
 footprints = st.dictionaries(st.sampled_from(["r1", "r2", "r3"]), key_sets, max_size=3)
 
 
+Keys = AbstractSet[tuple[int, str]]
+
+
 @given(a=footprints, b=footprints)
-def test_disjoint_is_no_shared_key_in_any_relation(a: dict[str, AbstractSet[tuple[int, str]]], b: dict[str, AbstractSet[tuple[int, str]]]) -> None:
+def test_disjoint_is_no_shared_key_in_any_relation(a: dict[str, Keys], b: dict[str, Keys]) -> None:
     shared = any(set(a[r]) & set(b[r]) for r in a.keys() & b.keys())
     assert disjoint(a, b) is not shared
     assert disjoint(a, b) == disjoint(b, a)

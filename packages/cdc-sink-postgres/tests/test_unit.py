@@ -26,6 +26,7 @@ from cdc_sink_postgres.errors import Redactor, is_bisectable, is_data_error, is_
 from cdc_sink_postgres.idents import qualify, quote_ident
 from cdc_sink_postgres.layout import TableLayout, pg_name
 from cdc_sink_postgres.merge import latest_state_merges
+from cdc_sink_postgres.native import ProjectedRecords
 from cdc_sink_postgres.premerge import TableDelta, row_record
 from cdc_sink_postgres.tls import build_ssl
 from cdc_sink_postgres.typemap import ValueRejected, dumps, from_json, key_string, pg_type_for, to_db, to_json
@@ -214,6 +215,18 @@ def test_inline_args_are_the_records_column_by_column(records: list[tuple[Any, .
     merge = latest_state_merges(TableLayout.from_schema(s, pg_schema="cdc", base="ks_t")).partition_deletions
     columns = merge.inline_args(records)
     assert len(columns) == len(merge.columns) and [tuple(r) for r in zip(*columns, strict=True)] == records
+
+
+@given(
+    st.lists(st.lists(st.none() | st.integers(), min_size=5, max_size=5), min_size=1),
+    st.lists(st.integers(0, 4), min_size=2, max_size=5),
+)
+def test_inline_args_of_projected_records_are_their_kept_fields_column_by_column(source: list[list[Any]], keep: list[int]) -> None:
+    s = schema("t", {"pk": "text", "ck": "bigint", "v": "text"}, ck=("ck",))
+    merge = latest_state_merges(TableLayout.from_schema(s, pg_schema="cdc", base="ks_t")).partition_deletions
+    projected = ProjectedRecords(source, keep)
+    assert merge.inline_args(projected) == [list(column) for column in zip(*projected, strict=True)]
+    assert merge.inline_args(projected) == [[record[k] for record in source] for k in keep]
 
 
 def test_config_is_strict_and_secret_stays_hidden() -> None:

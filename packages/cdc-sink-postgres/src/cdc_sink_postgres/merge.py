@@ -18,7 +18,7 @@ import attrs
 from cdc_sink_postgres.ddl import MERGE_FUNCTION
 from cdc_sink_postgres.idents import qualify, quote_ident
 from cdc_sink_postgres.layout import DELETED_TS, MARKER_EXP, MARKER_TS, ColumnLayout, TableLayout, pg_name
-from cdc_sink_postgres.native import Payload, encode_copy_sliced, pieces
+from cdc_sink_postgres.native import Payload, ProjectedRecords, encode_copy_sliced, pieces
 
 __all__ = ["RowMergeShapes", "StagedMerge", "latest_state_merges"]
 
@@ -70,6 +70,8 @@ class StagedMerge:
 
     def inline_args(self, records: Sequence[Sequence[Any]]) -> list[list[Any]]:
         """``records`` as the array parameters of :meth:`inline_sql`, one per column."""
+        if isinstance(records, ProjectedRecords):
+            return records.columns()
         return [list(column) for column in zip(*records, strict=True)]
 
     async def merge_inline(self, conn: Any, records: Sequence[Sequence[Any]]) -> None:
