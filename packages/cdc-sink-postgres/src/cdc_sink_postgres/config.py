@@ -15,6 +15,7 @@ Example (YAML)::
         early_merge: true              # (see docs/sinks/postgres.md, Overlapping writes)
         inline_max_values: 4096        # small merges as array parameters, not COPY (0: always COPY)
         server_settings: {work_mem: 64MB}   # session settings, over the defaults
+        tombstone_compaction_interval: 60  # seconds; 0: never (docs/sinks/postgres.md, Tombstones)
         ssl: {mode: verify-full, ca_file: /etc/ssl/pg-ca.crt}
         tables:
           shop.orders:
@@ -105,6 +106,9 @@ class PostgresSinkConfig:
     inline_max_values: int = attrs.field(default=DEFAULT_INLINE_MAX_VALUES, validator=attrs.validators.ge(0))
     # Session settings of every connection, over DEFAULT_SESSION_SETTINGS.
     server_settings: dict[str, str] = attrs.field(factory=dict)
+    # Seconds between removals of the tombstone rows a newer one of the same key makes redundant
+    # (of the keys deleted since the last one; 0: never).
+    tombstone_compaction_interval: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
 
     def session_settings(self) -> dict[str, str]:
         return {**DEFAULT_SESSION_SETTINGS, **self.server_settings}

@@ -14,6 +14,7 @@ the transaction moving the offsets commits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import weakref
@@ -31,6 +32,7 @@ from cdc_core.positions import Position
 from cdc_core.schema import TableSchema
 from cdc_core.sinks import Batch, Rejected, WriteResult
 from cdc_core.turns import Turn
+from cdc_sink_postgres.compaction import TombstoneCompaction
 from cdc_sink_postgres.config import PostgresSinkConfig
 from cdc_sink_postgres.ddl import COLUMNS_TABLE, LatestStateDdl
 from cdc_sink_postgres.errors import Redactor, is_bisectable, is_transient
@@ -57,6 +59,9 @@ _serials = itertools.count(1)
 # Events folded between two returns to the event loop (≈ 0.5–1 ms of folding: the loop then
 # hears of a finished statement of the write in flight before this one that much late at most).
 FOLD_SLICE = 250
+# Tombstone keys noted for compaction (cdc_sink_postgres.compaction) beyond which it runs before
+# its interval is up.
+COMPACTION_MAX_KEYS = 100_000
 
 
 class TableTarget:
@@ -111,6 +116,9 @@ class PostgresSink:
         self._fold_lock = asyncio.Lock()
         self._flights = Flights()
         self._early_slots = EarlySlots(config.pool_max_size)
+        self._compaction = TombstoneCompaction(COMPACTION_MAX_KEYS)
+        self._compaction_due = asyncio.Event()
+        self._compaction_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"PostgresSink(name={self.name!r}, schema={self.config.schema!r})"
@@ -144,9 +152,15 @@ class PostgresSink:
                 self._pool.terminate()
                 self._pool = None
             raise self._translate(exc, "connecting") from None
+        if cfg.tombstone_compaction_interval > 0:
+            self._compaction_task = asyncio.create_task(self._compact_periodically(cfg.tombstone_compaction_interval))
         log.info("postgres sink started", sink=self.name, schema=cfg.schema)
 
     async def close(self) -> None:
+        task, self._compaction_task = self._compaction_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -424,9 +438,47 @@ class PostgresSink:
             slot.release()
             if turn is not None and flight is not None:
                 self._flights.end(turn, flight)
+        self._note_tombstones(work)
         if rejected:
             log.warning("postgres sink rejected events", sink=self.name, batch_id=batch.batch_id, rejected=len(rejected))
         return WriteResult(rejected=rejected)
+
+    # --- tombstone compaction (cdc_sink_postgres.compaction) -------------------------------------
+
+    def _note_tombstones(self, work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> None:
+        """The keys whose tombstones a committed batch appended, for the next compaction."""
+        for target, _, prepared in work:
+            if isinstance(prepared, PreparedTable):
+                fold = prepared.fold
+                if fold.partition_deletions or fold.range_deletions:
+                    self._compaction.note(target.layout, fold.partition_deletions.keys(), fold.range_deletions.keys())
+        if self._compaction.due:
+            self._compaction_due.set()
+
+    async def compact_tombstones(self) -> int:
+        """Remove the tombstone rows that a newer one of the same key makes redundant, for the keys
+        whose tombstones were committed since the last call; returns the rows removed. Each chunk
+        of keys is a short transaction of its own on a pooled connection; a chunk that fails is
+        logged and dropped (its rows stay until that key is deleted again: space, not data)."""
+        removed = 0
+        for sql, args in self._compaction.take():
+            try:
+                async with self._acquire() as conn:
+                    status = await conn.execute(sql, *args)
+                removed += int(status.split()[-1])
+            except Exception as exc:
+                log.warning("postgres sink tombstone compaction failed", sink=self.name, error=self._redact(f"{type(exc).__name__}: {exc}"))
+        if removed:
+            log.debug("postgres sink compacted tombstones", sink=self.name, removed=removed)
+        return removed
+
+    async def _compact_periodically(self, interval: float) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):  # (the interval is up)
+                await asyncio.wait_for(self._compaction_due.wait(), interval)
+            self._compaction_due.clear()
+            if self._compaction.pending:
+                await self.compact_tombstones()
 
     async def _fold_all(
         self, groups: Sequence[tuple[TableTarget, list[ChangeEvent]]]
