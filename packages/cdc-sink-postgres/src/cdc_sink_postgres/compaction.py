@@ -22,27 +22,31 @@ __all__ = ["CHUNK_KEYS", "TombstoneCompaction", "partition_compaction_sql", "ran
 CHUNK_KEYS = 5_000
 
 
-def _key_match(alias: str, other: str, names: Sequence[str]) -> str:
-    return " AND ".join(f"{alias}.{q(n)} = {other}.{q(n)}" for n in names)
-
-
 def _stored(c: ColumnLayout, expr: str) -> str:
     # The noted keys are staging values; a column with a type override stores them cast.
     return f"{expr}::{c.stored_sql}" if c.override_sql and not c.multicell else expr
 
 
 def _compaction_sql(table: str, keys: Sequence[ColumnLayout], extra: Sequence[tuple[str, str]]) -> str:
-    """DELETE of the rows of ``table`` whose key (``keys`` and the ``extra`` (name, type)
-    columns) is one of the array parameters' and which a newer row of the same key (or one as
-    new, further on in the table) makes redundant."""
+    """DELETE of every row of ``table`` but the newest (greatest ``ts``, then the last in the
+    table) of each key given as array parameters (one per column of ``keys`` and ``extra``,
+    (name, type) columns). Shaped so that it costs index look-ups per key whatever the planner
+    knows of the table: each key's newest row and its other rows are LATERAL subqueries (the
+    ``LIMIT`` and ``OFFSET 0`` keep them from being flattened into joins, which the planner
+    hashed over a scan of the whole table), and the rows found are deleted by ``ctid``."""
     names = [c.ident for c in keys] + [n for n, _ in extra]
     types = [c.staging_sql for c in keys] + [t for _, t in extra]
     arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
     given = [_stored(c, f"k.{q(c.ident)}") for c in keys] + [f"k.{q(n)}" for n, _ in extra]
-    pick = " AND ".join(f"d.{q(n)} = {v}" for n, v in zip(names, given, strict=True))
+
+    def of_key(alias: str) -> str:
+        return " AND ".join(f"{alias}.{q(n)} = {v}" for n, v in zip(names, given, strict=True))
+
     return (
-        f"DELETE FROM {table} d USING unnest({arrays}) AS k({', '.join(q(n) for n in names)}), {table} n "
-        f"WHERE {pick} AND {_key_match('n', 'd', names)} AND (n.ts > d.ts OR (n.ts = d.ts AND n.ctid > d.ctid))"
+        f"DELETE FROM {table} d WHERE d.ctid = ANY (ARRAY("
+        f"SELECT o.ctid FROM unnest({arrays}) AS k({', '.join(q(n) for n in names)}), "
+        f"LATERAL (SELECT n.ctid AS keep FROM {table} n WHERE {of_key('n')} ORDER BY n.ts DESC, n.ctid DESC LIMIT 1) AS newest, "
+        f"LATERAL (SELECT o.ctid FROM {table} o WHERE {of_key('o')} AND o.ctid <> newest.keep OFFSET 0) AS o))"
     )
 
 
