@@ -123,8 +123,11 @@ def test_postgres_config_carries_connection_and_names() -> None:
     pg = c.postgres_config()
     assert (pg.schema, pg.pool_max_size, pg.destination_name("ks", "readings"), pg.destination_name("ks", "x")) == ("m", 2, "r", "x")
     assert pg.dsn.reveal() == "postgresql://x@h/db"
-    tuned = cfg(overlapping_writes=3, early_merge=False, inline_max_values=0, server_settings={"work_mem": "256MB"}).postgres_config()
-    assert (tuned.overlapping_writes, tuned.early_merge, tuned.inline_max_values) == (3, False, 0)
+    tuned = cfg(
+        overlapping_writes=3, early_merge=False, inline_max_values=0, server_settings={"work_mem": "256MB"}, tombstone_compaction_interval=0
+    ).postgres_config()
+    assert (tuned.overlapping_writes, tuned.early_merge, tuned.inline_max_values, tuned.tombstone_compaction_interval) == (3, False, 0, 0)
+    assert c.postgres_config().tombstone_compaction_interval == PostgresSinkConfig(dsn=c.dsn).tombstone_compaction_interval > 0
     assert c.postgres_config().inline_max_values == PostgresSinkConfig(dsn=c.dsn).inline_max_values > 0
     assert tuned.session_settings() == {"work_mem": "256MB", "temp_buffers": "64MB"}
 

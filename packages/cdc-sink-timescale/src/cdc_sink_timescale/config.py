@@ -168,6 +168,7 @@ class TimescaleSinkConfig:
     early_merge: bool = True
     inline_max_values: int = attrs.field(default=DEFAULT_INLINE_MAX_VALUES, validator=attrs.validators.ge(0))
     server_settings: dict[str, str] = attrs.field(factory=dict)
+    tombstone_compaction_interval: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
 
     def __attrs_post_init__(self) -> None:
         self._check_static("", self.mode, self.time_column, self.chunk_interval, self.integer_chunk_interval)
@@ -334,6 +335,7 @@ class TimescaleSinkConfig:
             early_merge=self.early_merge,
             inline_max_values=self.inline_max_values,
             server_settings=dict(self.server_settings),
+            tombstone_compaction_interval=self.tombstone_compaction_interval,
         )
 
 
