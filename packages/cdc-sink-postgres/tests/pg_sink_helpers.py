@@ -10,6 +10,9 @@ from cdc_core.events import Cell, ChangeEvent, ChangeKind, ComplexChange, Deleti
 from cdc_core.positions import Position
 from cdc_core.schema import ClusteringOrder, ColumnKind, ColumnSchema, TableSchema
 from cdc_core.sinks import Batch
+from cdc_sink_postgres.layout import TableLayout
+from cdc_sink_postgres.sink import PostgresSink
+from cdc_sink_postgres.testing import PostgresHarness
 
 _positions = itertools.count(1)
 
@@ -96,3 +99,22 @@ def collections_schema() -> TableSchema:
             ColumnSchema(name="s0", type="int", kind=ColumnKind.STATIC, position=-1),
         ),
     )
+
+
+async def started_sink(h: PostgresHarness, **overrides: Any) -> PostgresSink:
+    """A started sink of ``h`` with ``overrides`` of its configuration (kept for later sinks)."""
+    h.config_overrides = {**h.config_overrides, **overrides}
+    sink = await h.make_sink()
+    assert isinstance(sink, PostgresSink)
+    return sink
+
+
+def layout_of(h: PostgresHarness, s: TableSchema) -> TableLayout:
+    """The layout ``h``'s sinks give table ``s``."""
+    cfg = h.config()
+    return TableLayout.from_schema(s, pg_schema=cfg.schema, base=cfg.destination_name(s.keyspace, s.table))
+
+
+def int_range_delete(s: TableSchema, pk: int, lo: int, hi: int, ts: int) -> ChangeEvent:
+    """Deletion of the rows of partition ``pk`` with ``lo`` ≤ ck ≤ ``hi`` (one int clustering column)."""
+    return range_delete(s, {"pk": pk}, RangeBound(values=(lo,), inclusive=True), RangeBound(values=(hi,), inclusive=True), ts)

@@ -13,10 +13,8 @@ import asyncpg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pg_sink_helpers import batch, partition_delete, range_delete, schema, upsert
+from pg_sink_helpers import batch, int_range_delete, layout_of, partition_delete, schema, started_sink, upsert
 
-from cdc_core.events import ChangeEvent, RangeBound
-from cdc_core.schema import TableSchema
 from cdc_core.secrets import Secret
 from cdc_core.testing.strategies import NOW
 from cdc_sink_postgres import compaction
@@ -24,17 +22,7 @@ from cdc_sink_postgres.compaction import TombstoneCompaction, partition_compacti
 from cdc_sink_postgres.config import DEFAULT_INLINE_MAX_VALUES, PostgresSinkConfig
 from cdc_sink_postgres.layout import TableLayout
 from cdc_sink_postgres.merge import latest_state_merges
-from cdc_sink_postgres.sink import PostgresSink
 from cdc_sink_postgres.testing import PostgresHarness
-
-
-def _layout(h: PostgresHarness, s: TableSchema) -> TableLayout:
-    cfg = h.config()
-    return TableLayout.from_schema(s, pg_schema=cfg.schema, base=cfg.destination_name(s.keyspace, s.table))
-
-
-def _range_delete(s: TableSchema, pk: int, lo: int, hi: int, ts: int) -> ChangeEvent:
-    return range_delete(s, {"pk": pk}, RangeBound(values=(lo,), inclusive=True), RangeBound(values=(hi,), inclusive=True), ts)
 
 
 @pytest.fixture(params=[0, DEFAULT_INLINE_MAX_VALUES], ids=["copy", "inline"])
@@ -43,13 +31,6 @@ async def harness(pg_dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[
     h = PostgresHarness(pg_dsn, config_overrides={"inline_max_values": request.param, "tombstone_compaction_interval": 0})
     yield h
     await h.destroy()
-
-
-async def _sink(h: PostgresHarness, **overrides: Any) -> PostgresSink:
-    h.config_overrides = {**h.config_overrides, **overrides}
-    sink = await h.make_sink()
-    assert isinstance(sink, PostgresSink)
-    return sink
 
 
 async def _rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
@@ -63,15 +44,15 @@ async def _rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
 @pytest.mark.integration
 async def test_redundant_tombstones_of_the_keys_deleted_are_removed_and_nothing_visible_changes(harness: PostgresHarness) -> None:
     s = schema(f"cmp_{uuid.uuid4().hex[:6]}", {"pk": "int", "ck": "int", "v": "text"}, ck=("ck",))
-    sink = await _sink(harness)
+    sink = await started_sink(harness)
     events = [upsert(s, {"pk": pk, "ck": ck}, 10, v=f"{pk}/{ck}") for pk in range(1, 5) for ck in range(1, 6)]
     events += [partition_delete(s, {"pk": 1}, 30), partition_delete(s, {"pk": 1}, 30), partition_delete(s, {"pk": 1}, 20)]
     events += [partition_delete(s, {"pk": 2}, 40)]
-    events += [_range_delete(s, 3, 2, 4, 20), _range_delete(s, 3, 2, 4, 20), _range_delete(s, 3, 1, 5, 15)]
+    events += [int_range_delete(s, 3, 2, 4, 20), int_range_delete(s, 3, 2, 4, 20), int_range_delete(s, 3, 1, 5, 15)]
     events += [upsert(s, {"pk": 3, "ck": 1}, 16, v="newer than the wider range")]
     for e in events:  # one batch each: a batch folds its own duplicates away
         assert (await sink.write(batch([e]))).rejected == []
-    layout = _layout(harness, s)
+    layout = layout_of(harness, s)
     pdel, rdel = layout.q(layout.partition_deletions), layout.q(layout.range_deletions)
     # Rows of keys this process appended once (pk 2) or never (pk 4), written by hand here (say,
     # by an earlier process): compaction leaves them alone.
@@ -99,10 +80,10 @@ async def test_compaction_and_batches_appending_the_same_tombstones_never_wait_f
     open batch transaction appending a newer tombstone does not hold compaction up (nor lose its
     row), and an open compaction does not hold up a batch deleting the same partition."""
     s = schema(f"cmp_{uuid.uuid4().hex[:6]}", {"pk": "int", "a": "text"})
-    sink = await _sink(harness)
+    sink = await started_sink(harness)
     for ts in (10, 10, 20):
         await sink.write(batch([partition_delete(s, {"pk": 1}, ts)]))
-    layout = _layout(harness, s)
+    layout = layout_of(harness, s)
     pdel = layout.q(layout.partition_deletions)
     other = await asyncpg.connect(harness.dsn)
     try:
@@ -123,10 +104,10 @@ async def test_the_sink_compacts_on_its_own_every_interval(pg_dsn: str) -> None:
     h = PostgresHarness(pg_dsn, config_overrides={"tombstone_compaction_interval": 0.05})
     try:
         s = schema(f"cmp_{uuid.uuid4().hex[:6]}", {"pk": "int", "a": "text"})
-        sink = await _sink(h)
+        sink = await started_sink(h)
         for ts in (10, 10, 20, 15):
             await sink.write(batch([partition_delete(s, {"pk": 1}, ts), partition_delete(s, {"pk": 2}, ts)]))
-        layout = _layout(h, s)
+        layout = layout_of(h, s)
         sql = f"SELECT pk, ts FROM {layout.q(layout.partition_deletions)} ORDER BY pk"
         for _ in range(200):
             if await _rows(pg_dsn, sql) == [(1, 20), (2, 20)]:

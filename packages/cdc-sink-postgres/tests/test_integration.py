@@ -22,7 +22,18 @@ import structlog
 from frozendict import frozendict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pg_sink_helpers import batch, collections_schema, partition_delete, pos, range_delete, schema, upsert
+from pg_sink_helpers import (
+    batch,
+    collections_schema,
+    int_range_delete,
+    layout_of,
+    partition_delete,
+    pos,
+    range_delete,
+    schema,
+    started_sink,
+    upsert,
+)
 
 from cdc_core.cqltypes import Duration
 from cdc_core.errors import PermanentError, TransientError
@@ -54,13 +65,6 @@ async def harness(pg_dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[
     h = PostgresHarness(pg_dsn, config_overrides={"inline_max_values": request.param})
     yield h
     await h.destroy()
-
-
-async def _sink(h: PostgresHarness, **overrides: Any) -> PostgresSink:
-    h.config_overrides = {**h.config_overrides, **overrides}
-    sink = await h.make_sink()
-    assert isinstance(sink, PostgresSink)
-    return sink
 
 
 def _timeuuid(n: int) -> uuid.UUID:
@@ -190,7 +194,6 @@ async def test_every_type_not_staged_as_an_array_round_trips_inline(harness: Pos
     """The types a merge can send inline (every staged type but arrays: frozen lists and sets,
     vectors) round-trip through array parameters exactly as through COPY; in the inline run the
     row merge is really sent inline."""
-    from cdc_sink_postgres.layout import TableLayout
     from cdc_sink_postgres.merge import StagedMerge
 
     every = {"pk": "int"} | {n: t for n, (t, _) in ALL_TYPES.items()} | {n: t for n, (t, _, _) in COLLECTIONS.items()}
@@ -261,7 +264,7 @@ async def test_a_batch_of_several_fold_slices_rejects_exactly_its_culprits(harne
     culprits = {3, FOLD_SLICE + 1, 2 * FOLD_SLICE + 5, n - 2}
     events = [upsert(s, {"pk": i}, 10, v="bad\x00" if i in culprits else f"v{i}") for i in range(n - 1)]
     events.append(upsert(s, {"pk": 0}, 20, v="again"))  # the first slice's key, in the last one
-    sink = await _sink(harness)
+    sink = await started_sink(harness)
     groups = await sink._group(events)
     ticks = 0
     folding = True
@@ -295,7 +298,7 @@ async def test_staging_tables_hold_only_the_batch_being_merged(harness: Postgres
     from cdc_sink_postgres.merge import StagedMerge
 
     s = schema("staging", {"pk": "int", "v": "text"})
-    sink = await _sink(harness, pool_min_size=1, pool_max_size=1, inline_max_values=0)  # one session, one staging table
+    sink = await started_sink(harness, pool_min_size=1, pool_max_size=1, inline_max_values=0)  # one session, one staging table
     staged: list[int] = []
     merge_staged = StagedMerge.merge_staged
 
@@ -328,7 +331,7 @@ async def test_staging_tables_hold_only_the_batch_being_merged(harness: Postgres
 async def test_server_side_data_error_is_bisected_to_the_culprit(harness: PostgresHarness) -> None:
     # A configured override the value does not fit: only the server notices (22003).
     s = schema("narrow", {"pk": "int", "v": "int"})
-    sink = await _sink(harness, tables={"ks.narrow": TableConfig(column_types={"v": "smallint"})})
+    sink = await started_sink(harness, tables={"ks.narrow": TableConfig(column_types={"v": "smallint"})})
     events = [upsert(s, {"pk": i}, 10, v=100_000 if i == 5 else i) for i in range(8)]
     result = await sink.write(batch(events))
     assert [r.event for r in result.rejected] == [events[5]]
@@ -354,7 +357,7 @@ def _poisoned(kind: str) -> tuple[TableSchema, list[ChangeEvent], dict[str, Any]
 @pytest.mark.parametrize("kind", ["python", "server"])
 async def test_dead_letter_failure_commits_nothing(harness: PostgresHarness, kind: str) -> None:
     s, events, overrides = _poisoned(kind)
-    sink = await _sink(harness, **overrides)
+    sink = await started_sink(harness, **overrides)
     first = batch([upsert(s, {"pk": 100}, 5, v="x" if kind == "python" else 1)])
     await sink.write(first)
 
@@ -375,7 +378,7 @@ async def test_dead_letter_failure_commits_nothing(harness: PostgresHarness, kin
 @pytest.mark.parametrize("kind", ["python", "server"])
 async def test_dead_letter_is_called_before_the_commit(harness: PostgresHarness, kind: str) -> None:
     s, events, overrides = _poisoned(kind)
-    sink = await _sink(harness, **overrides)
+    sink = await started_sink(harness, **overrides)
     first = batch([upsert(s, {"pk": 100}, 5, v="x" if kind == "python" else 1)])
     await sink.write(first)
     seen: list[tuple[list[ChangeEvent], list[Any], set[Any]]] = []
@@ -653,7 +656,7 @@ async def test_destination_cache_is_keyed_by_value_and_bounded(harness: Postgres
 
 async def test_history_mode_appends_each_event_once(harness: PostgresHarness) -> None:
     s = schema("hist", {"pk": "int", "ck": "text", "v": "text"}, ck=("ck",))
-    sink = await _sink(harness, tables={"ks.hist": TableConfig(mode="history")})
+    sink = await started_sink(harness, tables={"ks.hist": TableConfig(mode="history")})
     events = [upsert(s, {"pk": 1, "ck": "a"}, 10 + i, v=f"v{i}") for i in range(5)] + [partition_delete(s, {"pk": 1}, 99)]
     await sink.write(batch(events[:4]))
     await sink.write(batch(events))  # a replay of the first four plus two new
@@ -816,11 +819,6 @@ async def test_partial_update_and_null_and_older_write_after_delete(harness: Pos
     assert (await harness.read_state(s, NOW)).rows == {(1,): {"pk": 1, "a": None, "b": 6}}
 
 
-def _layout(h: PostgresHarness, s: TableSchema) -> TableLayout:
-    cfg = h.config()
-    return TableLayout.from_schema(s, pg_schema=cfg.schema, base=cfg.destination_name(s.keyspace, s.table))
-
-
 async def test_partition_tombstones_are_appended_and_the_newest_shadows(harness: PostgresHarness) -> None:
     """A partition tombstone is a row appended (no unique key, no ON CONFLICT): a replay or an
     older deletion arriving later adds one, and the views go by each partition's newest."""
@@ -834,7 +832,7 @@ async def test_partition_tombstones_are_appended_and_the_newest_shadows(harness:
     assert (await harness.read_state(s, NOW)).rows == {(2,): {"pk": 2, "a": "y"}}
     await sink.write(batch([upsert(s, {"pk": 1}, 31, insert=False, a="newer")]))
     assert (await harness.read_state(s, NOW)).rows == {(1,): {"pk": 1, "a": "newer"}, (2,): {"pk": 2, "a": "y"}}
-    layout = _layout(harness, s)
+    layout = layout_of(harness, s)
     conn = await asyncpg.connect(harness.dsn)
     try:
         rows = await conn.fetch(f"SELECT pk, ts FROM {layout.q(layout.partition_deletions)} ORDER BY ts")
@@ -844,16 +842,12 @@ async def test_partition_tombstones_are_appended_and_the_newest_shadows(harness:
         await conn.close()
 
 
-def _range_delete(s: TableSchema, pk: int, lo: int, hi: int, ts: int) -> ChangeEvent:
-    return range_delete(s, {"pk": pk}, RangeBound(values=(lo,), inclusive=True), RangeBound(values=(hi,), inclusive=True), ts)
-
-
 async def test_range_tombstones_are_appended_and_the_newest_shadows(harness: PostgresHarness) -> None:
     """Range tombstones are appended too: a replay and an older, wider deletion arriving later
     add rows; each row shows as the newest tombstone covering it allows."""
     s = schema(f"rdel_{uuid.uuid4().hex[:6]}", {"pk": "int", "ck": "int", "v": "text"}, ck=("ck",))
     events = [upsert(s, {"pk": 1, "ck": ck}, 10, v=f"v{ck}") for ck in range(1, 6)]
-    events += [_range_delete(s, 1, 2, 4, 20), _range_delete(s, 1, 2, 4, 20), _range_delete(s, 1, 1, 5, 15)]
+    events += [int_range_delete(s, 1, 2, 4, 20), int_range_delete(s, 1, 2, 4, 20), int_range_delete(s, 1, 1, 5, 15)]
     events += [upsert(s, {"pk": 1, "ck": 3}, 18, v="older than its tombstone"), upsert(s, {"pk": 1, "ck": 1}, 16, v="newer")]
     sink = await harness.make_sink()
     for e in events:
@@ -861,7 +855,7 @@ async def test_range_tombstones_are_appended_and_the_newest_shadows(harness: Pos
     state = await harness.read_state(s, NOW)
     assert state.rows == {(1, 1): {"pk": 1, "ck": 1, "v": "newer"}}
     assert normalise_state(state) == normalise_state(latest_state(events, now=NOW))
-    layout = _layout(harness, s)
+    layout = layout_of(harness, s)
     conn = await asyncpg.connect(harness.dsn)
     try:
         rows = await conn.fetch(f'SELECT "start#ck", "end#ck", ts FROM {layout.q(layout.range_deletions)} ORDER BY ts, "start#ck"')
@@ -877,9 +871,9 @@ async def test_writers_of_the_same_partition_tombstone_do_not_wait_for_each_othe
     h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}")
     try:
         s = schema(f"pdel_{uuid.uuid4().hex[:6]}", {"pk": "int", "a": "text"})
-        sink = await _sink(h)
+        sink = await started_sink(h)
         await sink.write(batch([partition_delete(s, {"pk": 1}, 5)]))
-        merge = latest_state_merges(_layout(h, s)).partition_deletions
+        merge = latest_state_merges(layout_of(h, s)).partition_deletions
         first, second = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
         try:
             async with first.transaction():
@@ -888,7 +882,7 @@ async def test_writers_of_the_same_partition_tombstone_do_not_wait_for_each_othe
                     await second.execute("SET LOCAL lock_timeout = '500ms'")
                     await second.execute(merge.inline_sql(), [1], [20])  # would raise LockNotAvailableError
             assert (await h.read_state(s, NOW)).rows == {}
-            rows = await first.fetch(f"SELECT ts FROM {_layout(h, s).q(_layout(h, s).partition_deletions)} ORDER BY ts")
+            rows = await first.fetch(f"SELECT ts FROM {layout_of(h, s).q(layout_of(h, s).partition_deletions)} ORDER BY ts")
             assert [r["ts"] for r in rows] == [5, 10, 20]
         finally:
             await first.close()
@@ -908,9 +902,9 @@ async def test_a_partition_tombstone_table_of_an_older_version_is_made_append_on
     try:
         table = f"pdel_{uuid.uuid4().hex[:6]}"
         s = schema(table, {"pk": "int", "a": "text"})
-        sink = await _sink(h)
+        sink = await started_sink(h)
         await sink.write(batch([upsert(s, {"pk": 1}, 10, a="x"), upsert(s, {"pk": 2}, 10, a="y"), partition_delete(s, {"pk": 2}, 20)]))
-        layout, ddl = _layout(h, s), LatestStateDdl()
+        layout, ddl = layout_of(h, s), LatestStateDdl()
         pdel = layout.q(layout.partition_deletions)
         conn = await asyncpg.connect(pg_dsn)
         try:  # back to how the sink made them before 2026-11-27
@@ -925,7 +919,7 @@ async def test_a_partition_tombstone_table_of_an_older_version_is_made_append_on
         await h.destroy()
         if case == "column-added":
             s = schema(table, {"pk": "int", "a": "text", "b": "int"})
-        restarted = await _sink(h)
+        restarted = await started_sink(h)
         events = [partition_delete(s, {"pk": 2}, 30), upsert(s, {"pk": 2}, 35, a="back"), partition_delete(s, {"pk": 1}, 40)]
         conn = await asyncpg.connect(pg_dsn)
         try:
@@ -938,7 +932,7 @@ async def test_a_partition_tombstone_table_of_an_older_version_is_made_append_on
             assert (await restarted.write(batch(events))).rejected == []
             expected = {"pk": 2, "a": "back"} | ({"b": None} if case == "column-added" else {})
             assert (await h.read_state(s, NOW)).rows == {(2,): expected}
-            layout = _layout(h, s)
+            layout = layout_of(h, s)
             assert await conn.fetchval(f"SELECT count(*) FROM {layout.q(layout.view)}") == 1  # not one row per tombstone
             assert await conn.fetchval(primary_keys, pdel) == 0
             assert await conn.fetchval("SELECT to_regclass($1)", layout.q(layout.partition_deletions_index)) is not None
@@ -956,10 +950,10 @@ async def test_a_range_tombstone_table_of_an_older_version_is_made_append_only(p
     h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}")
     try:
         s = schema(f"rdel_{uuid.uuid4().hex[:6]}", {"pk": "int", "ck": "int", "v": "text"}, ck=("ck",))
-        events = [upsert(s, {"pk": 1, "ck": ck}, 10, v=f"v{ck}") for ck in range(1, 4)] + [_range_delete(s, 1, 1, 2, 20)]
-        sink = await _sink(h)
+        events = [upsert(s, {"pk": 1, "ck": ck}, 10, v=f"v{ck}") for ck in range(1, 4)] + [int_range_delete(s, 1, 1, 2, 20)]
+        sink = await started_sink(h)
         await sink.write(batch(events))
-        layout = _layout(h, s)
+        layout = layout_of(h, s)
         rdel = layout.q(layout.range_deletions)
         conn = await asyncpg.connect(pg_dsn)
         try:  # back to how the sink made it before 2026-11-27
@@ -967,8 +961,8 @@ async def test_a_range_tombstone_table_of_an_older_version_is_made_append_only(p
         finally:
             await conn.close()
         await h.destroy()
-        restarted = await _sink(h)
-        again = [_range_delete(s, 1, 1, 2, 20), _range_delete(s, 1, 2, 3, 30)]  # a replay, and a newer one
+        restarted = await started_sink(h)
+        again = [int_range_delete(s, 1, 1, 2, 20), int_range_delete(s, 1, 2, 3, 30)]  # a replay, and a newer one
         assert (await restarted.write(batch(again))).rejected == []
         assert (await h.read_state(s, NOW)).rows == {}
         assert normalise_state(await h.read_state(s, NOW)) == normalise_state(latest_state(events + again, now=NOW))
@@ -1009,7 +1003,7 @@ async def test_a_batch_whose_turn_has_come_is_one_statement_holding_data_and_off
     ONE statement — no transaction, no COPY — and its data and offsets commit or fail together."""
     h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}")
     try:
-        sink = await _sink(h)
+        sink = await started_sink(h)
         s1, s2 = schema("one_a", {"pk": "int", "v": "text"}), schema("one_b", {"pk": "int", "v": "text"})
         await sink.write(batch([upsert(s1, {"pk": 0}, 1, v="warm"), upsert(s2, {"pk": 0}, 1, v="warm")]))  # the tables exist
         calls: collections.Counter[str] = collections.Counter()
@@ -1049,7 +1043,7 @@ async def test_a_staged_batch_in_its_turn_merges_and_stores_offsets_in_one_state
     upsert, COMMIT."""
     h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"inline_max_values": 0})
     try:
-        sink = await _sink(h)
+        sink = await started_sink(h)
         s1, s2 = schema("both_a", {"pk": "int", "v": "text"}), schema("both_b", {"pk": "int", "v": "text"})
         await sink.write(batch([upsert(s1, {"pk": 0}, 1, v="warm"), upsert(s2, {"pk": 0}, 1, v="warm")]))  # the tables exist
         sent: list[str] = []
