@@ -22,6 +22,7 @@ from cdc_sink_postgres.compaction import TombstoneCompaction, partition_compacti
 from cdc_sink_postgres.config import DEFAULT_INLINE_MAX_VALUES, PostgresSinkConfig
 from cdc_sink_postgres.layout import TableLayout
 from cdc_sink_postgres.merge import latest_state_merges
+from cdc_sink_postgres.sink import PostgresSink
 from cdc_sink_postgres.testing import PostgresHarness
 
 
@@ -155,6 +156,12 @@ def test_every_key_appended_twice_is_compacted_once_in_chunks(
     finally:
         compaction.CHUNK_KEYS = old
     assert noted.pending == 0 and not noted.due and noted.take() == []
+    # A key compacted is one row now: appended once more, it is compacted again; unless the run
+    # forgot every key, at max_keys.
+    again = next(iter(want_p), None)
+    if again is not None:
+        noted.note(_LAYOUT, [again], [])
+        assert noted.pending == (0 if len(p_count) + len(r_count) >= 25 else 1)
     got_p = [k for sql, args in chunks if "partition_deletions" in sql for k in zip(*args, strict=True)]
     got_r = [k for sql, args in chunks if "range_deletions" in sql for k in zip(*args, strict=True)]
     assert sorted(got_p) == sorted(want_p) and sorted(got_r) == sorted(want_r)  # each once
@@ -169,3 +176,33 @@ def test_the_delete_names_every_key_column() -> None:
     assert 'unnest($1::integer[], $2::text[]) AS k("a", "b")' in sql
     assert 'n."a" = k."a" AND n."b" = k."b" ORDER BY n.ts DESC, n.ctid DESC LIMIT 1' in sql
     assert 'o."a" = k."a" AND o."b" = k."b" AND o.ctid <> newest.keep OFFSET 0' in sql
+
+
+def test_tracking_is_bounded_and_a_run_at_the_bound_forgets_every_key() -> None:
+    noted = TombstoneCompaction(max_keys=10)
+    noted.note(_LAYOUT, [(k,) for k in range(10)], [])
+    assert (noted.due, noted.pending) == (True, 0)
+    assert (noted.take(), noted.due) == ([], False)
+    noted.note(_LAYOUT, [(0,)], [])  # forgotten: as if first appended now
+    assert noted.pending == 0
+    noted.note(_LAYOUT, [(0,)], [])
+    assert noted.pending == 1
+
+
+async def test_a_sink_at_the_bound_forgets_its_keys_even_with_nothing_to_compact() -> None:
+    """Deleting a million partitions once each must not grow the notes without bound (nor wake
+    the compaction at every batch)."""
+    sink = PostgresSink("bounded", PostgresSinkConfig(dsn=Secret("postgresql://u:p@h/db")))
+    noted = sink._compaction
+    noted.note(_LAYOUT, [(k,) for k in range(noted.max_keys)], [])
+    assert (noted.due, noted.pending) == (True, 0)
+    sink._compaction_due.set()
+    task = asyncio.create_task(sink._compact_periodically(3600))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not noted.due:
+                break
+        assert not noted.due  # (no statement was needed: no connection was asked for)
+    finally:
+        task.cancel()

@@ -4,8 +4,9 @@ Tombstones are appended (docs/sinks/postgres.md, *Tombstones*): a partition or r
 again, a replayed batch and each replica lane's copy of a deletion add a row, and only the
 newest of a key counts. The sink notes the keys whose tombstones it committed and, out of band
 (its own short transactions, never inside a batch's), deletes the older rows of the keys it
-appended more than once. Batches only insert into these tables, so the deletes' row locks never make a batch wait,
-and nothing visible changes: the views read each key's newest tombstone, which stays.
+appended more than once. Batches only insert into these tables, so the deletes' row locks never
+make a batch wait, and nothing visible changes: the views read each key's newest tombstone,
+which stays.
 """
 
 from __future__ import annotations
@@ -70,12 +71,14 @@ class _Keys:
 
 
 class TombstoneCompaction:
-    """Per tombstone table, the keys whose tombstones this process committed since the last run.
-    Only keys appended more than once (a replica lane's copy of a deletion, a replay, a partition
-    deleted again) are compacted: they have a row to remove for sure. A key appended once has one
-    only if an earlier process wrote a tombstone of it too — looking every such key up again
-    would cost about as much as appending it. Tracking at most ``max_keys`` keys in all: beyond
-    that :attr:`due` asks for a run before the interval is up (which forgets them all)."""
+    """Per tombstone table, the keys whose tombstones this process committed. Only keys appended
+    more than once (a replica lane's copy of a deletion, a replay, a partition deleted again) are
+    compacted: they have a row to remove for sure. A key appended once has one only if an earlier
+    process wrote a tombstone of it too — looking every such key up again would cost about as
+    much as appending it. A run leaves each key it compacted with one row, as if appended once.
+    At most ``max_keys`` keys are tracked: at that many :attr:`due` asks for a run before the
+    interval is up, and that run forgets them all (a key appended once before and once after
+    is then not compacted)."""
 
     def __init__(self, max_keys: int) -> None:
         self.max_keys = max_keys
@@ -116,11 +119,15 @@ class TombstoneCompaction:
 
     def take(self) -> list[tuple[str, list[list[Any]]]]:
         """(DELETE, its array parameters) per chunk of at most :data:`CHUNK_KEYS` of the keys
-        appended more than once; every key noted is forgotten."""
-        tables, self._tables, self._tracked = self._tables, {}, 0
+        appended more than once. They count as appended once from now on; when :attr:`due`,
+        every key is forgotten instead."""
         out: list[tuple[str, list[list[Any]]]] = []
-        for keys in tables.values():
+        for keys in self._tables.values():
             listed = list(keys.again)
             for i in range(0, len(listed), CHUNK_KEYS):
                 out.append((keys.sql, [list(column) for column in zip(*listed[i : i + CHUNK_KEYS], strict=True)]))
+            keys.once |= keys.again
+            keys.again = set()
+        if self.due:
+            self._tables, self._tracked = {}, 0
         return out

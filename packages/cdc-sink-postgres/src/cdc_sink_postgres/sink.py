@@ -457,7 +457,7 @@ class PostgresSink:
 
     async def compact_tombstones(self) -> int:
         """Remove the tombstone rows that a newer one of the same key makes redundant, for the keys
-        whose tombstones were committed since the last call; returns the rows removed. Each chunk
+        this process appended more than once since the last call; returns the rows removed. Each chunk
         of keys is a short transaction of its own on a pooled connection; a chunk that fails is
         logged and dropped (its rows stay until that key is deleted again: space, not data)."""
         removed = 0
@@ -477,7 +477,7 @@ class PostgresSink:
             with contextlib.suppress(TimeoutError):  # (the interval is up)
                 await asyncio.wait_for(self._compaction_due.wait(), interval)
             self._compaction_due.clear()
-            if self._compaction.pending:
+            if self._compaction.pending or self._compaction.due:  # (due: forgets the keys)
                 await self.compact_tombstones()
 
     async def _fold_all(
