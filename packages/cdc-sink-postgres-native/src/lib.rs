@@ -479,6 +479,8 @@ fn untrack(obj: &Bound<'_, PyAny>) {
 /// property, an unset slot, a class with its own ``__getattribute__`` — goes through getattr.
 struct SlotReader<'py, const N: usize> {
     names: [Bound<'py, PyString>; N],
+    // The class learned (held, so that its address stays its own while it is compared).
+    learned: Option<Bound<'py, PyType>>,
     class: *mut pyo3::ffi::PyTypeObject,
     offsets: [isize; N],
 }
@@ -487,15 +489,18 @@ impl<'py, const N: usize> SlotReader<'py, N> {
     fn new(names: [Bound<'py, PyString>; N]) -> Self {
         SlotReader {
             names,
+            learned: None,
             class: std::ptr::null_mut(),
             offsets: [-1; N],
         }
     }
 
-    /// Learns the slot offsets of ``obj``'s class (once: the first object read).
-    fn learn(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<()> {
+    /// Learns the slot offsets of ``obj``'s class (once: the first object read). Whatever it
+    /// cannot tell for sure leaves that attribute to getattr.
+    fn learn(&mut self, obj: &Bound<'py, PyAny>) {
         let class = obj.get_type();
         self.class = class.as_type_ptr();
+        self.learned = Some(class.clone());
         // SAFETY: live type objects; reading their tp_getattro slots. ``object``'s is the generic
         // lookup a class without its own __getattribute__ / __getattr__ inherits.
         let generic = unsafe {
@@ -508,19 +513,20 @@ impl<'py, const N: usize> SlotReader<'py, N> {
             }
         };
         if !generic {
-            return Ok(());
+            return;
         }
-        let mro = class.getattr(pyo3::intern!(obj.py(), "__mro__"))?;
+        let Ok(mro) = class.getattr(pyo3::intern!(obj.py(), "__mro__")) else {
+            return;
+        };
         for (i, name) in self.names.iter().enumerate() {
-            self.offsets[i] = slot_offset(&mro, name)?;
+            self.offsets[i] = slot_offset(&mro, name).unwrap_or(-1);
         }
-        Ok(())
     }
 
     #[inline]
     fn get(&mut self, obj: &Bound<'py, PyAny>, i: usize) -> PyResult<Bound<'py, PyAny>> {
-        if self.class.is_null() {
-            self.learn(obj)?;
+        if self.learned.is_none() {
+            self.learn(obj);
         }
         let offset = self.offsets[i];
         // SAFETY: ``obj`` is exactly of the class whose member descriptor gave ``offset`` (an
