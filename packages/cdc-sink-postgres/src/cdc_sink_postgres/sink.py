@@ -451,7 +451,8 @@ class PostgresSink:
             if isinstance(prepared, PreparedTable):
                 fold = prepared.fold
                 if fold.partition_deletions or fold.range_deletions:
-                    self._compaction.note(target.layout, fold.partition_deletions.keys(), fold.range_deletions.keys())
+                    # (the dict itself: a set made of it reuses the hashes it holds)
+                    self._compaction.note(target.layout, fold.partition_deletions, fold.range_deletions.keys())
         if self._compaction.due:
             self._compaction_due.set()
 
