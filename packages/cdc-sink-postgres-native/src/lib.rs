@@ -353,13 +353,27 @@ fn decimal_parts(text: &str) -> Option<(i64, i64)> {
     Some((digits.max(1), exponent - frac))
 }
 
+/// 2**bits, the bound of the int range -(2**bits) ≤ v < 2**bits.
+fn int_limit(bits: u32) -> i128 {
+    1i128 << bits.min(100)
+}
+
+/// Whether ``v`` is an exact int in -``limit`` ≤ v < ``limit``.
+fn int_within(v: &Bound<'_, PyAny>, limit: i128) -> bool {
+    v.is_exact_instance_of::<pyo3::types::PyInt>()
+        && match v.extract::<i128>() {
+            Ok(n) => -limit <= n && n < limit,
+            Err(_) => false,
+        }
+}
+
 /// ``typemap.bulk_check``'s verdict on field ``offset`` of ``records``: True only if every
 /// non-None value passes the check of ``kind`` (``bits``: the int range, -(2**bits) ≤ v < 2**bits).
 #[pyfunction]
 fn check_field(py: Python<'_>, records: &Bound<'_, PyAny>, offset: usize, kind: u8, bits: u32) -> PyResult<bool> {
     let uuid_type = py.import("uuid")?.getattr("UUID")?;
     let decimal_type = py.import("decimal")?.getattr("Decimal")?;
-    let limit: i128 = 1i128 << bits.min(100);
+    let limit = int_limit(bits);
     for rec in records.try_iter()? {
         let v = field(&rec?, offset)?;
         if v.is_none() {
@@ -373,13 +387,7 @@ fn check_field(py: Python<'_>, records: &Bound<'_, PyAny>, offset: usize, kind: 
                 },
                 Err(_) => false,
             },
-            CHECK_INT => {
-                v.is_exact_instance_of::<pyo3::types::PyInt>()
-                    && match v.extract::<i128>() {
-                        Ok(n) => -limit <= n && n < limit,
-                        Err(_) => false,
-                    }
-            }
+            CHECK_INT => int_within(&v, limit),
             CHECK_FLOAT => v.is_exact_instance_of::<PyFloat>(),
             CHECK_BOOL => v.is_exact_instance_of::<PyBool>(),
             CHECK_UUID => v.get_type().is(&uuid_type),
@@ -574,27 +582,19 @@ fn slot_offset(mro: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> PyResult<i
 }
 
 /// One key column's converter, and the int range it accepts unchanged when the key column is an
-/// integer type (``bits``: -(2**bits) ≤ v < 2**bits, an exact int passes as itself — what the
+/// integer type (``limit``: 2**bits, so -limit ≤ v < limit; an exact int passes as itself — what the
 /// converter of ``typemap._int_converter`` returns); anything else calls the converter.
 struct KeyConv<'py> {
     name: Bound<'py, PyAny>,
     conv: Bound<'py, PyAny>,
-    bits: Option<u32>,
+    limit: Option<i128>,
 }
 
 impl<'py> KeyConv<'py> {
     #[inline]
     fn convert(&self, value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        if let Some(bits) = self.bits {
-            if value.is_exact_instance_of::<pyo3::types::PyInt>() {
-                if let Ok(n) = value.extract::<i64>() {
-                    let n = i128::from(n);
-                    let limit = 1i128 << bits.min(100);
-                    if -limit <= n && n < limit {
-                        return Ok(value);
-                    }
-                }
-            }
+        if self.limit.is_some_and(|limit| int_within(&value, limit)) {
+            return Ok(value);
         }
         self.conv.call1((value,))
     }
@@ -641,7 +641,7 @@ fn fold_inline<'py>(
         .map(|(name, conv, bits)| KeyConv {
             name,
             conv,
-            bits: u32::try_from(bits).ok(),
+            limit: u32::try_from(bits).ok().map(int_limit),
         })
         .collect();
     let key_len = keys.len();

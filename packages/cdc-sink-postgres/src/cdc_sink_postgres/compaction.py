@@ -23,11 +23,6 @@ __all__ = ["CHUNK_KEYS", "TombstoneCompaction", "partition_compaction_sql", "ran
 CHUNK_KEYS = 5_000
 
 
-def _stored(c: ColumnLayout, expr: str) -> str:
-    # The noted keys are staging values; a column with a type override stores them cast.
-    return f"{expr}::{c.stored_sql}" if c.override_sql and not c.multicell else expr
-
-
 def _compaction_sql(table: str, keys: Sequence[ColumnLayout], extra: Sequence[tuple[str, str]]) -> str:
     """DELETE of every row of ``table`` but the newest (greatest ``ts``, then the last in the
     table) of each key given as array parameters (one per column of ``keys`` and ``extra``,
@@ -38,7 +33,7 @@ def _compaction_sql(table: str, keys: Sequence[ColumnLayout], extra: Sequence[tu
     names = [c.ident for c in keys] + [n for n, _ in extra]
     types = [c.staging_sql for c in keys] + [t for _, t in extra]
     arrays = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
-    given = [_stored(c, f"k.{q(c.ident)}") for c in keys] + [f"k.{q(n)}" for n, _ in extra]
+    given = [c.stored(f"k.{q(c.ident)}") for c in keys] + [f"k.{q(n)}" for n, _ in extra]
 
     def of_key(alias: str) -> str:
         return " AND ".join(f"{alias}.{q(n)} = {v}" for n, v in zip(names, given, strict=True))
@@ -96,10 +91,8 @@ class TombstoneCompaction:
 
     def note(self, layout: TableLayout, partitions: Iterable[tuple[Any, ...]], ranges: Iterable[tuple[tuple[Any, ...], str]]) -> None:
         """Keys of ``layout`` whose tombstones a committed batch appended (one row each): partition
-        keys, and (partition key, ``#bounds``) of range tombstones. (Not of a table with an
-        array-typed key column, which ``unnest`` of several arrays would flatten.)"""
-        if any(c.staging_sql.endswith("]") for c in layout.partition_key):
-            return
+        keys, and (partition key, ``#bounds``) of range tombstones. (The keys go back as
+        ``unnest``ed arrays: the caller leaves out tables whose tombstones cannot be sent inline.)"""
         self._add(layout.q(layout.partition_deletions), lambda: partition_compaction_sql(layout), partitions)
         if layout.clustering:
             self._add(layout.q(layout.range_deletions), lambda: range_compaction_sql(layout), ((*pk, bounds) for pk, bounds in ranges))

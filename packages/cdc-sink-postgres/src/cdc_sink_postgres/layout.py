@@ -111,6 +111,11 @@ class ColumnLayout:
             return "jsonb"
         return self.override_sql or self.pg.sql
 
+    def stored(self, expr: str) -> str:
+        """``expr``, a staged value of this column, as it is stored: cast to the column's type
+        override when it has one (values are staged with the default mapping)."""
+        return f"{expr}::{self.stored_sql}" if self.override_sql and not self.multicell else expr
+
     @property
     def ident(self) -> str:
         return pg_name(self.name)

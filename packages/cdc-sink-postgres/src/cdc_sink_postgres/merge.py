@@ -120,10 +120,6 @@ class StagedMerge:
             await conn.copy_records_to_table(self.staging, records=records, columns=list(self.columns))
 
 
-def _cast(c: ColumnLayout, expr: str) -> str:
-    return f"{expr}::{c.stored_sql}" if c.override_sql and not c.multicell else expr
-
-
 def _value_columns(cols: Sequence[ColumnLayout]) -> list[tuple[str, str, ColumnLayout | None]]:
     """(storage column, staging type, owning column or None for the ts/exp fields)."""
     out: list[tuple[str, str, ColumnLayout | None]] = []
@@ -183,8 +179,8 @@ def _row_merge(
     vcols = _value_columns(cols)
     names = [c.ident for c in keys] + [MARKER_TS, MARKER_EXP, DELETED_TS] + [n for n, _, _ in vcols]
     types = [c.staging_sql for c in keys] + ["bigint"] * 3 + [t for _, t, _ in vcols]
-    select = [_cast(c, f"s.{q(c.ident)}") for c in keys] + [f"s.{q(n)}" for n in (MARKER_TS, MARKER_EXP, DELETED_TS)]
-    select += [_cast(owner, f"s.{q(n)}") if owner is not None else f"s.{q(n)}" for n, _, owner in vcols]
+    select = [c.stored(f"s.{q(c.ident)}") for c in keys] + [f"s.{q(n)}" for n in (MARKER_TS, MARKER_EXP, DELETED_TS)]
+    select += [owner.stored(f"s.{q(n)}") if owner is not None else f"s.{q(n)}" for n, _, owner in vcols]
     staging = pg_name(f"cdc_stage_{layout.signature}_{tag}")
     staged_names, staged_types = names, types
     sets_cols = list(cols)
@@ -257,7 +253,7 @@ def _partition_deletions_merge(layout: TableLayout) -> StagedMerge:
         columns=tuple(names),
         column_types=tuple(types),
         select_sql=f"INSERT INTO {layout.q(layout.partition_deletions)} ({', '.join(q(n) for n in names)}) "
-        f"SELECT {', '.join([_cast(c, f's.{q(c.ident)}') for c in keys] + ['s.ts'])}",
+        f"SELECT {', '.join([c.stored(f's.{q(c.ident)}') for c in keys] + ['s.ts'])}",
         tail_sql=f"ORDER BY {key_list}",
     )
 
@@ -277,7 +273,7 @@ def _range_deletions_merge(layout: TableLayout) -> StagedMerge:
     cols = range_columns(layout)
     staging = pg_name(f"cdc_stage_{layout.signature}_rdel")
     key_list = ", ".join([q(c.ident) for c in layout.partition_key] + [q("#bounds")])
-    select = [_cast(owner, f"s.{q(n)}") if owner is not None else f"s.{q(n)}" for n, _, owner in cols]
+    select = [owner.stored(f"s.{q(n)}") if owner is not None else f"s.{q(n)}" for n, _, owner in cols]
     return StagedMerge(
         staging=staging,
         columns=tuple(n for n, _, _ in cols),

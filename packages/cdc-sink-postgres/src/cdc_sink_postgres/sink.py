@@ -448,7 +448,9 @@ class PostgresSink:
     def _note_tombstones(self, work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> None:
         """The keys whose tombstones a committed batch appended, for the next compaction."""
         for target, _, prepared in work:
-            if isinstance(prepared, PreparedTable):
+            # (An array-typed key column cannot go back as an unnest()ed array parameter: a table
+            # whose tombstones are not inlinable is not compacted.)
+            if isinstance(prepared, PreparedTable) and target.merges is not None and target.merges.partition_deletions.inlinable:
                 fold = prepared.fold
                 if fold.partition_deletions or fold.range_deletions:
                     # (the dict itself: a set made of it reuses the hashes it holds)
