@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import ssl
 import subprocess
 import sys
@@ -439,3 +440,20 @@ def test_session_settings_and_overlap_defaults() -> None:
     # More writes in flight than connections: the extra ones fold and encode ahead, then wait for
     # a connection (cdc_sink_postgres.overlap.EarlySlots), so the setting is not capped.
     assert PostgresSink("pg", PostgresSinkConfig(dsn=dsn, overlapping_writes=8, pool_max_size=3)).overlapping_writes == 8
+
+
+@given(
+    st.frozensets(st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]))),
+    st.frozensets(st.integers(-(2**31), 2**31 - 1)),
+    st.frozensets(st.floats(width=64)),
+)
+def test_a_set_stored_as_an_array_is_in_one_order(texts: frozenset[str], ints: frozenset[int], floats: frozenset[float]) -> None:
+    """Python iterates a set in an order that depends on its elements' hashes (for str: on the
+    process); the array is sorted, so the same set is the same array, also as a key."""
+    for values, cql in ((texts, "set<text>"), (ints, "set<int>")):
+        stored = to_db(values, parse_type(f"frozen<{cql}>"))
+        assert stored == sorted(values)
+    stored = to_db(floats, parse_type("frozen<set<double>>"))
+    numbers = [v for v in stored if not math.isnan(v)]
+    assert numbers == sorted(v for v in floats if not math.isnan(v))
+    assert stored[len(numbers) :] == [v for v in stored if math.isnan(v)]  # NaN last

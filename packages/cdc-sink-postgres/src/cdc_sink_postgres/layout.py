@@ -100,6 +100,20 @@ class ColumnLayout:
         conv: Callable[[Any], Any] = converter(self.cql)
         return conv
 
+    @cached_property
+    def key_convert(self) -> Callable[[Any], Any]:
+        """:attr:`convert` for this column as a key column: the same value, but a one-dimensional
+        array (a frozen list or set of scalars) as a tuple, not a list — keys are hashed (the
+        fold's and the footprint's dict keys), and asyncpg takes a tuple for an array."""
+        if self.pg.form != "array":
+            return self.convert
+        convert = self.convert
+
+        def as_tuple(value: Any) -> Any:
+            return tuple(convert(value))
+
+        return as_tuple
+
     @property
     def staging_sql(self) -> str:
         """The type values are copied in with (the default mapping)."""
@@ -227,7 +241,7 @@ class TableLayout:
     @cached_property
     def key_converters(self) -> tuple[tuple[tuple[str, Callable[[Any], Any]], ...], tuple[tuple[str, Callable[[Any], Any]], ...]]:
         """(name, converter) of the partition key and of the clustering columns."""
-        return (tuple((c.name, c.convert) for c in self.partition_key), tuple((c.name, c.convert) for c in self.clustering))
+        return (tuple((c.name, c.key_convert) for c in self.partition_key), tuple((c.name, c.key_convert) for c in self.clustering))
 
     def column(self, name: str) -> ColumnLayout:
         for c in self.columns:

@@ -160,7 +160,10 @@ def to_db(value: Any, t: CqlType) -> Any:
     if pg.form == "jsonb":
         return dumps(to_json(value, t))
     if pg.form == "array":
-        return [to_db(v, t.params[0]) for v in value]
+        items = [to_db(v, t.params[0]) for v in value]
+        # A set's elements in one order whatever the order Python iterates them in (str hashes
+        # differ from process to process): the same set is the same array, also as a key.
+        return sorted(items, key=_element_order) if name == "set" else items
     if name in _TEXT_TYPES:
         return check_text(value)
     if name in _INT_RANGES:
@@ -204,6 +207,13 @@ def to_db(value: Any, t: CqlType) -> Any:
             raise ValueRejected(f"expected bytes, got {type(value).__name__}")
         return bytes(value)
     raise ValueRejected(f"no PostgreSQL mapping for CQL type {t}")
+
+
+def _element_order(value: Any) -> Any:
+    # NaN compares false with everything: ordered after every number, so sorting is total.
+    if type(value) is float:
+        return (math.isnan(value), 0.0 if math.isnan(value) else value)
+    return value
 
 
 def _fast_text(value: Any) -> Any:
