@@ -1,11 +1,12 @@
-"""Overlapping writes of the PostgreSQL sink: merging before the turn vs only in it, side by side.
+"""Overlapping writes of the PostgreSQL sink: committing rows before the turn vs merging only in it, side by side.
 
     .venv/bin/python bench/bench_postgres_overlap.py --dsn "$CDC_TEST_POSTGRES_DSN" [--rows 200000] [--batch 20000] [--repeat 3]
 
 The table and events of bench_postgres_sink.py (inserts into new rows, then partial updates of
 them). Each repetition runs the sink with ``overlapping_writes = 2`` twice — ``early_merge`` on
-(a write whose rows no pending earlier write touches merges before its turn) and off (merges only
-once the previous batch committed) — interleaved, so both see the same machine load; medians and
+(a batch of latest-state tables commits its rows before its turn and its offsets after it) and
+off (merges only once the previous batch committed) — interleaved, so both see the same machine
+load; medians and
 the median of the per-repetition ratios are printed.
 """
 
@@ -62,7 +63,7 @@ async def main() -> None:
     for early in (True, False):
         med = [statistics.median(r[k] for r in runs[early]) for k in KINDS]
         singles = ", ".join("/".join(f"{r[k]:,.0f}" for k in KINDS) for r in runs[early])
-        label = "before the turn when disjoint" if early else "only in the turn"
+        label = "rows committed before the turn" if early else "only in the turn"
         print(f"| {label} | " + " | ".join(f"{m:,.0f}" for m in med) + f" | {singles} |")
     ratios = {k: statistics.median(a[k] / b[k] for a, b in zip(runs[True], runs[False], strict=True)) for k in KINDS}
     shown = ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())

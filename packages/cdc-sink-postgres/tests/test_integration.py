@@ -151,7 +151,7 @@ def _same(a: Any, b: Any) -> bool:
 
 async def test_tables_keyed_by_frozen_lists_and_sets_are_written(harness: PostgresHarness) -> None:
     """A frozen list or set of scalars is stored as a PostgreSQL array; as a key column its values
-    are hashed on the way (the fold's dict keys, the footprint): rows, updates and deletions of
+    are hashed on the way (the fold's dict keys): rows, updates and deletions of
     such a table converge like any other (a list value once failed the whole batch: unhashable),
     and a set is one array whatever order Python iterates it in."""
     s = schema(f"fk_{uuid.uuid4().hex[:6]}", {"pk": "frozen<list<int>>", "ck": "frozen<set<text>>", "v": "text"}, ck=("ck",))
@@ -237,8 +237,8 @@ async def test_every_type_not_staged_as_an_array_round_trips_inline(harness: Pos
     monkeypatch.setattr(StagedMerge, "merge_inline", counting)
     single = PostgresSink._single_statement
 
-    def counting_single(self: PostgresSink, steps: Any, b: Batch, *staged: Any) -> Any:
-        statement = single(self, steps, b, *staged)
+    def counting_single(self: PostgresSink, steps: Any, b: Batch, *staged: Any, **kw: Any) -> Any:
+        statement = single(self, steps, b, *staged, **kw)
         if statement is not None and all(step.inline for step in steps):
             inline.append("one statement")
         return statement
@@ -333,7 +333,7 @@ async def test_staging_tables_hold_only_the_batch_being_merged(harness: Postgres
     monkeypatch.setattr(StagedMerge, "merge_staged", counting)
     # Merged one statement at a time (not together with the offsets), so that each merge counts
     # what it reads and the failure comes after it; the one-statement form reads the same tables.
-    monkeypatch.setattr(PostgresSink, "_single_statement", lambda self, steps, b, staged=(): None)
+    monkeypatch.setattr(PostgresSink, "_single_statement", lambda self, steps, b, staged=(), **kw: None)
     b1, b2, b3 = (batch([upsert(s, {"pk": i}, ts, v=f"v{ts}") for i in range(n)]) for ts, n in ((10, 5), (11, 3), (12, 2)))
     await sink.write(b1)
     store = sink.offsets.store
@@ -890,8 +890,8 @@ async def test_range_tombstones_are_appended_and_the_newest_shadows(harness: Pos
 
 async def test_writers_of_the_same_partition_tombstone_do_not_wait_for_each_other(pg_dsn: str) -> None:
     """Two transactions appending a tombstone of the same partition: neither waits for the other
-    (no unique key to check against an uncommitted row), which is why a batch's footprint — what
-    decides whether it may merge before its turn — leaves partition tombstones out."""
+    (no unique key to check against an uncommitted row): overlapping batches deleting the same
+    partition never wait for each other on the server."""
     h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}")
     try:
         s = schema(f"pdel_{uuid.uuid4().hex[:6]}", {"pk": "int", "a": "text"})

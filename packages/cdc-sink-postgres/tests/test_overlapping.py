@@ -23,7 +23,7 @@ from cdc_core.testing.contract import batches_of, normalise_state
 from cdc_core.testing.model import latest_state
 from cdc_core.testing.strategies import NOW, event_histories
 from cdc_core.turns import Turns, write_overlapping
-from cdc_sink_postgres.config import DEFAULT_INLINE_MAX_VALUES
+from cdc_sink_postgres.config import DEFAULT_INLINE_MAX_VALUES, TableConfig
 from cdc_sink_postgres.sink import PostgresSink
 from cdc_sink_postgres.testing import PostgresHarness
 
@@ -44,7 +44,7 @@ async def harness(pg_dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[
 def _staged_only(h: PostgresHarness, state: str, query: str) -> bool:
     """A write waiting with nothing merged: its transaction open and idle, its last statement the
     COPY into its staging table, or with merges sent inline its BEGIN or prelude (no INSERT)."""
-    if h.config_overrides["inline_max_values"]:
+    if h.config_overrides.get("inline_max_values", DEFAULT_INLINE_MAX_VALUES):
         return state == "idle in transaction" and "INSERT" not in query.upper()
     return state == "idle in transaction" and query.startswith("COPY")
 
@@ -95,9 +95,9 @@ async def test_the_next_batch_stages_before_its_turn_and_commits_after_it(harnes
     pids: list[int] = []
     original = sink._run_all
 
-    async def run_all(conn: Any, steps: Any, b: Batch, *rest: Any) -> set[str]:
+    async def run_all(conn: Any, steps: Any, b: Batch, *rest: Any, **kw: Any) -> set[str]:
         pids.append(conn.get_server_pid())
-        return await original(conn, steps, b, *rest)
+        return await original(conn, steps, b, *rest, **kw)
 
     sink._run_all = run_all  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(sink.write(_gated(second, gate, waiting)))
@@ -168,9 +168,10 @@ async def test_overlapping_writes_of_one_history_converge(pg_dsn: str, data: st.
 @given(data=st.data())
 async def test_more_writes_in_flight_than_connections_and_retries_converge(pg_dsn: str, data: st.DataObject) -> None:
     """Up to three writes in flight on a pool of one or two connections, some batches failing
-    once just before their offsets, or their one statement (their connection given back, the
-    batches after them already folded or holding a connection) and retried in place as the engine does: no write hangs, and
-    the state and offsets are the model's."""
+    once just before their offsets (in their transaction, or after their turn when they
+    committed ahead of it), or their one statement (their connection given back, the batches
+    after them already folded or holding a connection) and retried in place as the engine does:
+    no write hangs, and the state and offsets are the model's."""
     s = collections_schema()
     events = data.draw(event_histories(s, max_events=24), label="history")
     sizes = data.draw(st.lists(st.integers(1, 5), min_size=2, max_size=5), label="sizes")
@@ -204,11 +205,11 @@ async def test_more_writes_in_flight_than_connections_and_retries_converge(pg_ds
         sink.offsets.store = flaky_store  # type: ignore[method-assign,assignment]
         single = sink._single_statement
 
-        def flaky_single(steps: Any, b: Batch, *staged: Any) -> Any:  # merges and offsets as one statement
+        def flaky_single(steps: Any, b: Batch, *staged: Any, **kw: Any) -> Any:  # merges (and offsets) as one statement
             if id(b.positions) in to_fail:
                 to_fail.discard(id(b.positions))
                 raise TransientError("injected: connection lost")
-            return single(steps, b, *staged)
+            return single(steps, b, *staged, **kw)
 
         sink._single_statement = flaky_single  # type: ignore[method-assign,assignment]
 
@@ -228,7 +229,7 @@ async def test_more_writes_in_flight_than_connections_and_retries_converge(pg_ds
         await h.destroy()
 
 
-# --- merging before the turn (cdc_sink_postgres.overlap) ---------------------------------------
+# --- committing before the turn (PostgresSink.write) --------------------------------------------
 
 
 async def _backend(dsn: str, application_pid: int) -> tuple[str, str | None, str]:
@@ -242,9 +243,9 @@ async def _backend(dsn: str, application_pid: int) -> tuple[str, str | None, str
 
 
 class _Held:
-    """Holds chosen batches of a sink just before they store their offsets (their merges done,
-    their transaction and advisory lock held), and records the server pid of each write that
-    runs in a transaction."""
+    """Holds chosen batches of a sink in their turn just before they store their offsets (their
+    merges done, their transaction open), and records the server pid of each write that runs in
+    a transaction."""
 
     def __init__(self, sink: PostgresSink, held: list[Batch]) -> None:
         self.sink = sink
@@ -255,26 +256,30 @@ class _Held:
         store, run_all = sink.offsets.store, sink._run_all
 
         async def stored(conn: Any, name: str, positions: Any) -> None:
-            if any(positions is b.positions for b in held):
+            if any(positions is b.positions for b in held) and conn.is_in_transaction():
                 self.reached.set()
                 await self.gate.wait()
             await store(conn, name, positions)
 
-        async def ran(conn: Any, steps: Any, b: Batch, *rest: Any) -> set[str]:
+        async def ran(conn: Any, steps: Any, b: Batch, *rest: Any, **kw: Any) -> set[str]:
             self.pids[b.batch_id] = conn.get_server_pid()
-            return await run_all(conn, steps, b, *rest)
+            return await run_all(conn, steps, b, *rest, **kw)
 
         sink.offsets.store = stored  # type: ignore[method-assign,assignment]
         sink._run_all = ran  # type: ignore[method-assign,assignment]
-        # A held batch stores its offsets in a statement of their own even when its turn has
-        # come (else its merges and offsets would be one statement: nothing to hold it in).
+        # A held batch stores its offsets in a statement of their own (else its merges and
+        # offsets would be one statement: nothing to hold it in).
         single = sink._single_statement
-        sink._single_statement = lambda steps, b, *staged: None if b.batch_id in held_ids else single(steps, b, *staged)  # type: ignore[method-assign]
+
+        def no_single(steps: Any, b: Batch, *staged: Any, **kw: Any) -> Any:
+            return None if b.batch_id in held_ids else single(steps, b, *staged, **kw)
+
+        sink._single_statement = no_single  # type: ignore[method-assign,assignment]
         assert held_ids
 
 
 async def _wait_for(predicate: Any) -> None:
-    """Poll the server's view (pg_stat_activity) until ``predicate`` holds (10 s at most)."""
+    """Poll the server's view until ``predicate`` holds (10 s at most)."""
     async with asyncio.timeout(10):
         while not await predicate():  # noqa: ASYNC110 — the state polled lives in the server
             await asyncio.sleep(0.02)
@@ -285,8 +290,9 @@ async def _pair(
     harness: PostgresHarness, make: Callable[[], tuple[Batch, Batch]]
 ) -> AsyncIterator[tuple[Batch, Batch, _Held, asyncio.Task[Any], asyncio.Task[Any]]]:
     """The batches ``make()`` builds (after a warm-up write, so their positions come later):
-    the first held before its offsets (merged, transaction open), the second started behind it,
-    both with the engine's turns. On the way out nothing is left waiting (the sink can close)."""
+    the first held in its turn before its offsets (merged, transaction open), the second started
+    behind it, both with the engine's turns. On the way out nothing is left waiting (the sink
+    can close)."""
     sink = await _sink(harness)
     await sink.write(batch([upsert(S, {"pk": 0}, 1, v="warm")]))
     first, second = make()
@@ -309,10 +315,25 @@ async def _pair(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _waits_in_server(dsn: str, held: _Held, b: Batch) -> bool:
-    """``b``'s write merged and now waits inside the server on an earlier one's advisory lock."""
-    pid = held.pids.get(b.batch_id)
-    return pid is not None and (await _backend(dsn, pid))[:2] == ("active", "advisory")
+def _visible_pk(dsn: str, sink: str, pk: int) -> Callable[[], Any]:
+    async def check() -> bool:
+        return pk in (await _visible(dsn, sink))[0]
+
+    return check
+
+
+async def _waiting_on_a_row(dsn: str) -> bool:
+    """A sink's statement waits inside the server for a row another transaction holds."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event IN ('transactionid', 'tuple')"
+                " AND query LIKE '%ks_overlap__state%'"
+            )
+        )
+    finally:
+        await conn.close()
 
 
 def _disjoint() -> tuple[Batch, Batch]:
@@ -340,10 +361,39 @@ def _sharing_a_range_tombstone() -> tuple[Batch, Batch]:
     return first, batch([_range_delete(3, 1, 2, 20), upsert(R, {"pk": 2, "ck": 1}, 10, v="b")])
 
 
-async def test_batches_sharing_only_a_range_tombstone_merge_before_their_turn(harness: PostgresHarness) -> None:
-    """Range tombstones are appended too: no part of a footprint either."""
+async def test_a_later_batch_commits_its_rows_before_its_turn_and_its_offsets_after_it(harness: PostgresHarness) -> None:
+    async with _pair(harness, _disjoint) as (_, second, held, w1, w2):
+        # The first batch is merged, uncommitted, in its turn; the second commits its rows now.
+        await _wait_for(_visible_pk(harness.dsn, harness.sink_name, 2))
+        visible, offsets = await _visible(harness.dsn, harness.sink_name)
+        assert 1 not in visible and offsets["n1"] < second.positions["n1"].offset  # its offsets wait for the turn
+        assert not w2.done()  # and so does the write
+        held.gate.set()
+        await asyncio.wait_for(asyncio.gather(w1, w2), 10)
+        visible, offsets = await _visible(harness.dsn, harness.sink_name)
+        assert visible == {0, 1, 2} and offsets == {"n1": second.positions["n1"].offset}
+
+
+async def test_batches_sharing_only_a_partition_tombstone_commit_before_their_turn(harness: PostgresHarness) -> None:
+    """Partition tombstones are appended and lock nothing: a batch deleting a partition that a
+    pending earlier batch deletes too does not wait for it."""
+    async with _pair(harness, _sharing_a_partition_tombstone) as (_, second, held, w1, w2):
+        await _wait_for(_visible_pk(harness.dsn, harness.sink_name, 2))
+        held.gate.set()
+        await asyncio.wait_for(asyncio.gather(w1, w2), 10)
+        visible, offsets = await _visible(harness.dsn, harness.sink_name)
+        assert visible == {0, 1, 2} and offsets == {"n1": second.positions["n1"].offset}
+
+
+async def test_batches_sharing_only_a_range_tombstone_commit_before_their_turn(harness: PostgresHarness) -> None:
+    """Range tombstones are appended too."""
+
+    async def second_visible() -> bool:
+        return (2, 1) in (await harness.read_state(R, NOW)).rows
+
     async with _pair(harness, _sharing_a_range_tombstone) as (_, second, held, w1, w2):
-        await _wait_for(lambda: _waits_in_server(harness.dsn, held, second))
+        await _wait_for(second_visible)
+        assert not w2.done()
         held.gate.set()
         await asyncio.wait_for(asyncio.gather(w1, w2), 10)
         assert set((await harness.read_state(R, NOW)).rows) == {(1, 1), (2, 1)}
@@ -351,68 +401,11 @@ async def test_batches_sharing_only_a_range_tombstone_merge_before_their_turn(ha
         assert offsets == {"n1": second.positions["n1"].offset}
 
 
-async def test_batches_sharing_only_a_partition_tombstone_merge_before_their_turn(harness: PostgresHarness) -> None:
-    """Partition tombstones are appended and lock nothing, so they are no part of a footprint: a
-    batch deleting a partition that a pending earlier batch deletes too still merges early."""
-    async with _pair(harness, _sharing_a_partition_tombstone) as (_, second, held, w1, w2):
-        await _wait_for(lambda: _waits_in_server(harness.dsn, held, second))
-        held.gate.set()
-        await asyncio.wait_for(asyncio.gather(w1, w2), 10)
-        visible, offsets = await _visible(harness.dsn, harness.sink_name)
-        assert visible == {0, 1, 2} and offsets == {"n1": second.positions["n1"].offset}
-
-
-async def test_disjoint_batches_merge_before_their_turn_and_commit_after(harness: PostgresHarness) -> None:
-    async with _pair(harness, _disjoint) as (_, second, held, w1, w2):
-        # The second batch merged already (keys disjoint from the first's) and waits, in the
-        # server, on the first one's transaction; nothing of it is visible yet.
-        await _wait_for(lambda: _waits_in_server(harness.dsn, held, second))
-        # Its merge and that wait are one statement (one round trip), the merge first: what
-        # waits is that statement (pg_stat_activity cuts its text at 1 kB, the wait comes last).
-        query = (await _backend(harness.dsn, held.pids[second.batch_id]))[2]
-        assert query.startswith('WITH "#write0" AS (INSERT INTO'), query
-        conn = await asyncpg.connect(harness.dsn)
-        try:  # its row is written (uncommitted): another writer of that key must wait for it
-            await conn.execute("SET lock_timeout = '200ms'")
-            with pytest.raises(asyncpg.exceptions.LockNotAvailableError):
-                await conn.execute("INSERT INTO cdc_test.ks_overlap__state (pk) VALUES (2) ON CONFLICT DO NOTHING")
-        finally:
-            await conn.close()
-        visible, offsets = await _visible(harness.dsn, harness.sink_name)
-        assert 2 not in visible and offsets["n1"] < second.positions["n1"].offset
-        held.gate.set()
-        await asyncio.wait_for(asyncio.gather(w1, w2), 10)
-        visible, offsets = await _visible(harness.dsn, harness.sink_name)
-        assert visible == {0, 1, 2} and offsets == {"n1": second.positions["n1"].offset}
-
-
-async def test_a_write_cancelled_after_merging_early_leaves_nothing_behind(harness: PostgresHarness) -> None:
-    async with _pair(harness, _disjoint) as (first, second, held, w1, w2):
-        await _wait_for(lambda: _waits_in_server(harness.dsn, held, second))  # merged, holding its rows, waiting for the first
-        w2.cancel()  # as the engine does when the write before it fails
-        with pytest.raises(asyncio.CancelledError):
-            await w2
-        held.gate.set()
-        await asyncio.wait_for(w1, 10)
-        visible, offsets = await _visible(harness.dsn, harness.sink_name)
-        assert visible == {0, 1} and offsets == {"n1": first.positions["n1"].offset}
-        again = batch([upsert(S, {"pk": 2}, 30, v="b again")])
-        await held.sink.write(again)  # the rows it held are free, and the pool works on
-        visible, offsets = await _visible(harness.dsn, harness.sink_name)
-        assert visible == {0, 1, 2} and offsets == {"n1": again.positions["n1"].offset}
-
-
-async def test_a_batch_sharing_rows_with_an_earlier_one_merges_only_in_its_turn(harness: PostgresHarness) -> None:
+async def test_a_batch_sharing_rows_with_an_earlier_one_waits_for_them_in_the_server(harness: PostgresHarness) -> None:
     async with _pair(harness, _sharing) as (_, second, held, w1, w2):
-
-        async def staged_and_idle() -> bool:
-            pid = held.pids.get(second.batch_id)
-            if pid is None:
-                return False
-            state, _, query = await _backend(harness.dsn, pid)
-            return _staged_only(harness, state, query)
-
-        await _wait_for(staged_and_idle)  # staged, not merged: it would wait on the first one's row
+        await _wait_for(lambda: _waiting_on_a_row(harness.dsn))  # on pk 3, the first batch's
+        visible, offsets = await _visible(harness.dsn, harness.sink_name)
+        assert visible == {0} and offsets["n1"] < second.positions["n1"].offset
         held.gate.set()
         await asyncio.wait_for(asyncio.gather(w1, w2), 10)
         conn = await asyncpg.connect(harness.dsn)
@@ -420,69 +413,62 @@ async def test_a_batch_sharing_rows_with_an_earlier_one_merges_only_in_its_turn(
             assert await conn.fetchval("SELECT v FROM cdc_test.ks_overlap WHERE pk = 3") == "c2"
         finally:
             await conn.close()
+        assert (await _visible(harness.dsn, harness.sink_name))[1] == {"n1": second.positions["n1"].offset}
+
+
+async def test_a_write_cancelled_after_committing_ahead_moves_no_offsets_and_replays_to_the_same_state(harness: PostgresHarness) -> None:
+    """The engine cancels the writes after one that failed, and later resumes from the offsets:
+    rows committed ahead of their turn are then written again, which changes nothing."""
+    async with _pair(harness, _disjoint) as (first, second, held, w1, w2):
+        await _wait_for(_visible_pk(harness.dsn, harness.sink_name, 2))  # committed, waiting for its turn
+        w2.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await w2
+        held.gate.set()
+        await asyncio.wait_for(w1, 10)
+        visible, offsets = await _visible(harness.dsn, harness.sink_name)
+        assert visible == {0, 1, 2} and offsets == {"n1": first.positions["n1"].offset}
+        before = await harness.read_state(S, NOW)
+        await held.sink.write(second)  # the replay
+        assert await harness.read_state(S, NOW) == before
+        assert (await _visible(harness.dsn, harness.sink_name))[1] == {"n1": second.positions["n1"].offset}
 
 
 async def test_a_third_party_ddl_between_overlapping_writes_cannot_hang_them(harness: PostgresHarness) -> None:
-    """The one wait of an earlier write on a later one that disjoint keys do not rule out: its
-    row-exclusive lock queued behind a third party's DDL, which waits for the later write's. The
-    later write waits for the earlier one inside the server (advisory lock), so PostgreSQL sees
-    the cycle and resolves it — by letting the earlier write's lock ahead of the DDL, or by
-    failing one of them (a deadlock, transient) — instead of everyone waiting for the command
-    timeout."""
+    """A write committing ahead of its turn never waits for it holding a lock, so a third
+    party's DDL queued between overlapping writes (behind the table lock of one that waits on a
+    row of an earlier one) only waits for them: everything goes through, in order."""
     sink = await _sink(harness)
     await sink.write(batch([upsert(S, {"pk": 0}, 1, v="warm")]))
     b0 = batch([upsert(S, {"pk": 1}, 10, v="a")])
-    b1 = batch([upsert(S, {"pk": 1}, 20, v="a2")])  # shares pk 1 with b0: waits for its turn to merge
-    b2 = batch([upsert(S, {"pk": 2}, 10, v="b")])  # disjoint from both: merges early
+    b1 = batch([upsert(S, {"pk": 1}, 20, v="a2")])  # shares pk 1 with b0: waits for its row
+    b2 = batch([upsert(S, {"pk": 2}, 10, v="b")])  # disjoint from both: commits ahead
     held = _Held(sink, [b0])
     turns = Turns()
     t0, t1, t2 = turns.take(), turns.take(), turns.take()
-    w0 = asyncio.create_task(t0.run(sink.write, b0))
-    tasks = [w0]
+    tasks = [asyncio.create_task(t0.run(sink.write, b0))]
     try:
         await asyncio.wait_for(held.reached.wait(), 10)
-        w1 = asyncio.create_task(t1.run(sink.write, b1))
-        tasks.append(w1)
-
-        async def b1_locked() -> bool:
-            flight = sink._flights._by_turn.get(t1)
-            return flight is not None and flight.locked
-
-        # b2 merges early only if b1 already holds its advisory lock when b2 checks (else it
-        # merges in its turn, as safely): started together, b2's connection may come first.
-        await _wait_for(b1_locked)
-        w2 = asyncio.create_task(t2.run(sink.write, b2))
-        tasks.append(w2)
-
-        async def b2_waits() -> bool:
-            if b2.batch_id not in held.pids or b1.batch_id not in held.pids:
-                return False
-            state, wait_event, _ = await _backend(harness.dsn, held.pids[b2.batch_id])
-            return state == "active" and wait_event == "advisory"
-
-        await _wait_for(b2_waits)
+        tasks.append(asyncio.create_task(t1.run(sink.write, b1)))
+        await _wait_for(lambda: _waiting_on_a_row(harness.dsn))
+        tasks.append(asyncio.create_task(t2.run(sink.write, b2)))
+        await _wait_for(_visible_pk(harness.dsn, harness.sink_name, 2))
         ddl = await asyncpg.connect(harness.dsn)
         try:
             alter = asyncio.create_task(ddl.execute("ALTER TABLE cdc_test.ks_overlap__state ADD COLUMN IF NOT EXISTS extra int"))
-            await asyncio.sleep(0.3)  # the ALTER queues behind b0's and b2's locks
-            held.gate.set()  # b0 commits; b1's turn: its merge queues behind the ALTER
-            outcomes = await asyncio.wait_for(asyncio.gather(w0, w1, w2, alter, return_exceptions=True), 30)
+            await asyncio.sleep(0.3)  # the ALTER queues behind b0's and b1's locks
+            assert not alter.done()
+            held.gate.set()  # b0 commits, b1 gets its row and commits, then the ALTER runs
+            await asyncio.wait_for(asyncio.gather(*tasks, alter), 30)
         finally:
             await ddl.close()
-        assert not isinstance(outcomes[0], BaseException)  # b0 committed before the DDL came
-        errors = [o for o in outcomes[1:] if isinstance(o, BaseException)]
-        assert all(
-            isinstance(e, asyncpg.exceptions.DeadlockDetectedError | asyncio.CancelledError)
-            or (isinstance(e, TransientError) and "deadlock" in str(e).lower())
-            for e in errors
-        ), errors
-        if not errors:  # the server reordered the lock queue: everything went through, in order
-            conn = await asyncpg.connect(harness.dsn)
-            try:
-                rows = await conn.fetch("SELECT pk, v FROM cdc_test.ks_overlap ORDER BY pk")
-                assert [(r["pk"], r["v"]) for r in rows] == [(0, "warm"), (1, "a2"), (2, "b")]
-            finally:
-                await conn.close()
+        conn = await asyncpg.connect(harness.dsn)
+        try:
+            rows = await conn.fetch("SELECT pk, v FROM cdc_test.ks_overlap ORDER BY pk")
+            assert [(r["pk"], r["v"]) for r in rows] == [(0, "warm"), (1, "a2"), (2, "b")]
+        finally:
+            await conn.close()
+        assert (await _visible(harness.dsn, harness.sink_name))[1] == {"n1": b2.positions["n1"].offset}
     finally:  # nothing left waiting, whatever failed (the sink must be able to close)
         held.gate.set()
         if any(not t.done() for t in tasks):
@@ -490,3 +476,51 @@ async def test_a_third_party_ddl_between_overlapping_writes_cannot_hang_them(har
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_history_mode_batch_waits_for_its_turn_before_anything_visible(pg_dsn: str) -> None:
+    """History rows are appended in position order for readers following them: a batch with a
+    history-mode table merges only in its turn, also when it could commit ahead."""
+    h = PostgresHarness(
+        pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"tables": {"ks.overlap": TableConfig(mode="history")}}
+    )
+    try:
+        sink = await _sink(h)
+        await sink.write(batch([upsert(S, {"pk": 0}, 1, v="warm")]))
+        first, second = _disjoint()
+        held = _Held(sink, [first])
+        turns = Turns()
+        t1, t2 = turns.take(), turns.take()
+        w1 = asyncio.create_task(t1.run(sink.write, first))
+        w2: asyncio.Task[Any] | None = None
+        try:
+            await asyncio.wait_for(held.reached.wait(), 10)
+            w2 = asyncio.create_task(t2.run(sink.write, second))
+
+            async def staged_and_idle() -> bool:
+                pid = held.pids.get(second.batch_id)
+                return pid is not None and _staged_only(h, *(await _backend(h.dsn, pid))[::2])
+
+            await _wait_for(staged_and_idle)
+            conn = await asyncpg.connect(h.dsn)
+            try:
+                assert await conn.fetchval("SELECT count(*) FROM cdc_test.ks_overlap") == 1  # the warm-up's
+            finally:
+                await conn.close()
+            held.gate.set()
+            await asyncio.wait_for(asyncio.gather(w1, w2), 10)
+            conn = await asyncpg.connect(h.dsn)
+            try:
+                assert await conn.fetchval("SELECT count(*) FROM cdc_test.ks_overlap") == 3
+            finally:
+                await conn.close()
+        finally:
+            held.gate.set()
+            tasks = [t for t in (w1, w2) if t is not None]
+            if any(not t.done() for t in tasks):
+                await asyncio.wait(tasks, timeout=10)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await h.destroy()

@@ -4,8 +4,8 @@ Each sink has its own lane: its own read cursor (starting at the sink's committe
 a bounded queue of read items, a batcher that applies the transforms, a bounded queue of at most
 ``max_in_flight`` batches, and a writer that retries, dead-letters and commits. A sink declaring
 ``overlapping_writes`` > 1 is handed the next batch while the previous one is still being
-written (up to that many, and at most ``max_in_flight``); it commits them in order by awaiting
-``Batch.wait_turn``, and the writer records them in order. A lane that
+written (up to that many, and at most ``max_in_flight``); it moves their positions in order by
+awaiting ``Batch.wait_turn``, and the writer records them in order. A lane that
 lags or fails never blocks another: the commitlog on disk is the buffer, and each lane reads it
 at its own pace, so memory stays bounded by the queue sizes whatever a sink does.
 

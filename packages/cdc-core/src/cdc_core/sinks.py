@@ -35,10 +35,12 @@ class Batch:
     ``turn``: set by the engine for a sink declaring ``overlapping_writes > 1`` (see
     :class:`Sink`), which may then be handed a batch while the lane's previous one is still being
     written. Such a sink awaits :meth:`wait_turn` before anything that must follow the previous
-    batch's commit (taking locks on destination rows, moving offsets, committing); what is private
-    to its own session (folding, staging into a temporary table) may run before. It returns once
+    batch's commit (moving offsets, committing what must be in order), and returns only after it;
+    what is private to its own session (folding, staging into a temporary table) may run before,
+    and so may committing data that converges in any order. :meth:`wait_turn` returns once
     every earlier batch of the lane is applied; if one of them fails, the waiting write is
-    cancelled instead (it must then commit nothing).
+    cancelled instead (it must then move no positions; data it committed before its turn must
+    be what replaying the batch writes anyway, since the engine resumes from the positions).
     """
 
     batch_id: str
@@ -77,7 +79,7 @@ class Sink(Protocol):
     stores_offsets: bool
     # Optional (read with getattr, default 1): how many batches of one lane the sink may be
     # writing at once. Above 1, the engine hands it the next batch before the previous one has
-    # committed, and the sink keeps commits in order with ``Batch.wait_turn``.
+    # committed, and the sink moves its positions in order with ``Batch.wait_turn``.
     # overlapping_writes: int
 
     async def start(self) -> None:

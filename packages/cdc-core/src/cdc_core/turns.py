@@ -1,4 +1,4 @@
-"""Turns: several writes of one lane in flight, their commits in order (``Batch.wait_turn``).
+"""Turns: several writes of one lane in flight, their positions moved in order (``Batch.wait_turn``).
 
 The engine takes a :class:`Turn` per batch from the lane's :class:`Turns`; the write awaits its
 turn before committing, which comes when the write before it has finished. A write that fails

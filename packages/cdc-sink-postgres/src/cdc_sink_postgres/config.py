@@ -98,9 +98,10 @@ class PostgresSinkConfig:
     ssl: SslConfig = attrs.field(factory=SslConfig)
     create_tables: bool = True  # False: only verify that the tables exist and fail otherwise
     application_name: str = "cdc"
-    # Batches being written at once (each on its own connection, committed in order); 1: one at a time.
+    # Batches being written at once (each on its own connection, offsets moved in order); 1: one at a time.
     overlapping_writes: int = attrs.field(default=2, validator=attrs.validators.ge(1))
-    # An overlapping write whose rows no earlier pending write touches merges before its turn.
+    # An overlapping write of latest-state tables only commits its rows before its turn, its
+    # offsets after it (else it merges in its turn).
     early_merge: bool = True
     # Merge steps of at most this many values go inline, not through COPY (0: always COPY).
     inline_max_values: int = attrs.field(default=DEFAULT_INLINE_MAX_VALUES, validator=attrs.validators.ge(0))

@@ -104,7 +104,7 @@ class ColumnLayout:
     def key_convert(self) -> Callable[[Any], Any]:
         """:attr:`convert` for this column as a key column: the same value, but a one-dimensional
         array (a frozen list or set of scalars) as a tuple, not a list — keys are hashed (the
-        fold's and the footprint's dict keys), and asyncpg takes a tuple for an array."""
+        fold's dict keys, compaction's sets), and asyncpg takes a tuple for an array."""
         if self.pg.form != "array":
             return self.convert
         convert = self.convert

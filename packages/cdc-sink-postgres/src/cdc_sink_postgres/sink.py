@@ -3,7 +3,9 @@
 Per batch: events are grouped by table; each table's destination is created or evolved first
 (its own short transaction, serialised across writers by an advisory lock); then, in ONE
 transaction, each table's pre-merged records are COPied into temp staging tables and merged with
-one statement per relation, and the batch's positions are upserted into ``cdc_offsets``.
+one statement per relation, and the batch's positions are upserted into ``cdc_offsets``. (With
+overlapping writes, a batch of latest-state tables commits its rows before its turn and upserts
+its positions in a statement of their own after it: see ``write``.)
 
 A statement PostgreSQL refuses for a non-transient reason (a value, an integrity violation, an
 over-long key …) is traced by bisecting each table's events under savepoints; only the culprit
@@ -42,7 +44,7 @@ from cdc_sink_postgres.layout import ColumnLayout, TableLayout
 from cdc_sink_postgres.merge import LatestStateMerges, StagedMerge, latest_state_merges
 from cdc_sink_postgres.native import Payload, encode_copy_sliced
 from cdc_sink_postgres.offsets import OffsetTable
-from cdc_sink_postgres.overlap import EarlySlot, EarlySlots, Flight, Flights, footprint, turn_due
+from cdc_sink_postgres.overlap import EarlySlot, EarlySlots, turn_due
 from cdc_sink_postgres.premerge import FoldPlan, NeedsEagerFold, RecordFold, StagingRecords
 from cdc_sink_postgres.tls import build_ssl
 from cdc_sink_postgres.typemap import ValueRejected
@@ -114,7 +116,6 @@ class PostgresSink:
         # Per pooled connection, the staging tables its session already has.
         self._staging: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
         self._fold_lock = asyncio.Lock()
-        self._flights = Flights()
         self._early_slots = EarlySlots(config.pool_max_size)
         self._compaction = TombstoneCompaction(COMPACTION_MAX_KEYS)
         self._compaction_due = asyncio.Event()
@@ -374,9 +375,9 @@ class PostgresSink:
     async def write(self, batch: Batch) -> WriteResult:
         if self._pool is None:
             raise TransientError(f"postgres sink {self.name} is not started")
-        # A write the engine overlaps with others, which may merge early (cdc_sink_postgres.overlap).
-        turn = batch.turn if isinstance(batch.turn, Turn) and self.overlapping_writes > 1 and self.config.early_merge else None
-        flight = self._flights.start(turn) if turn is not None else None
+        # A write the engine overlaps with others may commit its rows before its turn, and its
+        # offsets after it (docs/sinks/postgres.md, Overlapping writes).
+        early = isinstance(batch.turn, Turn) and self.overlapping_writes > 1 and self.config.early_merge
         slot = EarlySlot(None)
         try:
             groups = await self._group(batch.events)
@@ -387,26 +388,28 @@ class PostgresSink:
             # and the loop waited up to 70 ms to hear of a finished statement.) One fold at a time.
             async with self._fold_lock:
                 work, rejected = await self._fold_all(groups)
-            if flight is not None:
-                flight.footprint = _footprint(work)
             steps = await _encoded(self._steps_of(work), self.config.inline_max_values)
             # Events refused in Python reach the DLQ before anything commits (Batch.dead_letter).
             await _dead_letter(batch, rejected)
             slot = await self._early_slots.take(batch)
+            ahead = early and not turn_due(batch) and _latest_state_only(work)
+            committed_ahead = False  # (its rows, in a transaction of their own)
             async with self._acquire() as conn:
                 try:
-                    single = self._single_statement(steps, batch) if turn_due(batch) else None
+                    single = self._single_statement(steps, batch, offsets=not ahead) if ahead or turn_due(batch) else None
                     if single is not None:
-                        await batch.wait_turn()  # (due: returns at once, or raises if the previous write failed)
-                        slot.release()
+                        if not ahead:
+                            await batch.wait_turn()  # (due: returns at once, or raises if the previous write failed)
+                            slot.release()
                         await conn.execute(*single)
                     else:
                         # _run_all opens the transaction (its BEGIN shares a round trip with the
-                        # prelude) and stores the offsets; on a failure the pool's reset, or the
-                        # bisecting path below, rolls it back.
-                        created = await self._run_all(conn, steps, batch, flight, slot)
+                        # prelude) and, in the batch's turn, stores the offsets; on a failure the
+                        # pool's reset, or the bisecting path below, rolls it back.
+                        created = await self._run_all(conn, steps, batch, slot, in_turn=not ahead)
                         await conn.execute("COMMIT")
                         self._staging_created(conn).update(created)
+                    committed_ahead = ahead
                 except Exception as exc:
                     if not is_bisectable(exc):
                         raise
@@ -418,16 +421,19 @@ class PostgresSink:
                     # table by table under savepoints, bisecting to the culprit events; they
                     # reach the DLQ before the transaction moving the offsets commits.
                     async with conn.transaction():
-                        await self._hold(conn, flight)
                         refused: list[Rejected] = []
                         for target, events, _ in work:
                             refused += await self._apply(conn, target, events)
                         await self.offsets.store(conn, self.name, batch.positions)
                         await _dead_letter(batch, refused)
                     rejected += refused
-                finally:
-                    if flight is not None:
-                        flight.locked = False  # (a transaction's advisory lock ends with it)
+                if committed_ahead:
+                    # Committed ahead of its turn: the offsets move once every earlier batch is
+                    # applied (a crash before that replays this batch, which converges to the
+                    # same state), and the write returns only then (the next batch's turn is this
+                    # one's end). It keeps its connection, and its early slot until the turn.
+                    await batch.wait_turn()
+                    await self.offsets.store(conn, self.name, batch.positions)
         except _DeadLetterFailed as failed:
             raise failed.cause from None  # the engine's own error, as it raised it
         except (TransientError, PermanentError):
@@ -436,8 +442,6 @@ class PostgresSink:
             raise self._translate(exc, f"writing batch {batch.batch_id}") from None
         finally:
             slot.release()
-            if turn is not None and flight is not None:
-                self._flights.end(turn, flight)
         self._note_tombstones(work)
         if rejected:
             log.warning("postgres sink rejected events", sink=self.name, batch_id=batch.batch_id, rejected=len(rejected))
@@ -508,7 +512,8 @@ class PostgresSink:
         return work, rejected
 
     async def _group(self, events: Sequence[ChangeEvent]) -> list[tuple[TableTarget, list[ChangeEvent]]]:
-        """The batch's events per destination table, in batch order."""
+        """The batch's events per destination table (in batch order), the tables in name order:
+        two batches merging at once lock their rows table after table in the same order."""
         targets: dict[int, TableTarget] = {}  # id(schema) → target, for this batch
         by_table: dict[tuple[str, str], TableTarget] = {}
         for event in events:
@@ -529,7 +534,7 @@ class PostgresSink:
         for event in events:
             target = chosen[id(event.schema)]
             groups.setdefault(id(target), (target, []))[1].append(event)
-        return list(groups.values())
+        return sorted(groups.values(), key=lambda group: (group[0].layout.keyspace, group[0].layout.table))
 
     def _staging_created(self, conn: Any) -> set[str]:
         """Staging tables known to exist in ``conn``'s session (TEMP tables live as long as it)."""
@@ -539,18 +544,6 @@ class PostgresSink:
             known = self._staging[raw] = set()
         return known
 
-    def _lock_sql(self, flight: Flight) -> str:
-        """The statement taking the write's advisory lock for its transaction (what later writes
-        that merge early wait on in the server; see cdc_sink_postgres.overlap). Its two keys are
-        the sink's own integers, so it can share a round trip with other parameterless statements."""
-        return f"SELECT pg_advisory_xact_lock({int(self._flights.space)}, {int(flight.lock)})"
-
-    async def _hold(self, conn: Any, flight: Flight | None) -> None:
-        """Take the write's advisory lock (:meth:`_lock_sql`) in ``conn``'s transaction."""
-        if flight is not None:
-            await conn.execute(self._lock_sql(flight))
-            flight.locked = True
-
     def _steps_of(self, work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> list[tuple[StagedMerge, Sequence[Sequence[Any]]]]:
         """Every table's (merge, records) steps of a batch, in order."""
         steps: list[tuple[StagedMerge, Sequence[Sequence[Any]]]] = []
@@ -559,61 +552,45 @@ class PostgresSink:
         return steps
 
     async def _run_all(
-        self, conn: Any, steps: Sequence[_Step], batch: Batch, flight: Flight | None = None, slot: EarlySlot | None = None
+        self, conn: Any, steps: Sequence[_Step], batch: Batch, slot: EarlySlot | None = None, *, in_turn: bool = True
     ) -> set[str]:
         """The fast path: a transaction begun, every table's records staged and merged in it, no
-        savepoints, and the offsets stored; the caller commits. Returns the staging tables
-        created (they exist once the transaction commits).
+        savepoints, and (``in_turn``) the offsets stored; the caller commits. Returns the staging
+        tables created (they exist once the transaction commits).
 
         Staging tables are private to the session, so they are filled before the batch's turn
         (``Batch.wait_turn``: while the previous batch may still be merging on another
-        connection); the merges, which lock destination rows, run after it — or before it, when
-        no write pending before this one can want the same rows (cdc_sink_postgres.overlap);
-        this one then waits in the server for their transactions to end, and for its turn."""
+        connection); in the turn, the merges, which lock destination rows, and the offsets. A
+        write committing ahead of its turn (not ``in_turn``) merges at once and stores no
+        offsets."""
         known = self._staging_created(conn)
         staged = [step for step in steps if not step.inline]
         missing = {step.merge.staging: step.merge.create_sql for step in staged if step.merge.staging not in known}
         uses = Counter(step.merge.staging for step in staged)
-        # One round trip: BEGIN, the write's advisory lock (_hold), and its staging tables
-        # created where missing and emptied of what the last transaction of this session that
-        # used them committed (StagedMerge).
+        # One round trip: BEGIN, and the staging tables created where missing and emptied of
+        # what the last transaction of this session that used them committed (StagedMerge).
         prelude = ["BEGIN", *missing.values()]
-        if flight is not None:
-            prelude.append(self._lock_sql(flight))
         if uses:
             prelude.append("TRUNCATE " + ", ".join(quote_ident(s) for s in uses))
         await conn.execute(";\n".join(prelude))
-        if flight is not None:
-            flight.locked = True
         # A staging table two steps share (two tables of one shape) is filled after the turn, once
         # the first step's merge has read it.
         early = {i for i, step in enumerate(steps) if not step.inline and uses[step.merge.staging] == 1 and step.records}
         for i in sorted(early):
             merge, records, payload, _ = steps[i]
             await merge.copy_in(conn, records, payload)
-        locks = self._flights.early_locks(batch.turn, flight) if flight is not None and isinstance(batch.turn, Turn) else None
-        if locks is None:
+        if in_turn:
             await batch.wait_turn()
             if slot is not None:
                 slot.release()
-            # In its turn, with every step inline or staged already: the merges and the offsets
-            # as one statement.
-            together = self._single_statement(steps, batch, early)
-            if together is not None:
-                await conn.execute(*together)
-                return set(missing)
-            await self._merge_each(conn, steps, early)
-        else:
-            # Before its turn: the merges, then the wait in the server for the earlier writes'
-            # transactions, in one statement when every step is inline or staged already.
-            ready = _ready(steps, early)
-            if not ready:
-                await self._merge_each(conn, steps, early)
-            await conn.execute(*self._merged_then_waiting(steps if ready else (), locks))
-            await batch.wait_turn()
-            if slot is not None:
-                slot.release()
-        await self.offsets.store(conn, self.name, batch.positions)
+        # Every step inline or staged already: the merges (and the offsets) as one statement.
+        together = self._single_statement(steps, batch, early, offsets=in_turn)
+        if together is not None:
+            await conn.execute(*together)
+            return set(missing)
+        await self._merge_each(conn, steps, early)
+        if in_turn:
+            await self.offsets.store(conn, self.name, batch.positions)
         return set(missing)
 
     async def _merge_each(self, conn: Any, steps: Sequence[_Step], early: Collection[int]) -> None:
@@ -631,37 +608,20 @@ class PostgresSink:
                 await merge.copy_and_merge(conn, records, payload)
             used.add(merge.staging)
 
-    def _merged_then_waiting(self, steps: Sequence[_Step], locks: Sequence[int]) -> tuple[Any, ...]:
-        """The wait inside the server for the earlier writes' transactions (``locks``), after
-        ``steps``' merges (each sent inline or staged already; none: the wait alone), as ONE
-        statement and round trip. The merges are data-modifying CTEs the wait reads first (their
-        row counts gate it, an InitPlan evaluated before the first lock is taken), so they run
-        before it. Returns the statement and its arguments."""
-        args: list[Any] = []
-        parts = _merge_statements(steps, args)
-        # The lock ids as parameters: the statement's text stays the same from batch to batch
-        # (asyncpg prepares each new text: a round trip and a plan).
-        n = len(args)
-        wait = f"SELECT pg_advisory_xact_lock_shared(${n + 1}::integer, l) FROM unnest(${n + 2}::integer[]) AS l"
-        if parts:
-            ctes = ", ".join(f'"#write{i}" AS ({sql} RETURNING 1)' for i, sql in enumerate(parts))
-            merged = " AND ".join(f'(SELECT count(*) FROM "#write{i}") >= 0' for i in range(len(parts)))
-            wait = f"WITH {ctes} {wait} WHERE {merged}"
-        return (wait, *args, self._flights.space, list(locks))
-
-    def _single_statement(self, steps: Sequence[_Step], batch: Batch, staged: Collection[int] = ()) -> tuple[Any, ...] | None:
+    def _single_statement(
+        self, steps: Sequence[_Step], batch: Batch, staged: Collection[int] = (), *, offsets: bool = True
+    ) -> tuple[Any, ...] | None:
         """The whole batch as ONE statement, atomic on its own (its implicit transaction holds
-        the data and the offsets): each merge and the offsets upsert, all but the last as
-        data-modifying CTEs (each writes other relations; PostgreSQL runs every one of them).
-        One round trip, where a transaction takes at least three. For a batch whose turn has
-        come (nothing to do before it) and whose every step is sent inline, or (inside the
-        batch's transaction) is one of the steps ``staged`` already; else None. Returns the
-        statement and its arguments."""
+        the data and, with ``offsets``, the offsets): each merge and the offsets upsert, all but
+        the last as data-modifying CTEs (each writes other relations; PostgreSQL runs every one
+        of them). One round trip, where a transaction takes at least three. For a batch whose
+        every step is sent inline, or (inside the batch's transaction) is one of the steps
+        ``staged`` already; else None. Returns the statement and its arguments."""
         if not steps or not _ready(steps, staged):
             return None
         parts: list[str] = []
         args: list[Any] = []
-        if batch.positions:
+        if offsets and batch.positions:
             parts.append(self.offsets.upsert_sql)
             args += self.offsets.upsert_args(self.name, batch.positions)
         parts += _merge_statements(steps, args)
@@ -829,19 +789,11 @@ async def _keep_session(conn: Any) -> None:
     time (what ``RESET ALL`` would return to anyway); its staging tables are meant to stay."""
 
 
-def _footprint(work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> dict[str, Any] | None:
-    """The rows a batch's merges lock, per relation; None with a history-mode table. (Tombstones
-    are appended: their inserts lock nothing another write waits for.)"""
-    relations: list[tuple[str, Any]] = []
-    for target, _, prepared in work:
-        if target.history is not None or not isinstance(prepared, PreparedTable):
-            return None
-        layout, fold = target.layout, prepared.fold
-        relations += [
-            (layout.q(layout.state_table), fold.rows.keys()),
-            (layout.q(layout.static_table), fold.statics.keys()),
-        ]
-    return footprint(relations)
+def _latest_state_only(work: Sequence[tuple[TableTarget, list[ChangeEvent], Any]]) -> bool:
+    """Every table of the batch is in latest-state mode: its merges converge in any order, so
+    the batch may commit before an earlier one. (History-mode rows are appended in position
+    order: a reader following them by position must never see a later one first.)"""
+    return all(target.history is None and isinstance(prepared, PreparedTable) for target, _, prepared in work)
 
 
 def _duplicates(names: Sequence[str]) -> list[str]:
