@@ -45,6 +45,7 @@ from cdc_core.sinks import Batch
 from cdc_core.testing.contract import batches_of, normalise_state
 from cdc_core.testing.model import latest_state
 from cdc_core.testing.strategies import NOW, event_histories, shuffled_with_duplicates
+from cdc_core.turns import write_overlapping
 from cdc_sink_postgres.config import DEFAULT_INLINE_MAX_VALUES, PostgresSinkConfig, SslConfig, TableConfig
 from cdc_sink_postgres.ddl import LatestStateDdl
 from cdc_sink_postgres.layout import TableLayout
@@ -787,6 +788,48 @@ async def test_latest_state_crash_and_resume_converges(pg_dsn: str, data: st.Dat
         await _crash_and_resume(h, batches, data)
         assert normalise_state(await h.read_state(s, NOW)) == normalise_state(latest_state(events, now=NOW))
     finally:
+        await h.destroy()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+async def test_overlapping_writes_cancelled_anywhere_resume_and_converge(pg_dsn: str, data: st.DataObject) -> None:
+    """Batches written two at a time as the engine does (later ones commit their rows before
+    their turn), the whole lane cancelled at drawn points and restarted from the committed
+    positions: the offsets are always a batch boundary, and the state ends as the model's."""
+    s = collections_schema()
+    events = data.draw(event_histories(s, max_events=20), label="history")
+    batches = batches_of(events, data.draw(st.lists(st.integers(1, 4), min_size=2, max_size=5), label="sizes"))
+    h = PostgresHarness(
+        pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"inline_max_values": data.draw(INLINE_CHOICES, label="inline")}
+    )
+    crashes = data.draw(st.lists(st.integers(0, 80), max_size=4), label="cancel points")
+    sink = await h.make_sink()
+    try:
+        while True:
+            committed = dict(await sink.committed_positions())
+            for node, p in committed.items():
+                assert any(b.positions.get(node) == p for b in batches)
+            todo = [b for b in batches if _ahead_of(b, committed)]
+            if not todo:
+                break
+            run = asyncio.ensure_future(write_overlapping(sink.write, todo, 2))  # (the default overlapping_writes)
+            if crashes:
+                for _ in range(crashes.pop()):
+                    await asyncio.sleep(0)
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
+                with contextlib.suppress(Exception):
+                    await sink.close()
+                sink = await h.make_sink()  # restart
+                continue
+            assert not any(r.rejected for r in await asyncio.wait_for(run, 60))
+        assert normalise_state(await h.read_state(s, NOW)) == normalise_state(latest_state(events, now=NOW))
+        assert committed == {node: p for b in batches for node, p in b.positions.items()}
+    finally:
+        with contextlib.suppress(Exception):
+            await sink.close()
         await h.destroy()
 
 
