@@ -88,9 +88,8 @@ class PostgresSink:
     stores_offsets = True
     # The lane's batch size unless the configuration sets batch.max_events: per batch written
     # through COPY the sink pays ≈ 3.6 ms beyond its per-row work (a transaction, staging,
-    # offsets, a commit). Small merges go inline instead, but on two connections batches of 1,000
-    # still trail a naive executemany for updates and deletes; from 5,000 on the sink is level
-    # with it or ahead (docs/benchmarks.md).
+    # offsets, a commit). Small merges go inline instead; from 1,000 rows the sink is ahead of a
+    # naive executemany, most so from 5,000 (docs/benchmarks.md).
     preferred_batch_events = 10_000
     ddl_class: type[LatestStateDdl] = LatestStateDdl
     history_class: type[HistoryTable] = HistoryTable
