@@ -708,7 +708,7 @@ async def test_history_mode_crash_and_resume_has_no_duplicates_or_gaps(pg_dsn: s
     events = [upsert(s, {"pk": i % 3}, i, v=i) for i in range(1, 25)]
     batches = batches_of(events, data.draw(st.lists(st.integers(1, 7), min_size=1, max_size=3)))
     try:
-        await _crash_and_resume(h, batches, data)
+        await _crash_and_resume(h, batches, data, overlap=data.draw(st.sampled_from([1, 2]), label="overlap"))
         conn = await asyncpg.connect(pg_dsn)
         try:
             offsets = [r[0] for r in await conn.fetch(f'SELECT cdc_offset FROM cdc_test."ks_{table}" ORDER BY 1')]
@@ -724,22 +724,24 @@ def _ahead_of(b: Batch, committed: dict[str, Any]) -> bool:
     return any(node not in committed or p > committed[node] for node, p in b.positions.items())
 
 
-async def _crash_and_resume(h: PostgresHarness, batches: list[Batch], data: st.DataObject) -> None:
-    """Write ``batches``, cancelling writes at drawn points and restarting from the committed
-    positions each time, until every batch is committed."""
-    crashes = data.draw(st.lists(st.integers(0, 40), max_size=4), label="cancel points")
+async def _crash_and_resume(h: PostgresHarness, batches: list[Batch], data: st.DataObject, overlap: int = 1) -> None:
+    """Write ``batches`` — one at a time, or up to ``overlap`` at once as the engine does (with
+    its turns: a later latest-state batch commits its rows before its turn) — cancelling at drawn
+    points and restarting from the committed positions each time, until every batch is
+    committed. The committed positions are always a batch boundary, and end at the last."""
+    crashes = data.draw(st.lists(st.integers(0, 40 * overlap), max_size=4), label="cancel points")
     sink = await h.make_sink()
-    while True:
-        committed = dict(await sink.committed_positions())
-        todo = [b for b in batches if _ahead_of(b, committed)]
-        # Committed positions are always a batch boundary: never ahead of the data.
-        for node, p in committed.items():
-            assert any(b.positions.get(node) == p for b in batches)
-        if not todo:
-            break
-        for b in todo:
+    try:
+        while True:
+            committed = dict(await sink.committed_positions())
+            todo = [b for b in batches if _ahead_of(b, committed)]
+            # Committed positions are always a batch boundary: never ahead of the data.
+            for node, p in committed.items():
+                assert any(b.positions.get(node) == p for b in batches)
+            if not todo:
+                break
             if crashes:
-                task = asyncio.ensure_future(sink.write(b))
+                task = asyncio.ensure_future(write_overlapping(sink.write, todo, overlap) if overlap > 1 else sink.write(todo[0]))
                 for _ in range(crashes.pop()):
                     await asyncio.sleep(0)
                 task.cancel()
@@ -748,9 +750,17 @@ async def _crash_and_resume(h: PostgresHarness, batches: list[Batch], data: st.D
                 with contextlib.suppress(Exception):
                     await sink.close()
                 sink = await h.make_sink()  # restart
-                break
-            assert not (await sink.write(b)).rejected
-    await sink.close()
+                continue
+            results = (
+                await asyncio.wait_for(write_overlapping(sink.write, todo, overlap), 60)
+                if overlap > 1
+                else [await sink.write(b) for b in todo]
+            )
+            assert not any(r.rejected for r in results)
+        assert committed == {node: p for b in batches for node, p in b.positions.items()}
+    finally:
+        with contextlib.suppress(Exception):
+            await sink.close()
 
 
 # --- latest state: convergence, crashes, concurrency -----------------------------------------
@@ -776,60 +786,21 @@ async def test_converges_with_collections_and_clustering(pg_dsn: str, data: st.D
         await h.destroy()
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 async def test_latest_state_crash_and_resume_converges(pg_dsn: str, data: st.DataObject) -> None:
+    """Cancelled at drawn points and restarted from the committed positions, one batch at a time
+    or two at once as the engine does (a later batch then commits its rows before its turn):
+    the offsets are always a batch boundary, and the state ends as the model's."""
     s = collections_schema()
     events = data.draw(event_histories(s, max_events=16), label="history")
     batches = batches_of(events, data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=3), label="sizes"))
     inline = data.draw(INLINE_CHOICES, label="inline_max_values")
     h = PostgresHarness(pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"inline_max_values": inline})
     try:
-        await _crash_and_resume(h, batches, data)
+        await _crash_and_resume(h, batches, data, overlap=data.draw(st.sampled_from([1, 2]), label="overlap"))
         assert normalise_state(await h.read_state(s, NOW)) == normalise_state(latest_state(events, now=NOW))
     finally:
-        await h.destroy()
-
-
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
-@given(data=st.data())
-async def test_overlapping_writes_cancelled_anywhere_resume_and_converge(pg_dsn: str, data: st.DataObject) -> None:
-    """Batches written two at a time as the engine does (later ones commit their rows before
-    their turn), the whole lane cancelled at drawn points and restarted from the committed
-    positions: the offsets are always a batch boundary, and the state ends as the model's."""
-    s = collections_schema()
-    events = data.draw(event_histories(s, max_events=20), label="history")
-    batches = batches_of(events, data.draw(st.lists(st.integers(1, 4), min_size=2, max_size=5), label="sizes"))
-    h = PostgresHarness(
-        pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"inline_max_values": data.draw(INLINE_CHOICES, label="inline")}
-    )
-    crashes = data.draw(st.lists(st.integers(0, 80), max_size=4), label="cancel points")
-    sink = await h.make_sink()
-    try:
-        while True:
-            committed = dict(await sink.committed_positions())
-            for node, p in committed.items():
-                assert any(b.positions.get(node) == p for b in batches)
-            todo = [b for b in batches if _ahead_of(b, committed)]
-            if not todo:
-                break
-            run = asyncio.ensure_future(write_overlapping(sink.write, todo, 2))  # (the default overlapping_writes)
-            if crashes:
-                for _ in range(crashes.pop()):
-                    await asyncio.sleep(0)
-                run.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await run
-                with contextlib.suppress(Exception):
-                    await sink.close()
-                sink = await h.make_sink()  # restart
-                continue
-            assert not any(r.rejected for r in await asyncio.wait_for(run, 60))
-        assert normalise_state(await h.read_state(s, NOW)) == normalise_state(latest_state(events, now=NOW))
-        assert committed == {node: p for b in batches for node, p in b.positions.items()}
-    finally:
-        with contextlib.suppress(Exception):
-            await sink.close()
         await h.destroy()
 
 

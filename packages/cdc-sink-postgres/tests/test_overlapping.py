@@ -484,43 +484,25 @@ async def test_a_history_mode_batch_waits_for_its_turn_before_anything_visible(p
     h = PostgresHarness(
         pg_dsn, sink_name=f"pg_{uuid.uuid4().hex[:8]}", config_overrides={"tables": {"ks.overlap": TableConfig(mode="history")}}
     )
-    try:
-        sink = await _sink(h)
-        await sink.write(batch([upsert(S, {"pk": 0}, 1, v="warm")]))
-        first, second = _disjoint()
-        held = _Held(sink, [first])
-        turns = Turns()
-        t1, t2 = turns.take(), turns.take()
-        w1 = asyncio.create_task(t1.run(sink.write, first))
-        w2: asyncio.Task[Any] | None = None
+
+    async def rows() -> int:
+        conn = await asyncpg.connect(h.dsn)
         try:
-            await asyncio.wait_for(held.reached.wait(), 10)
-            w2 = asyncio.create_task(t2.run(sink.write, second))
+            return int(await conn.fetchval("SELECT count(*) FROM cdc_test.ks_overlap"))
+        finally:
+            await conn.close()
+
+    try:
+        async with _pair(h, _disjoint) as (_, second, held, w1, w2):
 
             async def staged_and_idle() -> bool:
                 pid = held.pids.get(second.batch_id)
                 return pid is not None and _staged_only(h, *(await _backend(h.dsn, pid))[::2])
 
             await _wait_for(staged_and_idle)
-            conn = await asyncpg.connect(h.dsn)
-            try:
-                assert await conn.fetchval("SELECT count(*) FROM cdc_test.ks_overlap") == 1  # the warm-up's
-            finally:
-                await conn.close()
+            assert await rows() == 1  # the warm-up's
             held.gate.set()
             await asyncio.wait_for(asyncio.gather(w1, w2), 10)
-            conn = await asyncpg.connect(h.dsn)
-            try:
-                assert await conn.fetchval("SELECT count(*) FROM cdc_test.ks_overlap") == 3
-            finally:
-                await conn.close()
-        finally:
-            held.gate.set()
-            tasks = [t for t in (w1, w2) if t is not None]
-            if any(not t.done() for t in tasks):
-                await asyncio.wait(tasks, timeout=10)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            assert await rows() == 3
     finally:
         await h.destroy()
