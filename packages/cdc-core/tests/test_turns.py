@@ -58,25 +58,28 @@ async def test_a_failure_cancels_the_writes_behind_it() -> None:
     assert "b2" in cancelled and "b3" not in committed
 
 
-async def test_pending_before_lists_the_unfinished_turns_nearest_first() -> None:
+async def test_a_turn_is_due_once_the_write_before_it_ended_and_cancelled_behind_a_failed_one() -> None:
     from cdc_core.turns import Turns
 
     turns = Turns()
     t0, t1, t2 = turns.take(), turns.take(), turns.take()
-    assert t2.pending_before() == [t1, t0] and t0.pending_before() == []
+
+    def due() -> list[bool]:
+        return [t0.due, t1.due, t2.due]
+
+    assert due() == [True, False, False]
 
     async def write(batch: Batch) -> None:
         await batch.wait_turn()
 
     await t0.run(write, _batches(1)[0])
-    assert t0.finished and not t0.abandoned
-    assert t2.pending_before() == [t1]
+    assert due() == [True, True, False]
 
     async def failing(batch: Batch) -> None:
         raise RuntimeError("t1 failed")
 
     with pytest.raises(RuntimeError):
         await t1.run(failing, _batches(1)[0])
-    assert t1.abandoned and t2.pending_before() == [t1]
+    assert due() == [True, True, True]
     with pytest.raises(asyncio.CancelledError):
         await t2.wait()  # the write behind a failed one is cancelled

@@ -23,15 +23,13 @@ T = TypeVar("T")
 
 class Turn:
     """One write's place in the order: awaiting it (``batch.turn()``, :meth:`wait`) returns once
-    the previous write finished. A sink may also look at the writes still pending before it
-    (:meth:`pending_before`), e.g. to tell whether its own work can conflict with theirs."""
+    the previous write finished; :attr:`due` tells without waiting."""
 
-    __slots__ = ("__weakref__", "_before", "_finished", "_previous")
+    __slots__ = ("_finished", "_previous")
 
-    def __init__(self, previous: asyncio.Future[None] | None, finished: asyncio.Future[None], before: Turn | None = None) -> None:
+    def __init__(self, previous: asyncio.Future[None] | None, finished: asyncio.Future[None]) -> None:
         self._previous = previous
         self._finished = finished
-        self._before = before
 
     def __call__(self) -> Awaitable[None]:
         return self.wait()
@@ -46,25 +44,6 @@ class Turn:
         """The previous write has ended: :meth:`wait` returns at once (raising if it failed)."""
         return self._previous is None or self._previous.done()
 
-    @property
-    def finished(self) -> bool:
-        """This turn's write returned (successfully)."""
-        return self._finished.done() and not self._finished.cancelled()
-
-    @property
-    def abandoned(self) -> bool:
-        """This turn's write failed: every write after it is cancelled."""
-        return self._finished.cancelled()
-
-    def pending_before(self) -> list[Turn]:
-        """The turns before this one whose writes have not finished, nearest first."""
-        out: list[Turn] = []
-        turn = self._before
-        while turn is not None and not turn.finished:
-            out.append(turn)
-            turn = turn._before
-        return out
-
     async def run(self, write: Callable[[Batch], Awaitable[T]], batch: Batch) -> T:
         """``write(batch)`` with this turn in ``batch.turn``; finishes (or abandons) the turn."""
         try:
@@ -73,7 +52,6 @@ class Turn:
             self._finished.cancel()  # the writes waiting behind this one are cancelled
             raise
         self._finished.set_result(None)
-        self._before = None  # everything before a finished turn is finished: keep no chain
         return result
 
 
@@ -81,13 +59,12 @@ class Turns:
     """Hands out turns in order, one per batch of a lane."""
 
     def __init__(self) -> None:
-        self._last: Turn | None = None
+        self._previous: asyncio.Future[None] | None = None
 
     def take(self) -> Turn:
         finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        last = self._last
-        turn = Turn(last._finished if last is not None else None, finished, last)
-        self._last = turn
+        turn = Turn(self._previous, finished)
+        self._previous = finished
         return turn
 
 

@@ -11,8 +11,8 @@ fewer than the pool's size, :class:`EarlySlots`): the writes waiting for their t
 every connection, so the write whose turn has come always gets one. More writes in flight than
 connections then fold and encode ahead and wait for a connection, which a batch retried after
 later ones were handed over needs as much as any. A slot is handed back the moment its write's
-turn comes, wherever that write is, or once the write has committed ahead of it: from then on it
-needs no slot, and the next write may take one.
+turn comes, wherever that write is (a write that committed ahead keeps its connection until
+then, for its offsets): from then on it needs no slot, and the next write may take one.
 """
 
 from __future__ import annotations
